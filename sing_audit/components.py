@@ -1,0 +1,324 @@
+"""The interfaces every plugin component implements.
+
+A plugin registers a *factory* under a name: a callable with an ``Options`` attribute, a
+pydantic model of its own options (``extra="forbid"``). The host validates the user's
+options with it and calls ``factory(options)`` to build the component.
+
+Kinds and what the runner asks of them:
+
+- datasets: :class:`ImageDataset` — the list of images, their labels, how to open them.
+- backbones: :class:`ImageBackbone` (runs on images) or :class:`FeatureBackbone`
+  (precomputed features); both give a :class:`LinearHead`.
+- targets: :class:`ImageTarget` (a vision-language model) or :class:`EmbeddingTarget`
+  (precomputed embeddings, no text encoder).
+- translators: :class:`Translator` — ``fit(F, Z)`` / ``predict(F)``.
+- probes: :class:`Probe` — measurements on one model's features.
+- reporters: :class:`Reporter` — write files from the typed result alone.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .errors import DataError
+
+__all__ = [
+    "PluginOptions",
+    "ImageRecord",
+    "ImageDataset",
+    "LinearHead",
+    "Backbone",
+    "ImageBackbone",
+    "FeatureTable",
+    "FeatureBackbone",
+    "Target",
+    "ImageTarget",
+    "EmbeddingTable",
+    "EmbeddingTarget",
+    "Translator",
+    "Reporter",
+    "DEFAULT_TEMPLATES",
+]
+
+DEFAULT_TEMPLATES: tuple[str, ...] = ("an image of a {}",)
+
+
+class PluginOptions(BaseModel):
+    """Base of every plugin's options model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a dataset.
+
+    ``image_id`` is stable across runs (a path relative to the dataset root);
+    ``label`` is the dataset's own class key (a folder name, a CSV label) or ``None``.
+    """
+
+    image_id: str
+    path: Path
+    label: str | None
+
+
+class ImageDataset(abc.ABC):
+    """A list of images with optional labels.
+
+    ``class_map`` (dataset label -> head index) and ``class_names`` (dataset label ->
+    readable name) are optional explicit mappings from the user's config; when absent
+    the runner maps labels through the backbone's own class list (ImageNet synsets, or
+    readable names that match).
+    """
+
+    on_bad_image: str = "fail"  # "fail" or "skip"
+
+    @abc.abstractmethod
+    def records(self) -> list[ImageRecord]:
+        """Every image, in a deterministic order."""
+
+    def class_map(self) -> dict[str, int] | None:
+        return None
+
+    def class_names(self) -> dict[str, str] | None:
+        return None
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What the images are, for cache keys and provenance (root, digests, options)."""
+
+    def open(self, record: ImageRecord):
+        """Open one image as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(record.path) as img:
+                img.load()
+                return img.convert("RGB")
+        except FileNotFoundError as exc:
+            raise DataError(f"image {record.image_id!r} is missing: {record.path}") from exc
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise DataError(
+                f"image {record.image_id!r} cannot be read ({exc.__class__.__name__}: {exc}); "
+                "fix or remove it, or set on_bad_image: skip"
+            ) from exc
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+@dataclass
+class LinearHead:
+    """The classifier head as one affine map: ``logits = weight @ f + bias``.
+
+    ``weight`` is c×m, ``bias`` c (zeros when the head has none), both float64 copies of
+    the stored parameters. ``weight_eps`` is the machine epsilon of the dtype the weights
+    were stored in (it sets the rank tolerance). ``class_names`` are readable names per
+    head index, when the backbone knows them; ``class_keys`` are machine keys per index
+    (e.g. ImageNet synsets) used to map dataset labels.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    weight_eps: float
+    class_names: list[str] | None = None
+    class_keys: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.weight = np.asarray(self.weight, dtype=np.float64)
+        if self.weight.ndim != 2:
+            raise DataError(f"head weight must be 2-D (classes × features), got shape {self.weight.shape}")
+        c = self.weight.shape[0]
+        self.bias = np.zeros(c) if self.bias is None else np.asarray(self.bias, dtype=np.float64).reshape(-1)
+        if self.bias.shape != (c,):
+            raise DataError(f"head bias has shape {self.bias.shape}, expected ({c},) to match weight {self.weight.shape}")
+        for attr in ("class_names", "class_keys"):
+            names = getattr(self, attr)
+            if names is not None and len(names) != c:
+                raise DataError(f"head has {c} classes but {len(names)} {attr.replace('_', ' ')}")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def num_features(self) -> int:
+        return int(self.weight.shape[1])
+
+
+class Backbone(abc.ABC):
+    """A classifier split into features and a linear head."""
+
+    #: True when the weights are random (asked for explicitly with ``weights: random``).
+    random_weights: bool = False
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Everything the features depend on (plugin, model, weights digest, preprocessing)."""
+
+    @abc.abstractmethod
+    def head(self) -> LinearHead:
+        """The head as an affine map; raise :class:`~sing_audit.errors.HeadError` if it is not one."""
+
+
+class ImageBackbone(Backbone):
+    """A backbone that runs on images."""
+
+    @abc.abstractmethod
+    def load(self, device: str) -> None:
+        """Build the model and load its weights onto ``device``."""
+
+    @abc.abstractmethod
+    def transform(self) -> Callable[[Any], Any]:
+        """PIL image -> C×H×W float tensor, the model's own preprocessing."""
+
+    @abc.abstractmethod
+    def features(self, images):
+        """B×C×H×W tensor -> B×m tensor: the exact input of the linear head."""
+
+    @abc.abstractmethod
+    def logits(self, images):
+        """B×C×H×W tensor -> B×c tensor: the model's own output, to check features and head."""
+
+
+@dataclass
+class FeatureTable:
+    """Precomputed features with their labels (head indices) and ids."""
+
+    features: np.ndarray  # N×m
+    labels: np.ndarray | None  # N int head indices, or None
+    image_ids: list[str] | None
+
+
+class FeatureBackbone(Backbone):
+    """A backbone whose features were computed elsewhere."""
+
+    @abc.abstractmethod
+    def load_features(self) -> FeatureTable:
+        """Read the features (may memory-map)."""
+
+
+# --------------------------------------------------------------------------- targets
+
+
+class Target(abc.ABC):
+    """A vision-language space: image embeddings and (usually) a text encoder."""
+
+    random_weights: bool = False
+    templates: Sequence[str] = DEFAULT_TEMPLATES
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Everything the embeddings depend on."""
+
+    def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """K prompts -> K×n float64 embeddings (raw, not normalised)."""
+        raise DataError(
+            f"target {type(self).__name__} has no text encoder, so it cannot embed new text "
+            f"(asked for {len(prompts)} prompt(s), e.g. {list(prompts)[:1]!r}); use a target with "
+            "a text encoder (open_clip) or supply the embeddings precomputed"
+        )
+
+    def class_text_embeddings(self, class_names: Sequence[str]) -> np.ndarray:
+        """One unit embedding per class: the template ensemble (mean of normalised
+        template embeddings, renormalised). c×n float64."""
+        templates = list(self.templates)
+        prompts = [t.format(name) for name in class_names for t in templates]
+        emb = self.encode_text(prompts).astype(np.float64).reshape(len(class_names), len(templates), -1)
+        emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+        mean = emb.mean(axis=1)
+        return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+
+
+class ImageTarget(Target):
+    """A target with an image encoder."""
+
+    @abc.abstractmethod
+    def load(self, device: str) -> None:
+        """Build the model and load its weights onto ``device``."""
+
+    @abc.abstractmethod
+    def transform(self) -> Callable[[Any], Any]:
+        """PIL image -> C×H×W float tensor."""
+
+    @abc.abstractmethod
+    def encode_images(self, images):
+        """B×C×H×W tensor -> B×n tensor of raw image embeddings."""
+
+
+@dataclass
+class EmbeddingTable:
+    """Precomputed target embeddings."""
+
+    image_embeddings: np.ndarray  # N×n
+    image_ids: list[str] | None
+    text_embeddings: np.ndarray | None  # c×n, one per class prompt (head order)
+    concept_names: list[str] | None = None
+    concept_embeddings: np.ndarray | None = None
+
+
+class EmbeddingTarget(Target):
+    """A target whose embeddings were computed elsewhere; it has no text encoder."""
+
+    @abc.abstractmethod
+    def load_embeddings(self) -> EmbeddingTable:
+        """Read the embeddings."""
+
+
+# --------------------------------------------------------------------------- translators
+
+
+class Translator(abc.ABC):
+    """Maps classifier features (N×m) to target embeddings (N×n).
+
+    scikit-learn conventions: ``__init__`` stores options, ``fit`` returns ``self``,
+    learned attributes end in ``_``, ``predict`` before ``fit`` raises ``RuntimeError``.
+    """
+
+    @abc.abstractmethod
+    def fit(self, features: np.ndarray, targets: np.ndarray, groups: np.ndarray | None = None) -> "Translator":
+        """Fit on N×m features and N×n targets (``groups``: class labels, for inner CV folds)."""
+
+    @abc.abstractmethod
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """N×m -> N×n (float64)."""
+
+    def linear_map(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(A, c)`` with ``T(f) = A f + c`` (A is n×m), or ``None`` when not affine."""
+        return None
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Fitted arrays to save (safetensors)."""
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> "Translator":
+        """Inverse of :meth:`state`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be reloaded from saved state")
+
+    def info(self) -> dict[str, Any]:
+        """Fitted hyperparameters worth reporting (e.g. the chosen alpha)."""
+        return {}
+
+
+# --------------------------------------------------------------------------- reporters
+
+
+class Reporter(abc.ABC):
+    """Writes one output format from the typed result alone."""
+
+    #: format names this reporter answers to in ``report.formats``
+    formats: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def write(self, result, output_dir: Path, fmt: str) -> list[Path]:
+        """Write the files for ``fmt`` into ``output_dir``; return their paths."""

@@ -1,0 +1,373 @@
+"""``audit.yaml``: the pydantic model, loading with overrides, and plugin option checks.
+
+Relative paths in a config file resolve against the file's folder. Errors name the file,
+the field path and the valid choices, with "did you mean" for misspelled keys and
+plugin names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+from .host import Registry, suggest
+
+__all__ = [
+    "ComponentSpec",
+    "BackboneSpec",
+    "NullspaceConfig",
+    "Waiver",
+    "PolicyConfig",
+    "ReportConfig",
+    "RunSettings",
+    "AuditConfig",
+    "load_config",
+    "apply_overrides",
+    "resolve_options",
+    "config_schema",
+    "format_validation_error",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ComponentSpec(BaseModel):
+    """A component chosen by its registered ``plugin`` name plus that plugin's options."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    plugin: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class BackboneSpec(ComponentSpec):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Name of the model in the results.")
+
+
+class TargetSpec(ComponentSpec):
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class NullspaceConfig(_Strict):
+    rule: Literal["rank", "energy", "fixed"] = "rank"
+    rtol: float | None = Field(default=None, gt=0, description="rank rule: cut relative to σ_max")
+    keep: float | None = Field(default=None, gt=0, le=1, description="energy rule: share of Σσ² kept")
+    rank: int | None = Field(default=None, ge=0, description="fixed rule: the rank")
+
+    @model_validator(mode="after")
+    def _rule_options(self) -> "NullspaceConfig":
+        if self.rule == "energy" and self.keep is None:
+            raise ValueError("rule 'energy' needs keep (e.g. keep: 0.999)")
+        if self.rule == "fixed" and self.rank is None:
+            raise ValueError("rule 'fixed' needs rank (e.g. rank: 700)")
+        if self.rule != "rank" and self.rtol is not None:
+            raise ValueError(f"rtol applies to rule 'rank' only, not {self.rule!r}")
+        if self.rule != "energy" and self.keep is not None:
+            raise ValueError(f"keep applies to rule 'energy' only, not {self.rule!r}")
+        if self.rule != "fixed" and self.rank is not None:
+            raise ValueError(f"rank applies to rule 'fixed' only, not {self.rule!r}")
+        return self
+
+
+class Waiver(_Strict):
+    """A flagged class accepted by a reviewer, until ``expires``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model: str
+    class_: str | int = Field(alias="class")
+    reason: str = Field(min_length=1)
+    expires: dt.date | None = None
+
+    def active(self, today: dt.date) -> bool:
+        return self.expires is None or today <= self.expires
+
+
+class PolicyConfig(_Strict):
+    as_threshold: float = Field(default=4.0, ge=0, description="degrees of mean |AS| (lower 95% bound)")
+    min_images: int = Field(default=10, ge=1)
+    max_flagged: int = Field(default=0, ge=0)
+    outlier_z: float = Field(default=3.5, gt=0, description="robust z-score that marks an outlier class")
+    waivers: list[Waiver] = Field(default_factory=list)
+
+
+class ReportConfig(_Strict):
+    formats: list[str] = Field(default_factory=lambda: ["json", "csv", "html"])
+
+
+class RunSettings(_Strict):
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps")
+    batch_size: int = Field(default=32, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+    folds: int = Field(default=5, ge=2, description="cross-fitting folds")
+    seed: int = 0
+    bootstrap: int = Field(default=1000, ge=100, description="bootstrap resamples for intervals")
+
+
+class AuditConfig(_Strict):
+    """The whole audit."""
+
+    name: str | None = None
+    output: Path
+    dataset: ComponentSpec | None = None
+    target: TargetSpec | None = None
+    targets: list[TargetSpec] | None = None
+    backbones: list[BackboneSpec] = Field(min_length=1)
+    translator: ComponentSpec = Field(default_factory=lambda: ComponentSpec(plugin="linear"))
+    nullspace: NullspaceConfig = Field(default_factory=NullspaceConfig)
+    probes: list[str | ComponentSpec] = Field(default_factory=lambda: ["null_removal"])
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    run: RunSettings = Field(default_factory=RunSettings)
+    #: folder that relative paths resolve against (the config file's folder)
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> "AuditConfig":
+        if (self.target is None) == (self.targets is None):
+            raise ValueError("give exactly one of 'target' or 'targets'")
+        names = [b.name for b in self.backbones]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"backbone names must be unique; repeated: {', '.join(dupes)}")
+        tnames = [t.name or t.plugin for t in self.target_specs()]
+        if len(set(tnames)) != len(tnames):
+            raise ValueError("several targets share a name: give each one a 'name'")
+        if "null_removal" not in [p if isinstance(p, str) else p.plugin for p in self.probes]:
+            raise ValueError("probes must include null_removal: the audit's scores come from it")
+        return self
+
+    def target_specs(self) -> list[TargetSpec]:
+        return list(self.targets) if self.targets is not None else [self.target]  # type: ignore[list-item]
+
+    def probe_specs(self) -> list[ComponentSpec]:
+        return [ComponentSpec(plugin=p) if isinstance(p, str) else p for p in self.probes]
+
+    def resolve_path(self, path: Path | str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve_path(self.output)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for key suggestions)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _inner_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str, prefix: str = "") -> str:
+    """One line per problem: ``file: field.path: message`` with key suggestions."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        # drop pydantic's union-branch tags such as 'str' / 'ComponentSpec'
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p in ("str", "ComponentSpec", "function-after[_check(), AuditConfig]")))
+        where = _loc(loc)
+        if prefix:
+            where = f"{prefix}.{where}" if where != "(top level)" else prefix
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and loc:
+            owner = _model_at(model, loc)
+            if owner is not None:
+                fields = [f.alias or n for n, f in owner.model_fields.items() if not f.exclude]
+                msg = f"unknown key {loc[-1]!r}{suggest(str(loc[-1]), fields)}"
+        elif err["type"] == "literal_error":
+            msg = f"{msg} (got {err.get('input')!r})"
+        lines.append(f"{source}: {where}: {msg}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``key.path=value`` overrides (values parsed as YAML; list items by index)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value (e.g. policy.as_threshold=3)")
+        key, _, raw = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} has an empty key")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not an index of a {len(node)}-item list")
+                node = node[int(part)]
+            else:
+                if part not in node or node[part] is None:
+                    node[part] = [] if nxt.isdigit() else {}
+                node = node[part]
+        last = parts[-1]
+        value = _parse_scalar(raw)
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override {item!r}: {last!r} is not an index of a {len(node)}-item list")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:-1])} is not a mapping")
+    return data
+
+
+def load_config(source: "AuditConfig | dict | str | Path", overrides: list[str] | None = None) -> AuditConfig:
+    """Build an :class:`AuditConfig` from a model, a dict or a YAML/JSON file."""
+    if isinstance(source, AuditConfig):
+        if not overrides:
+            return source
+        data = source.model_dump(mode="json", by_alias=True, exclude_none=True)
+        base_dir = source.base_dir
+        name = "<config>"
+    elif isinstance(source, dict):
+        data = json.loads(json.dumps(source, default=str))
+        base_dir = Path(data.pop("base_dir", Path.cwd()))
+        name = "<config>"
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys (output, backbones, ...)")
+        base_dir = path.resolve().parent
+    data = apply_overrides(data, overrides)
+    data["base_dir"] = base_dir
+    try:
+        return AuditConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, AuditConfig, name)) from None
+
+
+def resolve_options(registry: Registry, kind: str, spec: ComponentSpec, where: str, base_dir: Path, source: str = "<config>"):
+    """Validate ``spec``'s options with its plugin's own ``Options`` model.
+
+    Returns ``(registered, options)``. A plugin options model with a ``base_dir`` field
+    receives the config's folder, so relative paths resolve like the rest of the file.
+    """
+    registered = registry.get(kind, spec.plugin, where=f"{source}: {where}.plugin")
+    model = registered.options_model
+    raw = spec.options()
+    if model is None:
+        if raw:
+            raise ConfigError(f"{source}: {where}: plugin {spec.plugin!r} takes no options, got {sorted(raw)}")
+        return registered, None
+    if "base_dir" in model.model_fields and "base_dir" not in raw:
+        raw["base_dir"] = base_dir
+    try:
+        return registered, model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, source, prefix=where)) from None
+
+
+def config_schema(registry: Registry) -> dict:
+    """JSON Schema of ``audit.yaml`` with every installed plugin's options."""
+    schema = AuditConfig.model_json_schema(by_alias=True)
+    schema["properties"].pop("base_dir", None)
+    defs = schema.setdefault("$defs", {})
+
+    def variants(kind: str, extra: dict | None = None) -> dict:
+        out = []
+        for name in registry.names(kind):
+            reg = registry.get(kind, name)
+            model = reg.options_model
+            sub = model.model_json_schema() if model is not None else {"type": "object", "properties": {}}
+            for d, v in sub.pop("$defs", {}).items():
+                defs.setdefault(d, v)
+            props = {k: v for k, v in sub.get("properties", {}).items() if k != "base_dir"}
+            props = {"plugin": {"const": name}, **(extra or {}), **props}
+            out.append(
+                {
+                    "title": f"{kind} {name}",
+                    "description": f"from {reg.package}",
+                    "type": "object",
+                    "properties": props,
+                    "required": ["plugin", *[r for r in sub.get("required", []) if r != "base_dir"], *((extra or {}).keys())],
+                    "additionalProperties": False,
+                }
+            )
+        return {"oneOf": out} if out else {"type": "object"}
+
+    props = schema["properties"]
+    props["dataset"] = {"anyOf": [variants("dataset"), {"type": "null"}]}
+    target = variants("target", None)
+    for v in target.get("oneOf", []):
+        v["properties"]["name"] = {"type": "string"}
+    props["target"] = target
+    props["targets"] = {"type": "array", "items": target}
+    backbone = variants("backbone", {"name": {"type": "string"}})
+    props["backbones"] = {"type": "array", "minItems": 1, "items": backbone}
+    props["translator"] = variants("translator")
+    probe = variants("probe")
+    props["probes"] = {"type": "array", "items": {"anyOf": [{"enum": registry.names("probe")}, probe]}}
+    props["report"] = {
+        "type": "object",
+        "properties": {"formats": {"type": "array", "items": {"enum": sorted(_report_formats(registry))}}},
+        "additionalProperties": False,
+    }
+    return schema
+
+
+def _report_formats(registry: Registry) -> set[str]:
+    formats: set[str] = set()
+    for name in registry.names("reporter"):
+        formats.update(getattr(registry.get("reporter", name).factory, "formats", ()))
+    return formats

@@ -1,0 +1,88 @@
+"""Hook specifications: one ``register_*`` hook per component kind.
+
+Every hook receives a ``register(name, factory)`` callback. ``factory`` is a callable
+with an ``Options`` attribute (a pydantic model of its options, see
+:class:`sing_audit.components.PluginOptions`); ``factory(options)`` builds the component.
+A plugin may implement a hook without the ``register`` argument's siblings, so hooks can
+grow new arguments without breaking anyone.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("sing_audit")
+hookimpl = pluggy.HookimplMarker("sing_audit")
+
+
+@hookspec
+def register_backbones(register):
+    """Register classifier backbones (features + linear head).
+
+    :param register: ``register(name, factory)``; factories build
+        :class:`~sing_audit.components.ImageBackbone` or
+        :class:`~sing_audit.components.FeatureBackbone`.
+    """
+
+
+@hookspec
+def register_targets(register):
+    """Register vision-language targets (image embeddings, text encoder).
+
+    :param register: ``register(name, factory)``; factories build
+        :class:`~sing_audit.components.ImageTarget` or
+        :class:`~sing_audit.components.EmbeddingTarget`.
+    """
+
+
+@hookspec
+def register_translators(register):
+    """Register translators from classifier features to target embeddings.
+
+    :param register: ``register(name, factory)``; factories build
+        :class:`~sing_audit.components.Translator`.
+    """
+
+
+@hookspec
+def register_probes(register):
+    """Register probes: measurements on one model's features, head and translator.
+
+    :param register: ``register(name, factory)``; factories build
+        :class:`~sing_audit.probes.Probe`.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register image datasets.
+
+    :param register: ``register(name, factory)``; factories build
+        :class:`~sing_audit.components.ImageDataset`.
+    """
+
+
+@hookspec
+def register_concept_sets(register):
+    """Register open-vocabulary concept sets (lists of words or phrases).
+
+    :param register: ``register(name, factory)``; factories build objects with a
+        ``concepts() -> list[str]`` method.
+    """
+
+
+@hookspec
+def register_reporters(register):
+    """Register reporters: output formats written from the typed result alone.
+
+    :param register: ``register(name, factory)``; factories build
+        :class:`~sing_audit.components.Reporter`.
+    """
+
+
+@hookspec
+def register_visualizers(register):
+    """Register visualizers that render features or images as pictures for the report.
+
+    :param register: ``register(name, factory)``.
+    """

@@ -1,0 +1,178 @@
+"""The plugin host: a fresh pluggy manager per call, and the registry it fills.
+
+Built-in plugins are ordinary ``@hookimpl`` modules registered through the same path as
+third-party packages (entry-point group ``sing_audit``). ``SING_AUDIT_LOAD_PLUGINS``
+(comma list of entry-point or distribution names; empty = built-ins only) restricts
+which installed plugins load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import __version__, hookspecs
+from .errors import ConfigError, PluginError
+
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "KINDS",
+    "Registered",
+    "Registry",
+    "create_plugin_manager",
+    "create_registry",
+    "suggest",
+]
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "sing_audit.plugins.precomputed",
+    "sing_audit.plugins.timm_backbone",
+    "sing_audit.plugins.open_clip_target",
+    "sing_audit.plugins.image_datasets",
+    "sing_audit.plugins.linear_translator",
+    "sing_audit.plugins.null_removal",
+    "sing_audit.plugins.reporters",
+)
+
+#: component kind -> hook name
+KINDS: dict[str, str] = {
+    "backbone": "register_backbones",
+    "target": "register_targets",
+    "translator": "register_translators",
+    "probe": "register_probes",
+    "dataset": "register_datasets",
+    "concept_set": "register_concept_sets",
+    "reporter": "register_reporters",
+    "visualizer": "register_visualizers",
+}
+
+BUILTIN_PACKAGE = f"sing-audit {__version__} (built-in)"
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One registered component: its kind, name, factory and where it came from."""
+
+    kind: str
+    name: str
+    factory: Any
+    plugin: str
+    package: str
+
+    @property
+    def options_model(self):
+        return getattr(self.factory, "Options", None)
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """' (did you mean "x"?)' for the close matches of ``name``, or the valid choices."""
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    if close:
+        return " (did you mean " + " or ".join(f'"{c}"' for c in close) + "?)"
+    return "; valid choices: " + ", ".join(sorted(choices)) if len(choices) <= 12 else ""
+
+
+def _allowed_entry_points() -> set[str] | None:
+    raw = os.environ.get("SING_AUDIT_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, remembering which distribution each entry-point plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__("sing_audit")
+        self.packages: dict[str, str] = {}
+
+
+def create_plugin_manager(load_entry_points: bool = True) -> PluginManager:
+    """A new manager with the hook specs, the built-ins and the installed plugins."""
+    pm = PluginManager()
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - named and re-raised
+            raise PluginError(f"built-in plugin {module_name} failed to import: {exc}") from exc
+        pm.register(module, name=module_name)
+    if not load_entry_points:
+        return pm
+    allowed = _allowed_entry_points()
+    for ep in metadata.entry_points(group="sing_audit"):
+        dist = ep.dist.name if ep.dist is not None else "unknown"
+        if allowed is not None and ep.name not in allowed and dist not in allowed:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 - named and re-raised
+            raise PluginError(
+                f"plugin {ep.name!r} ({ep.value}, from package {dist}) failed to import: "
+                f"{exc.__class__.__name__}: {exc}. Uninstall or fix it, or leave it out with "
+                "SING_AUDIT_LOAD_PLUGINS."
+            ) from exc
+        if pm.is_registered(plugin):
+            continue
+        version = ep.dist.version if ep.dist is not None else "?"
+        pm.register(plugin, name=ep.name)
+        pm.packages[ep.name] = f"{dist} {version}"
+    return pm
+
+
+class Registry:
+    """Every registered component, by kind and name."""
+
+    def __init__(self, entries: dict[str, dict[str, Registered]]):
+        self._entries = entries
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries.get(kind, {}))
+
+    def all(self) -> list[Registered]:
+        return [r for kind in KINDS for _, r in sorted(self._entries.get(kind, {}).items())]
+
+    def get(self, kind: str, name: str, where: str = "") -> Registered:
+        """Look up a component; unknown names raise :class:`ConfigError` with close matches."""
+        entries = self._entries.get(kind, {})
+        if name in entries:
+            return entries[name]
+        at = f" at {where}" if where else ""
+        raise ConfigError(f"unknown {kind.replace('_', ' ')} plugin {name!r}{at}{suggest(name, list(entries))}")
+
+
+def create_registry(pm: pluggy.PluginManager | None = None) -> Registry:
+    """Call every ``register_*`` hook of every plugin and collect the components.
+
+    A name registered twice within one kind is a :class:`PluginError` naming both packages.
+    """
+    pm = pm if pm is not None else create_plugin_manager()
+    packages: dict[str, str] = getattr(pm, "packages", {})
+    entries: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
+    for kind, hook_name in KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):
+            plugin_name = impl.plugin_name
+            package = packages.get(plugin_name, BUILTIN_PACKAGE)
+
+            def register(name: str, factory: Any, *, _kind=kind, _plugin=plugin_name, _package=package) -> None:
+                if not isinstance(name, str) or not name:
+                    raise PluginError(f"plugin {_plugin} registered a {_kind} with an invalid name {name!r}")
+                if name in entries[_kind]:
+                    first = entries[_kind][name]
+                    raise PluginError(
+                        f"{_kind} name {name!r} is registered twice: by {first.plugin} "
+                        f"({first.package}) and by {_plugin} ({_package}); uninstall one, or "
+                        "restrict plugins with SING_AUDIT_LOAD_PLUGINS"
+                    )
+                entries[_kind][name] = Registered(_kind, name, factory, _plugin, _package)
+
+            args = {"register": register}
+            impl.function(**{a: args[a] for a in impl.argnames if a in args})
+    return Registry(entries)

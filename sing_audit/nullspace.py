@@ -1,0 +1,165 @@
+"""Principal and null subspaces of a linear head, and null removal.
+
+Pure functions on float64 arrays: no I/O, no config. Shapes: ``W`` is c×m (classes ×
+features), features ``F`` are N×m (one row per image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "HeadSubspaces",
+    "split_head",
+    "null_component",
+    "remove_null",
+    "null_energy",
+    "logit_drift",
+]
+
+RankRule = Literal["rank", "energy", "fixed"]
+
+
+@dataclass(frozen=True)
+class HeadSubspaces:
+    """``V = [V_p V_n]`` from the SVD ``W = U Σ Vᵀ`` split by a rank rule.
+
+    ``principal`` is m×r, ``null`` is m×(m−r), both with orthonormal columns;
+    ``singular_values`` are all min(c, m) of them, descending. ``tolerance`` is the
+    singular-value cut of the ``rank`` rule (``None`` for the others).
+    """
+
+    principal: np.ndarray
+    null: np.ndarray
+    singular_values: np.ndarray
+    rule: str
+    rank: int
+    tolerance: float | None
+
+    @property
+    def num_features(self) -> int:
+        return int(self.principal.shape[0])
+
+    @property
+    def null_dim(self) -> int:
+        return int(self.null.shape[1])
+
+    @property
+    def exact(self) -> bool:
+        """True when ``W Π_n = 0`` up to rounding (the ``rank`` rule)."""
+        return self.rule == "rank"
+
+    def projector_null(self) -> np.ndarray:
+        """``Π_n = V_n V_nᵀ`` (m×m)."""
+        return self.null @ self.null.T
+
+    def projector_principal(self) -> np.ndarray:
+        """``Π_p = V_p V_pᵀ`` (m×m)."""
+        return self.principal @ self.principal.T
+
+
+def split_head(
+    weight: np.ndarray,
+    rule: RankRule = "rank",
+    *,
+    rtol: float | None = None,
+    weight_eps: float = float(np.finfo(np.float32).eps),
+    keep: float | None = None,
+    rank: int | None = None,
+) -> HeadSubspaces:
+    """Split feature space into the head's principal and null subspaces.
+
+    :param weight: c×m head weight.
+    :param rule: ``rank`` — numerical rank, singular values above ``rtol·σ_max`` count
+        (default ``rtol = max(c, m)·weight_eps``, numpy's ``matrix_rank`` convention with
+        the precision the weights were stored in); ``energy`` — the smallest rank whose
+        singular values keep a fraction ``keep`` of ``Σσ²``; ``fixed`` — ``rank`` given.
+    :returns: :class:`HeadSubspaces`; the SVD runs in float64.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    if w.ndim != 2 or min(w.shape) == 0:
+        raise ValueError(f"head weight must be a non-empty 2-D array, got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("head weight contains NaN or Inf")
+    c, m = w.shape
+    _, s, vt = np.linalg.svd(w, full_matrices=True)
+    tol: float | None = None
+    if rule == "rank":
+        smax = float(s[0]) if s.size else 0.0
+        rel = rtol if rtol is not None else max(c, m) * weight_eps
+        tol = rel * smax
+        r = int(np.count_nonzero(s > tol))
+    elif rule == "energy":
+        if keep is None or not 0.0 < keep <= 1.0:
+            raise ValueError(f"energy rule needs 0 < keep <= 1, got {keep}")
+        energy = np.cumsum(s**2)
+        total = energy[-1]
+        r = int(np.searchsorted(energy, keep * total * (1 - 1e-12)) + 1) if total > 0 else 0
+        r = min(r, s.size)
+    elif rule == "fixed":
+        if rank is None or not 0 <= rank <= min(c, m):
+            raise ValueError(f"fixed rule needs 0 <= rank <= min(c, m) = {min(c, m)}, got {rank}")
+        r = int(rank)
+    else:
+        raise ValueError(f"unknown rank rule {rule!r}; choose rank, energy or fixed")
+    v = vt.T
+    return HeadSubspaces(
+        principal=np.ascontiguousarray(v[:, :r]),
+        null=np.ascontiguousarray(v[:, r:]),
+        singular_values=s,
+        rule=rule,
+        rank=r,
+        tolerance=tol,
+    )
+
+
+def null_component(features: np.ndarray, sub: HeadSubspaces) -> np.ndarray:
+    """``Π_n f`` for every row of N×m ``features`` (through the smaller subspace)."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.shape[-1] != sub.num_features:
+        raise ValueError(f"features have {f.shape[-1]} dimensions, the head expects {sub.num_features}")
+    if sub.null_dim <= sub.rank:
+        return (f @ sub.null) @ sub.null.T
+    return f - (f @ sub.principal) @ sub.principal.T
+
+
+def remove_null(features: np.ndarray, sub: HeadSubspaces) -> np.ndarray:
+    """Null removal ``f̃ = f − Π_n f`` (N×m)."""
+    f = np.asarray(features, dtype=np.float64)
+    return f - null_component(f, sub)
+
+
+def null_energy(features: np.ndarray, sub: HeadSubspaces) -> np.ndarray:
+    """Per-row ``‖Π_n f‖ / ‖f‖`` (0 for a zero feature). N."""
+    f = np.asarray(features, dtype=np.float64)
+    norms = np.linalg.norm(f, axis=-1)
+    nulls = np.linalg.norm(null_component(f, sub), axis=-1)
+    return np.divide(nulls, norms, out=np.zeros_like(norms), where=norms > 0)
+
+
+@dataclass(frozen=True)
+class LogitDrift:
+    """How much null removal moved the logits.
+
+    ``relative`` is per image ``‖W f − W f̃‖ / ‖W f + b‖`` (N); ``agreement`` is whether
+    the predicted class stayed the same (N bool).
+    """
+
+    relative: np.ndarray
+    agreement: np.ndarray
+
+
+def logit_drift(weight: np.ndarray, bias: np.ndarray, features: np.ndarray, changed: np.ndarray) -> LogitDrift:
+    """Compare logits of ``features`` and ``changed`` features (both N×m) under ``W, b``."""
+    w = np.asarray(weight, dtype=np.float64)
+    b = np.asarray(bias, dtype=np.float64)
+    f = np.asarray(features, dtype=np.float64)
+    g = np.asarray(changed, dtype=np.float64)
+    before = f @ w.T + b
+    delta = (f - g) @ w.T
+    scale = np.linalg.norm(before, axis=-1)
+    rel = np.divide(np.linalg.norm(delta, axis=-1), scale, out=np.zeros_like(scale), where=scale > 0)
+    return LogitDrift(relative=rel, agreement=np.argmax(before, -1) == np.argmax(before - delta, -1))

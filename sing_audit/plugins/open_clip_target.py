@@ -1,0 +1,325 @@
+"""open_clip vision-language models (CLIP, EVA02, ...) as audit targets."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from sing_audit.components import DEFAULT_TEMPLATES, ImageTarget, PluginOptions
+from sing_audit.errors import ConfigError, WeightsError
+from sing_audit.hookspecs import hookimpl
+from sing_audit.weights import (
+    ResolvedWeights,
+    file_digest,
+    load_into,
+    load_state_dict,
+    resolve_weights,
+    state_dict_digest,
+)
+
+__all__ = ["OpenClipTarget"]
+
+_SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class OpenClipTarget(ImageTarget):
+    """An open_clip model: raw image embeddings and a text encoder."""
+
+    class Options(PluginOptions):
+        model: str = Field(min_length=1, description="open_clip model name (ViT-B-32, EVA02-B-16, hf-hub:org/repo)")
+        weights: str = Field("pretrained", description="pretrained | random | <pretrained tag> | <local file>")
+        templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+        image_size: int | None = Field(None, ge=8, description="force the image size (e.g. for small tests)")
+        seed: int = Field(0, description="seed for weights: random")
+        base_dir: Path | None = Field(None, description="folder relative weight paths start from (set by the host)")
+
+        @field_validator("model", "weights")
+        @classmethod
+        def _strip(cls, v: str) -> str:
+            v = v.strip()
+            if not v:
+                raise ValueError("must not be empty")
+            return v
+
+        @field_validator("templates")
+        @classmethod
+        def _check_templates(cls, v: list[str]) -> list[str]:
+            if not v:
+                raise ValueError("give at least one template, e.g. 'an image of a {}'")
+            for t in v:
+                if "{}" not in t:
+                    raise ValueError(f"template {t!r} has no '{{}}' where the class name goes")
+                try:
+                    t.format("x")
+                except (IndexError, KeyError, ValueError) as exc:
+                    raise ValueError(
+                        f"template {t!r} must contain exactly one '{{}}' and no other braces "
+                        f"(write literal braces as '{{{{' and '}}}}'): {exc}"
+                    ) from None
+            return v
+
+    plugin_name = "open_clip"
+    #: prompts per forward pass of the text encoder
+    text_batch_size: int = 256
+
+    def __init__(self, options: "OpenClipTarget.Options | dict[str, Any]") -> None:
+        if not isinstance(options, self.Options):
+            options = self.Options.model_validate(options)
+        self.options = options
+        self.templates = tuple(options.templates)
+        self.model = None
+        self.device = "cpu"
+        self.random_weights = options.weights.strip().lower() == "random"
+        self.weights_digest: str | None = None
+        self.pretrained_tag: str | None = None
+        self.quick_gelu: bool | None = None
+        self._resolved: ResolvedWeights | None = None
+        self._transform = None
+        self._tokenizer = None
+
+    # ------------------------------------------------------------------ building
+
+    @property
+    def resolved_weights(self) -> ResolvedWeights:
+        if self._resolved is None:
+            self._resolved = resolve_weights(self.options.weights, self.options.base_dir)
+        return self._resolved
+
+    def _has_schema(self) -> bool:
+        return self.options.model.startswith(_SCHEMAS)
+
+    def _check_model_name(self) -> None:
+        import open_clip
+
+        if self._has_schema():
+            return
+        name = self.options.model
+        known = open_clip.list_models()
+        if name not in known and name.replace("/", "-") not in known:
+            close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
+            raise ConfigError(f"open_clip has no model named {name!r}{hint}")
+
+    def _tags(self) -> list[str]:
+        import open_clip
+
+        return [] if self._has_schema() else list(open_clip.list_pretrained_tags_by_model(self.options.model))
+
+    def _hub_error(self, what: str, exc: Exception) -> WeightsError:
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        return WeightsError(
+            f"the pretrained weights of open_clip model {what} could not be fetched or loaded "
+            f"({exc.__class__.__name__}: {detail}); without network access, download them elsewhere and set "
+            "weights: <local file>, or set weights: random for a smoke test (never a silent fallback)"
+        )
+
+    def _base_preprocess_kwargs(self) -> dict[str, Any]:
+        """Preprocessing of the model's first pretrained tag, for weights that come without one."""
+        import open_clip
+
+        tags = self._tags()
+        if not tags:
+            return {}
+        cfg = open_clip.get_pretrained_cfg(self.options.model, tags[0]) or {}
+        out: dict[str, Any] = {}
+        for src, dst in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
+                         ("resize_mode", "image_resize_mode")):
+            if cfg.get(src) is not None:
+                out[dst] = cfg[src]
+        return out
+
+    def load(self, device: str = "cpu") -> None:
+        import open_clip
+        import torch
+
+        self._check_model_name()
+        w = self.resolved_weights
+        name = self.options.model
+        common: dict[str, Any] = {"device": "cpu"}
+        if self.options.image_size is not None:
+            common["force_image_size"] = self.options.image_size
+
+        if w.kind in ("pretrained", "tag"):
+            if self._has_schema():
+                if w.kind == "tag":
+                    raise WeightsError(
+                        f"model {name!r} names its weights itself; a tag ({w.value!r}) cannot be combined with it: "
+                        "use weights: pretrained"
+                    )
+                tag = None
+            else:
+                tags = self._tags()
+                if w.kind == "pretrained":
+                    if not tags:
+                        raise WeightsError(
+                            f"open_clip lists no pretrained weights for model {name!r}; set weights to a local "
+                            "file, or to random for a smoke test"
+                        )
+                    tag = tags[0]
+                else:
+                    tag = w.value
+                    if tag not in tags:
+                        close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.5)
+                        listing = ", ".join(close or tags[:10]) or "none"
+                        raise WeightsError(
+                            f"open_clip model {name!r} has no pretrained tag {tag!r} (known tags: {listing}); "
+                            "use one of them, weights: pretrained, a local weights file, or weights: random"
+                        )
+                pcfg = open_clip.get_pretrained_cfg(name, tag) or {}
+                model_cfg = open_clip.get_model_config(name) or {}
+                if pcfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
+                    # the weights were trained with QuickGELU: build the activation they expect
+                    common["force_quick_gelu"] = True
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, **common)
+            except Exception as exc:
+                raise self._hub_error(repr(name) + (f" with tag {tag!r}" if tag else ""), exc) from exc
+            self.pretrained_tag = tag
+            self.random_weights = False
+        else:
+            common.update(self._base_preprocess_kwargs())
+            common.update(pretrained_image=False, pretrained_text=False)
+            if self._has_schema():
+                common["load_weights"] = False
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.options.seed)
+                    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **common)
+            except Exception as exc:
+                if self._has_schema():
+                    raise self._hub_error(repr(name), exc) from exc
+                raise
+            if w.kind == "file":
+                sd = load_state_dict(w.path)
+                load_into(model, sd, what=f"open_clip model {name!r} from {w.path}")
+                self.random_weights = False
+            else:
+                self.random_weights = True
+            self.pretrained_tag = None
+
+        self.quick_gelu = bool(common.get("force_quick_gelu", False)) or bool(
+            (open_clip.get_model_config(name) or {}).get("quick_gelu", False) if not self._has_schema() else False
+        )
+        model.eval()
+        model.to(device)
+        self.model = model
+        self.device = device
+        self._transform = preprocess
+        self.weights_digest = file_digest(w.path) if w.kind == "file" else state_dict_digest(model)
+        self._tokenizer = self._load_tokenizer()
+
+    def _load_tokenizer(self):
+        import open_clip
+
+        try:
+            return open_clip.get_tokenizer(self.options.model)
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise WeightsError(
+                f"the tokenizer of open_clip model {self.options.model!r} could not be loaded "
+                f"({exc.__class__.__name__}: {detail}); it is fetched from the hub on first use: run once with "
+                "network access to cache it (or set HF_HOME to a folder that has it), or use a model with the "
+                "built-in CLIP tokenizer"
+            ) from exc
+
+    def _require_model(self):
+        if self.model is None:
+            raise RuntimeError(f"{type(self).__name__}: call load(device) before using the model")
+        return self.model
+
+    # ------------------------------------------------------------------ encoding
+
+    def transform(self) -> Callable[[Any], Any]:
+        self._require_model()
+        return self._transform
+
+    def encode_images(self, images):
+        import torch
+
+        model = self._require_model()
+        with torch.no_grad():
+            return model.encode_image(images.to(self.device))
+
+    def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        model = self._require_model()
+        prompts = [str(p) for p in prompts]
+        if not prompts:
+            return np.zeros((0, self.embedding_dim()), dtype=np.float64)
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), self.text_batch_size):
+                tokens = self._tokenizer(prompts[start : start + self.text_batch_size])
+                emb = model.encode_text(tokens.to(self.device))
+                chunks.append(emb.to("cpu", torch.float64).numpy())
+        return np.concatenate(chunks, axis=0)
+
+    def embedding_dim(self) -> int:
+        model = self._require_model()
+        dim = getattr(getattr(model, "visual", None), "output_dim", None)
+        if dim is None:
+            proj = getattr(model, "text_projection", None)
+            dim = proj.shape[-1] if proj is not None else None
+        if dim is None:
+            raise RuntimeError(f"cannot tell the embedding width of open_clip model {self.options.model!r}")
+        return int(dim)
+
+    # ------------------------------------------------------------------ provenance
+
+    def _expected_tag(self, w: ResolvedWeights) -> str | None:
+        if w.kind == "tag":
+            return w.value
+        if w.kind == "pretrained":
+            tags = self._tags()
+            return tags[0] if tags else None
+        return None
+
+    def preprocessing(self) -> dict[str, Any] | None:
+        if self.model is None:
+            return None
+        cfg = getattr(getattr(self.model, "visual", None), "preprocess_cfg", None)
+        return _jsonable(dict(cfg)) if cfg else None
+
+    def describe(self) -> dict[str, Any]:
+        import open_clip
+
+        w = self.resolved_weights
+        out: dict[str, Any] = {
+            "plugin": self.plugin_name,
+            "model": self.options.model,
+            "weights": w.as_dict(),
+            "resolved_tag": self.pretrained_tag if self.model is not None else self._expected_tag(w),
+            "weights_digest": self.weights_digest if self.weights_digest else (
+                file_digest(w.path) if w.kind == "file" else None
+            ),
+            "random_weights": w.kind == "random",
+            "image_size": self.options.image_size,
+            "quick_gelu": self.quick_gelu,
+            "templates": list(self.templates),
+            "preprocessing": self.preprocessing(),
+            "open_clip_version": open_clip.__version__,
+        }
+        if w.kind == "random":
+            out["seed"] = self.options.seed
+        return out
+
+
+@hookimpl
+def register_targets(register):
+    register("open_clip", OpenClipTarget)

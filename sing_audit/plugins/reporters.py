@@ -1,0 +1,84 @@
+"""Built-in reporters: ``json`` (results.json), ``csv`` (per-class table), ``html``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from sing_audit.components import Reporter
+from sing_audit.hookspecs import hookimpl
+from sing_audit.store import atomic_write_text
+
+
+class JsonReporter(Reporter):
+    """``results.json``: the typed :class:`~sing_audit.results.AuditResult`."""
+
+    formats = ("json",)
+
+    def write(self, result, output_dir: Path, fmt: str) -> list[Path]:
+        path = Path(output_dir) / "results.json"
+        atomic_write_text(path, result.model_dump_json(indent=2))
+        return [path]
+
+
+CLASS_COLUMNS = (
+    "model", "target", "index", "name", "n", "as_mean", "as_abs_mean", "as_abs_ci_low", "as_abs_ci_high",
+    "as_contrast", "is_mean", "flagged", "outlier", "waived", "flag_reasons",
+)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class ClassTableReporter(Reporter):
+    """``classes.csv``: one row per model, target and class."""
+
+    formats = ("csv",)
+
+    def write(self, result, output_dir: Path, fmt: str) -> list[Path]:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(CLASS_COLUMNS)
+        for m in result.models:
+            for c in m.classes:
+                row = (
+                    m.name, m.target, c.index, c.name, c.n, c.as_mean, c.as_abs_mean, c.as_abs_ci.low,
+                    c.as_abs_ci.high, c.as_contrast, c.is_mean, c.flagged, c.outlier, c.waived, " | ".join(c.flag_reasons),
+                )
+                writer.writerow([_cell(v) for v in row])
+        path = Path(output_dir) / "classes.csv"
+        atomic_write_text(path, buf.getvalue())
+        return [path]
+
+
+class HtmlReporter(Reporter):
+    """``report.html``: a self-contained page rendered from the result alone (autoescaped)."""
+
+    formats = ("html",)
+
+    def write(self, result, output_dir: Path, fmt: str) -> list[Path]:
+        from sing_audit.report import render_html
+
+        path = Path(output_dir) / "report.html"
+        atomic_write_text(path, render_html(result))
+        return [path]
+
+
+@hookimpl
+def register_reporters(register):
+    register("json", JsonReporter)
+    register("csv", ClassTableReporter)
+    register("html", HtmlReporter)

@@ -1,0 +1,162 @@
+"""The typed result of an audit (``results.json``).
+
+Arrays never go into the JSON: per-image numbers are in CSV files the result names.
+Undefined numbers (an IS/AS ratio with no null space, an interval of one image) are
+``null``, never 0 or NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Interval",
+    "ClassResult",
+    "Fidelity",
+    "SanityFigures",
+    "NullRemovalDrift",
+    "ModelResult",
+    "Provenance",
+    "AuditResult",
+]
+
+SCHEMA_VERSION = "1.0"
+
+
+def _finite_or_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nan(cls, v: Any) -> Any:
+        return _finite_or_none(v)
+
+
+class Interval(_Result):
+    """A 95% percentile-bootstrap interval (``null`` bounds with fewer than 2 images)."""
+
+    low: float | None = None
+    high: float | None = None
+
+
+class ClassResult(_Result):
+    index: int = Field(description="head index")
+    name: str
+    n: int = Field(description="images of this class in the audit")
+    as_mean: float | None = None
+    as_abs_mean: float | None = None
+    as_contrast: float | None = None
+    is_mean: float | None = None
+    as_mean_ci: Interval = Field(default_factory=Interval)
+    as_abs_ci: Interval = Field(default_factory=Interval)
+    as_contrast_ci: Interval = Field(default_factory=Interval)
+    is_ci: Interval = Field(default_factory=Interval)
+    flagged: bool = False
+    flag_reasons: list[str] = Field(default_factory=list)
+    outlier: bool = False
+    waived: bool = False
+    waiver_reason: str | None = None
+    waiver_expires: str | None = None
+
+
+class Fidelity(_Result):
+    """Held-out quality of the cross-fitted translator."""
+
+    cosine: float | None = Field(None, description="mean cosine between T(f) and z on held-out images")
+    r2: float | None = Field(None, description="held-out R² (variance-weighted over embedding dimensions)")
+    mse: float | None = None
+    folds: int = 0
+    translator: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    null_energy: float | None = Field(None, description="‖A Π_n‖_F / ‖A‖_F, mean over folds (linear translators)")
+    normalized_targets: bool = False
+
+
+class SanityFigures(_Result):
+    classifier_top1: float | None = None
+    target_zero_shot: float | None = None
+    translator_zero_shot: float | None = None
+
+
+class NullRemovalDrift(_Result):
+    """Logit change caused by null removal (≈ 0 under the exact rank rule)."""
+
+    relative_max: float | None = None
+    relative_mean: float | None = None
+    prediction_agreement: float | None = None
+
+
+class ModelResult(_Result):
+    name: str
+    backbone: str
+    target: str
+    random_weights: bool
+    random_weights_parts: list[str] = Field(default_factory=list)
+    rank_rule: str
+    rank: int
+    null_dim: int
+    num_features: int
+    num_classes: int
+    null_energy: float | None
+    n_images: int
+    labels_source: str = Field("labels", description="'labels' or 'predicted' (no labels given)")
+    is_mean: float | None = None
+    is_ci: Interval = Field(default_factory=Interval)
+    as_mean: float | None = None
+    as_abs_mean: float | None = None
+    as_abs_ci: Interval = Field(default_factory=Interval)
+    as_contrast_mean: float | None = None
+    is_as_ratio: float | None = None
+    logit_drift: NullRemovalDrift = Field(default_factory=NullRemovalDrift)
+    fidelity: Fidelity = Field(default_factory=Fidelity)
+    sanity: SanityFigures = Field(default_factory=SanityFigures)
+    n_flagged: int = 0
+    n_waived: int = 0
+    n_outliers: int = 0
+    flagged_classes: list[str] = Field(default_factory=list)
+    passed: bool = True
+    classes: list[ClassResult] = Field(default_factory=list)
+    probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict, description="relative paths of per-model files")
+    weights_digest: str | None = None
+
+
+class Provenance(_Result):
+    config: dict[str, Any] = Field(default_factory=dict)
+    config_digest: str = ""
+    versions: dict[str, str] = Field(default_factory=dict)
+    components: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    dataset: dict[str, Any] | None = None
+    seed: int = 0
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+    skipped_images: list[str] = Field(default_factory=list)
+    started: str = ""
+    finished: str = ""
+
+
+class AuditResult(_Result):
+    schema_version: str = SCHEMA_VERSION
+    name: str = "audit"
+    passed: bool
+    random_weights: bool = False
+    verdict: str = ""
+    policy: dict[str, Any] = Field(default_factory=dict)
+    models: list[ModelResult]
+    provenance: Provenance = Field(default_factory=Provenance)
+    files: dict[str, str] = Field(default_factory=dict)
+
+    def model(self, name: str, target: str | None = None) -> ModelResult:
+        for m in self.models:
+            if m.name == name and (target is None or m.target == target):
+                return m
+        raise KeyError(name)

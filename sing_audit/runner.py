@@ -1,0 +1,763 @@
+"""Orchestration: config → components → features/embeddings → analysis → result → files.
+
+The only place that touches devices, the cache, plugins and the output folder. The math
+it calls is pure (``nullspace``, ``scores``, ``ridge``, ``stats``, ``analysis``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .analysis import apply_policy, class_results, fidelity_figures, ratio, zero_shot_accuracy
+from .components import (
+    EmbeddingTarget,
+    FeatureBackbone,
+    ImageBackbone,
+    ImageDataset,
+    ImageTarget,
+    LinearHead,
+    Target,
+)
+from .config import AuditConfig, load_config, resolve_options
+from .errors import ConfigError, DataError, OutputFolderError
+from .extraction import check_head_reproduces_logits, extract, resolve_device
+from .host import Registry, create_registry
+from .nullspace import HeadSubspaces, null_energy, split_head
+from .probes import ProbeContext, row_chunks
+from .results import AuditResult, Fidelity, Interval, ModelResult, NullRemovalDrift, Provenance, SanityFigures
+from .stats import bootstrap_mean_ci
+from .store import ArrayStore, atomic_write_text, content_key
+
+__all__ = ["run_audit", "Plan", "build_plan", "audit_identity"]
+
+log = logging.getLogger("sing_audit")
+
+MARKER = "audit.json"
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Component:
+    kind: str
+    name: str
+    plugin: str
+    package: str
+    instance: Any
+    options: Any
+
+
+@dataclass
+class Plan:
+    """Validated config with every component built (nothing loaded yet)."""
+
+    config: AuditConfig
+    registry: Registry
+    dataset: Component | None
+    targets: list[Component]
+    backbones: list[Component]
+    translator: Component
+    probes: list[Component]
+    reporters: dict[str, Component]
+    source: str = "<config>"
+
+
+def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str, name: str | None = None) -> Component:
+    registered, options = resolve_options(registry, kind, spec, where, cfg.base_dir, source)
+    try:
+        instance = registered.factory(options) if options is not None else registered.factory()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {where}: {exc}") from exc
+    return Component(kind, name or spec.plugin, spec.plugin, registered.package, instance, options)
+
+
+def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -> Plan:
+    """Validate every component's options and build the components."""
+    dataset = _build(registry, "dataset", cfg.dataset, "dataset", cfg, source) if cfg.dataset else None
+    targets = [
+        _build(registry, "target", t, f"targets[{i}]" if cfg.targets else "target", cfg, source, t.name or t.plugin)
+        for i, t in enumerate(cfg.target_specs())
+    ]
+    backbones = [_build(registry, "backbone", b, f"backbones[{i}]", cfg, source, b.name) for i, b in enumerate(cfg.backbones)]
+    translator = _build(registry, "translator", cfg.translator, "translator", cfg, source)
+    probes = [_build(registry, "probe", p, f"probes[{i}]", cfg, source) for i, p in enumerate(cfg.probe_specs())]
+    reporters: dict[str, Component] = {}
+    available: dict[str, Any] = {}
+    for name in registry.names("reporter"):
+        reg = registry.get("reporter", name)
+        for fmt in getattr(reg.factory, "formats", ()):
+            available[fmt] = reg
+    for i, fmt in enumerate(cfg.report.formats):
+        if fmt not in available:
+            from .host import suggest
+
+            raise ConfigError(f"{source}: report.formats[{i}]: unknown format {fmt!r}{suggest(fmt, list(available))}")
+        reg = available[fmt]
+        reporters[fmt] = Component("reporter", fmt, reg.name, reg.package, reg.factory(), None)
+    needs_images = [c for c in backbones + targets if isinstance(c.instance, (ImageBackbone, ImageTarget))]
+    if needs_images and dataset is None:
+        raise ConfigError(
+            f"{source}: dataset: {', '.join(c.name for c in needs_images)} run on images, so the config needs a "
+            "dataset (e.g. dataset: {plugin: image_folder, root: data/val})"
+        )
+    for c in backbones:
+        if not isinstance(c.instance, (ImageBackbone, FeatureBackbone)):
+            raise ConfigError(f"{source}: backbone {c.name}: plugin {c.plugin!r} does not build a backbone")
+    for c in targets:
+        if not isinstance(c.instance, (ImageTarget, EmbeddingTarget)):
+            raise ConfigError(f"{source}: target {c.name}: plugin {c.plugin!r} does not build a target")
+    return Plan(cfg, registry, dataset, targets, backbones, translator, probes, reporters, source)
+
+
+def audit_identity(cfg: AuditConfig) -> str:
+    """What makes two runs "the same audit" for an output folder: its inputs."""
+    spec = cfg.model_dump(mode="json", include={"dataset", "target", "targets", "backbones"}, by_alias=True)
+    return content_key("audit-identity", spec)
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def prepare_output(out: Path, identity: str, force: bool) -> None:
+    """Create the output folder, refusing one that holds another audit unless ``force``."""
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"output {out} exists and is not a folder")
+    if marker.is_file():
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8")).get("identity")
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if previous != identity and not force:
+            raise OutputFolderError(
+                f"output folder {out} holds a different audit (its dataset, targets or backbones differ); "
+                "choose another output, or pass --force to replace it"
+            )
+    elif out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputFolderError(
+            f"output folder {out} is not empty and holds no sing-audit run; choose an empty or new folder, "
+            "or pass --force to write into it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, json.dumps({"identity": identity, "tool": f"sing-audit {__version__}"}, indent=2))
+
+
+@contextmanager
+def _file_log(out: Path):
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    previous = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield logs / "run.log"
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        log.setLevel(previous)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass
+class FeatureSource:
+    """One backbone's features on the audit's images."""
+
+    name: str
+    features: np.ndarray  # N×m
+    ids: list[str] | None
+    ok: np.ndarray | None  # per dataset record, for image backbones
+    labels: np.ndarray | None  # head indices
+    head: LinearHead
+    class_names: list[str]
+    random_weights: bool
+    describe: dict[str, Any]
+
+
+@dataclass
+class EmbeddingSource:
+    name: str
+    embeddings: np.ndarray
+    ids: list[str] | None
+    ok: np.ndarray | None
+    target: Target
+    random_weights: bool
+    describe: dict[str, Any]
+    text_cache: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, plan: Plan, force: bool = False):
+        self.plan = plan
+        self.cfg = plan.config
+        self.out = self.cfg.output_dir
+        self.store = ArrayStore(self.out / "cache")
+        self.force = force
+        self.stage_seconds: dict[str, float] = {}
+        self.device: str | None = None
+        self.records = None
+        self.dataset_info: dict[str, Any] | None = None
+        self.skipped: list[str] = []
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        log.info("stage %s: start", name)
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
+            log.info("stage %s: %.2fs", name, time.perf_counter() - start)
+
+    def get_device(self) -> str:
+        if self.device is None:
+            self.device = resolve_device(self.cfg.run.device)
+        return self.device
+
+    # ----------------------------------------------------------------- dataset
+
+    def load_dataset(self) -> None:
+        if self.plan.dataset is None:
+            return
+        ds: ImageDataset = self.plan.dataset.instance
+        with self.stage("dataset"):
+            self.records = ds.records()
+            if not self.records:
+                raise DataError("the dataset holds no images")
+            self.dataset_info = ds.describe()
+
+    def _dataset_key(self) -> dict[str, Any]:
+        ds = self.plan.dataset.instance
+        return {"dataset": self.dataset_info, "on_bad_image": getattr(ds, "on_bad_image", "fail")}
+
+    # ----------------------------------------------------------------- targets
+
+    def load_target(self, comp) -> EmbeddingSource:
+        t = comp.instance
+        if isinstance(t, EmbeddingTarget):
+            table = t.load_embeddings()
+            return EmbeddingSource(comp.name, np.asarray(table.image_embeddings), table.image_ids, None, t, t.random_weights, t.describe())
+        desc = t.describe()
+        key = content_key("embeddings", desc, self._dataset_key())
+        hit = self.store.load("embeddings", key)
+        if hit is None:
+            with self.stage("extract"):
+                t.load(self.get_device())
+                ex = extract(
+                    self.records,
+                    self.plan.dataset.instance,
+                    t.transform(),
+                    t.encode_images,
+                    device=self.get_device(),
+                    batch_size=self.cfg.run.batch_size,
+                    num_workers=self.cfg.run.num_workers,
+                    label=f"target {comp.name}",
+                )
+                self.store.save("embeddings", key, {"values": ex.values, "ok": ex.ok}, {"describe": desc})
+                hit = self.store.load("embeddings", key)
+        else:
+            log.info("target %s: embeddings from cache %s", comp.name, key)
+        arrays, _ = hit
+        ids = [r.image_id for r in self.records]
+        return EmbeddingSource(comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), t, t.random_weights, desc)
+
+    def class_text(self, src: EmbeddingSource, class_names: list[str]) -> np.ndarray:
+        t = src.target
+        if isinstance(t, EmbeddingTarget):
+            return t.class_text_embeddings(class_names)
+        key = content_key("text", src.describe, list(t.templates), class_names)
+        if key in src.text_cache:
+            return src.text_cache[key]
+        hit = self.store.load("text", key, mmap=False)
+        if hit is None:
+            with self.stage("text"):
+                if not getattr(t, "_sing_loaded", False):
+                    t.load(self.get_device())
+                    t._sing_loaded = True
+                emb = t.class_text_embeddings(class_names)
+                self.store.save("text", key, {"values": emb})
+        else:
+            emb = np.asarray(hit[0]["values"])
+        src.text_cache[key] = emb
+        return emb
+
+    # ----------------------------------------------------------------- backbones
+
+    def load_backbone(self, comp) -> FeatureSource:
+        b = comp.instance
+        if isinstance(b, FeatureBackbone):
+            head = b.head()
+            table = b.load_features()
+            names = head.class_names or [f"class {i}" for i in range(head.num_classes)]
+            return FeatureSource(comp.name, np.asarray(table.features), table.image_ids, None, table.labels, head, list(names), b.random_weights, b.describe())
+        desc = b.describe()
+        key = content_key("features", desc, self._dataset_key())
+        hit = self.store.load("features", key)
+        if hit is None:
+            with self.stage("extract"):
+                b.load(self.get_device())
+                head = b.head()
+                check = check_head_reproduces_logits(b.features, b.logits, head.weight, head.bias, comp.name)
+                ex = extract(
+                    self.records,
+                    self.plan.dataset.instance,
+                    b.transform(),
+                    b.features,
+                    device=self.get_device(),
+                    batch_size=self.cfg.run.batch_size,
+                    num_workers=self.cfg.run.num_workers,
+                    label=f"backbone {comp.name}",
+                    check_first=check,
+                )
+                meta = {
+                    "describe": desc,
+                    "weight_eps": head.weight_eps,
+                    "class_names": head.class_names,
+                    "class_keys": head.class_keys,
+                    "random_weights": b.random_weights,
+                }
+                self.store.save(
+                    "features", key, {"values": ex.values, "ok": ex.ok, "head_weight": head.weight, "head_bias": head.bias}, meta
+                )
+                hit = self.store.load("features", key)
+        else:
+            log.info("backbone %s: features from cache %s", comp.name, key)
+        arrays, meta = hit
+        head = LinearHead(
+            weight=np.asarray(arrays["head_weight"]),
+            bias=np.asarray(arrays["head_bias"]),
+            weight_eps=float(meta["weight_eps"]),
+            class_names=meta.get("class_names"),
+            class_keys=meta.get("class_keys"),
+        )
+        labels, names = self._map_labels(comp.name, head)
+        ids = [r.image_id for r in self.records]
+        return FeatureSource(
+            comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), labels, head, names, bool(meta.get("random_weights")), desc
+        )
+
+    def _map_labels(self, name: str, head: LinearHead) -> tuple[np.ndarray | None, list[str]]:
+        from .classmap import map_labels
+
+        ds = self.plan.dataset.instance
+        raw = [r.label for r in self.records]
+        if all(lab is None for lab in raw):
+            names = head.class_names or [f"class {i}" for i in range(head.num_classes)]
+            return None, list(names)
+        if any(lab is None for lab in raw):
+            missing = [r.image_id for r in self.records if r.label is None][:3]
+            raise DataError(f"some images have labels and some do not (e.g. {', '.join(missing)}); label all or none")
+        mapping = map_labels(sorted(set(raw)), head, ds.class_map(), ds.class_names())
+        labels = np.array([mapping.label_to_index[lab] for lab in raw], dtype=np.int64)
+        return labels, list(mapping.class_names)
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def _align(fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Row indices into the features and into the embeddings for the images both have."""
+    if fsrc.ok is not None and esrc.ok is not None:
+        rows = np.flatnonzero(fsrc.ok & esrc.ok)
+        return rows, rows, [fsrc.ids[i] for i in rows] if fsrc.ids else None
+    nf, ne = fsrc.features.shape[0], esrc.embeddings.shape[0]
+    if fsrc.ids is not None and esrc.ids is not None:
+        pos = {k: i for i, k in enumerate(esrc.ids)}
+        missing = [k for k in fsrc.ids if k not in pos]
+        if missing:
+            raise DataError(
+                f"backbone {fsrc.name} and target {esrc.name} disagree on image_ids: {len(missing)} of the "
+                f"backbone's images have no embedding (e.g. {', '.join(missing[:3])})"
+            )
+        frows = np.arange(nf) if fsrc.ok is None else np.flatnonzero(fsrc.ok)
+        erows = np.array([pos[fsrc.ids[i]] for i in frows], dtype=np.int64)
+        if esrc.ok is not None:
+            keep = esrc.ok[erows]
+            frows, erows = frows[keep], erows[keep]
+        return frows, erows, [fsrc.ids[i] for i in frows]
+    if nf != ne:
+        raise DataError(
+            f"backbone {fsrc.name} has {nf} feature rows but target {esrc.name} has {ne} embeddings; rows must "
+            "align (give both files image_ids to align them by id)"
+        )
+    rows = np.arange(nf)
+    ids = fsrc.ids or esrc.ids
+    return rows, rows, ids
+
+
+def _check_finite(values: np.ndarray, what: str, ids: list[str] | None) -> None:
+    for rows in row_chunks(values.shape[0]):
+        bad = ~np.isfinite(np.asarray(values[rows])).all(axis=1)
+        if bad.any():
+            i = rows.start + int(np.flatnonzero(bad)[0])
+            which = ids[i] if ids else f"row {i}"
+            raise DataError(f"{what} has NaN or Inf values (first at image {which}); the model or file is broken")
+
+
+# --------------------------------------------------------------------------- translators
+
+
+def _translator_state_path(root: Path, key: str, k: int) -> Path:
+    return root / "translators" / key / f"fold{k}.safetensors"
+
+
+def cross_fit(runner: Runner, features: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, key_parts: dict):
+    """Fit one translator per fold on the other folds; reuse saved ones when nothing changed."""
+    from safetensors.numpy import load_file, save
+
+    from .ridge import cross_fit_folds
+    from .store import atomic_write_bytes
+
+    cfg = runner.cfg
+    comp = runner.plan.translator
+    folds = cross_fit_folds(labels, features.shape[0], cfg.run.folds, cfg.run.seed)
+    key = content_key("translator", key_parts, comp.plugin, comp.options.model_dump(mode="json") if comp.options else None, cfg.run.folds, cfg.run.seed)
+    translators = []
+    root = runner.out / "cache"
+    for k in range(cfg.run.folds):
+        train = folds != k
+        t = runner.plan.registry.get("translator", comp.plugin).factory(comp.options)
+        path = _translator_state_path(root, key, k)
+        loaded = False
+        if path.is_file():
+            try:
+                t.load_state(load_file(str(path)))
+                loaded = True
+            except Exception:  # noqa: BLE001 - a corrupt or stale file is refitted
+                log.warning("translator state %s unreadable; refitting", path)
+        if not loaded:
+            t.fit(np.asarray(features[train], dtype=np.float64), np.asarray(embeddings[train], dtype=np.float64), labels[train])
+            state = t.state()
+            if state:
+                meta = {"key": key, "fold": str(k), "plugin": comp.plugin, "info": json.dumps(t.info(), default=str)}
+                atomic_write_bytes(path, save({n: np.ascontiguousarray(v) for n, v in state.items()}, metadata=meta))
+        translators.append(t)
+    return folds, translators
+
+
+# --------------------------------------------------------------------------- analysis of one model
+
+
+def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple[ModelResult, dict[str, np.ndarray]]:
+    cfg = runner.cfg
+    frows, erows, ids = _align(fsrc, esrc)
+    if frows.size == 0:
+        raise DataError(f"backbone {fsrc.name} and target {esrc.name} share no image")
+    feats = np.asarray(fsrc.features[frows], dtype=np.float64)
+    emb = np.asarray(esrc.embeddings[erows], dtype=np.float64)
+    head = fsrc.head
+    label = f"backbone {fsrc.name}"
+    _check_finite(feats, f"{label}: features", ids)
+    _check_finite(emb, f"target {esrc.name}: image embeddings", ids)
+    if feats.shape[1] != head.num_features:
+        raise DataError(f"{label}: features have {feats.shape[1]} dimensions but the head expects {head.num_features}")
+    ns = cfg.nullspace
+    try:
+        sub: HeadSubspaces = split_head(head.weight, ns.rule, rtol=ns.rtol, weight_eps=head.weight_eps, keep=ns.keep, rank=ns.rank)
+    except ValueError as exc:
+        raise ConfigError(f"nullspace: {label}: {exc}") from exc
+    logits = feats @ head.weight.T + head.bias
+    predicted = np.argmax(logits, axis=1)
+    if fsrc.labels is not None:
+        labels = np.asarray(fsrc.labels)[frows]
+        if labels.min() < 0 or labels.max() >= head.num_classes:
+            raise DataError(f"{label}: labels must be head indices in [0, {head.num_classes}), got {labels.min()}..{labels.max()}")
+        labels_source = "labels"
+    else:
+        labels = predicted
+        labels_source = "predicted"
+    text = runner.class_text(esrc, fsrc.class_names)
+    if text.shape[1] != emb.shape[1]:
+        raise DataError(f"target {esrc.name}: text embeddings have {text.shape[1]} dimensions, image embeddings {emb.shape[1]}")
+
+    with runner.stage("translator"):
+        key_parts = {
+            "backbone": fsrc.describe,
+            "target": esrc.describe,
+            "rows": content_key(ids if ids is not None else int(feats.shape[0])),
+            "labels": content_key(labels.tolist()),
+        }
+        folds, translators = cross_fit(runner, feats, emb, labels, key_parts)
+        translated = np.empty((feats.shape[0], emb.shape[1]))
+        for k, t in enumerate(translators):
+            rows = folds == k
+            translated[rows] = t.predict(feats[rows])
+        if translated.shape[1] != emb.shape[1]:
+            raise DataError(f"translator output has {translated.shape[1]} dimensions, target {esrc.name} has {emb.shape[1]}")
+        normalized = bool(getattr(translators[0], "normalized_targets", False))
+        from .scores import unit_rows
+
+        fid = fidelity_figures(translated, unit_rows(emb) if normalized else emb)
+        maps = [t.linear_map() for t in translators]
+        t_null = None
+        if all(m is not None for m in maps):
+            ratios = []
+            for a, _ in maps:
+                total = np.linalg.norm(a)
+                ratios.append(float(np.linalg.norm(a @ sub.null) / total) if total > 0 else 0.0)
+            t_null = float(np.mean(ratios))
+        params: dict[str, Any] = {}
+        for k, t in enumerate(translators):
+            for p, v in t.info().items():
+                params.setdefault(p, []).append(v)
+
+    def translate(changed: np.ndarray, rows: slice) -> np.ndarray:
+        out = np.empty((changed.shape[0], emb.shape[1]))
+        fold_rows = folds[rows]
+        for k in np.unique(fold_rows):
+            sel = fold_rows == k
+            out[sel] = translators[k].predict(changed[sel])
+        return out
+
+    generator = np.random.default_rng(cfg.run.seed)
+    ctx = ProbeContext(
+        model_name=fsrc.name,
+        backbone_name=fsrc.name,
+        target_name=esrc.name,
+        features=feats,
+        labels=labels,
+        head=head,
+        subspaces=sub,
+        embeddings=emb,
+        translated=translated,
+        class_text=text,
+        class_names=fsrc.class_names,
+        folds=folds,
+        translate=translate,
+        target=esrc.target,
+        generator=generator,
+        image_ids=ids or [],
+    )
+    columns: dict[str, np.ndarray] = {}
+    probe_summaries: dict[str, dict[str, Any]] = {}
+    scores = None
+    with runner.stage("probes"):
+        for comp in runner.plan.probes:
+            out = comp.instance.run(ctx)
+            for col, values in out.per_image.items():
+                columns[col if comp.plugin == "null_removal" else f"{comp.plugin}.{col}"] = values
+            probe_summaries[comp.plugin] = out.summary
+            if out.scores is not None and scores is None:
+                scores = out.scores
+    if scores is None:
+        raise ConfigError("no probe produced image and attribute scores; include null_removal in probes")
+
+    with runner.stage("statistics"):
+        classes = class_results(labels, fsrc.class_names, scores.image_score, scores.attribute_score, scores.attribute_contrast, generator, cfg.run.bootstrap)
+        outcome = apply_policy(fsrc.name, classes, cfg.policy)
+        abs_as = np.abs(scores.attribute_score)
+        ci_is = bootstrap_mean_ci(scores.image_score, generator, cfg.run.bootstrap)
+        ci_abs = bootstrap_mean_ci(abs_as, generator, cfg.run.bootstrap)
+    is_mean = float(np.mean(scores.image_score))
+    as_abs_mean = float(np.mean(abs_as))
+    nr = probe_summaries.get("null_removal", {})
+    random_parts = [p for p, r in ((f"backbone {fsrc.name}", fsrc.random_weights), (f"target {esrc.name}", esrc.random_weights)) if r]
+    has_labels = labels_source == "labels"
+    result = ModelResult(
+        name=fsrc.name,
+        backbone=fsrc.name,
+        target=esrc.name,
+        random_weights=bool(random_parts),
+        random_weights_parts=random_parts,
+        rank_rule=sub.rule,
+        rank=sub.rank,
+        null_dim=sub.null_dim,
+        num_features=sub.num_features,
+        num_classes=head.num_classes,
+        null_energy=float(np.mean(null_energy(feats, sub))),
+        n_images=int(feats.shape[0]),
+        labels_source=labels_source,
+        is_mean=is_mean,
+        is_ci=Interval(low=ci_is.low, high=ci_is.high),
+        as_mean=float(np.mean(scores.attribute_score)),
+        as_abs_mean=as_abs_mean,
+        as_abs_ci=Interval(low=ci_abs.low, high=ci_abs.high),
+        as_contrast_mean=float(np.nanmean(scores.attribute_contrast)) if np.isfinite(scores.attribute_contrast).any() else None,
+        is_as_ratio=ratio(is_mean, as_abs_mean, sub.null_dim),
+        logit_drift=NullRemovalDrift(
+            relative_max=nr.get("logit_drift_relative_max"),
+            relative_mean=nr.get("logit_drift_relative_mean"),
+            prediction_agreement=nr.get("prediction_agreement"),
+        ),
+        fidelity=Fidelity(
+            folds=cfg.run.folds,
+            translator=runner.plan.translator.plugin,
+            params=params,
+            null_energy=t_null,
+            normalized_targets=normalized,
+            **fid,
+        ),
+        sanity=SanityFigures(
+            classifier_top1=float(np.mean(predicted == labels)) if has_labels else None,
+            target_zero_shot=zero_shot_accuracy(emb, text, labels) if has_labels else None,
+            translator_zero_shot=zero_shot_accuracy(translated, text, labels) if has_labels else None,
+        ),
+        n_flagged=outcome.n_flagged,
+        n_waived=outcome.n_waived,
+        n_outliers=outcome.n_outliers,
+        flagged_classes=outcome.flagged_names,
+        passed=outcome.passed,
+        classes=classes,
+        probes=probe_summaries,
+        weights_digest=fsrc.describe.get("weights_digest") or fsrc.describe.get("digest"),
+    )
+    per_image = {
+        "image_id": np.array(ids if ids is not None else [str(i) for i in frows], dtype=object),
+        "label": labels,
+        "class_name": np.array([fsrc.class_names[i] for i in labels], dtype=object),
+        "predicted": predicted,
+        "fold": folds,
+        **columns,
+    }
+    return result, per_image
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _csv_text(columns: dict[str, np.ndarray]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    names = list(columns)
+    writer.writerow(names)
+    n = len(next(iter(columns.values())))
+    for i in range(n):
+        row = []
+        for name in names:
+            v = columns[name][i]
+            if isinstance(v, (float, np.floating)):
+                row.append("" if not np.isfinite(v) else repr(float(v)))
+            elif isinstance(v, (np.integer,)):
+                row.append(int(v))
+            else:
+                row.append(_csv_safe(str(v)))
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def _csv_safe(text: str) -> str:
+    """Neutralise spreadsheet formula injection in user-controlled text."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def _versions() -> dict[str, str]:
+    out = {"sing-audit": __version__, "python": platform.python_version()}
+    for dist in ("torch", "torchvision", "timm", "open_clip_torch", "numpy", "scikit-learn", "pydantic", "pluggy", "safetensors"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _verdict(result_models: list[ModelResult], passed: bool, policy) -> str:
+    if passed:
+        return f"PASSED: no model has more than {policy.max_flagged} flagged class(es)."
+    failing = [m for m in result_models if not m.passed]
+    parts = [f"{m.name} ({m.target}): {m.n_flagged} flagged — {', '.join(m.flagged_classes[:5])}{'…' if len(m.flagged_classes) > 5 else ''}" for m in failing]
+    return f"FAILED: more than {policy.max_flagged} flagged class(es) in " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _json_reporter(registry: Registry) -> Component:
+    """results.json is the contract: written even when report.formats leaves json out."""
+    for name in registry.names("reporter"):
+        reg = registry.get("reporter", name)
+        if "json" in getattr(reg.factory, "formats", ()):
+            return Component("reporter", "json", reg.name, reg.package, reg.factory(), None)
+    raise ConfigError("no installed reporter writes the json format (results.json)")
+
+
+def run_audit(config, *, force: bool = False, overrides: list[str] | None = None, registry: Registry | None = None) -> AuditResult:
+    """Run an audit end to end and write its files; return the typed result."""
+    source = str(config) if isinstance(config, (str, Path)) else "<config>"
+    cfg = load_config(config, overrides)
+    registry = registry or create_registry()
+    plan = build_plan(cfg, registry, source)
+    out = cfg.output_dir
+    prepare_output(out, audit_identity(cfg), force)
+    started = dt.datetime.now(dt.timezone.utc)
+    with _file_log(out):
+        log.info("sing-audit %s: audit %s into %s", __version__, cfg.name or source, out)
+        runner = Runner(plan, force=force)
+        runner.load_dataset()
+        esources = [runner.load_target(t) for t in plan.targets]
+        models: list[ModelResult] = []
+        per_image_files: dict[str, str] = {}
+        for comp in plan.backbones:
+            fsrc = runner.load_backbone(comp)
+            for esrc in esources:
+                result, per_image = analyse(runner, fsrc, esrc)
+                rel = f"models/{_slug(result.name)}__{_slug(result.target)}/images.csv"
+                atomic_write_text(out / rel, _csv_text(per_image))
+                result.files["images_csv"] = rel
+                per_image_files[f"{result.name}@{result.target}"] = rel
+                models.append(result)
+            if runner.records is not None and fsrc.ok is not None:
+                runner.skipped = sorted(set(runner.skipped) | {runner.records[i].image_id for i in np.flatnonzero(~fsrc.ok)})
+        for esrc in esources:
+            if runner.records is not None and esrc.ok is not None:
+                runner.skipped = sorted(set(runner.skipped) | {runner.records[i].image_id for i in np.flatnonzero(~esrc.ok)})
+        passed = all(m.passed for m in models)
+        components = {f"backbone {c.name}": {"plugin": c.plugin, "package": c.package} for c in plan.backbones}
+        components.update({f"target {c.name}": {"plugin": c.plugin, "package": c.package} for c in plan.targets})
+        components["translator"] = {"plugin": plan.translator.plugin, "package": plan.translator.package}
+        result = AuditResult(
+            name=cfg.name or (Path(source).stem if source != "<config>" else "audit"),
+            passed=passed,
+            random_weights=any(m.random_weights for m in models),
+            verdict=_verdict(models, passed, cfg.policy),
+            policy=cfg.policy.model_dump(mode="json", by_alias=True),
+            models=models,
+            provenance=Provenance(
+                config=cfg.model_dump(mode="json", by_alias=True, exclude_none=True),
+                config_digest=content_key(cfg.model_dump(mode="json", by_alias=True)),
+                versions=_versions(),
+                components=components,
+                dataset=runner.dataset_info,
+                seed=cfg.run.seed,
+                stage_seconds={k: round(v, 3) for k, v in runner.stage_seconds.items()},
+                skipped_images=runner.skipped,
+                started=started.isoformat(timespec="seconds"),
+                finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            ),
+        )
+        import yaml
+
+        atomic_write_text(out / "config.resolved.yaml", yaml.safe_dump(result.provenance.config, sort_keys=False))
+        result.files["config"] = "config.resolved.yaml"
+        result.files["log"] = "logs/run.log"
+        result.files.update({f"images:{k}": v for k, v in per_image_files.items()})
+        reporters = dict(plan.reporters)
+        json_reporter = reporters.pop("json", None) or _json_reporter(registry)
+        for fmt, comp in reporters.items():
+            for path in comp.instance.write(result, out, fmt):
+                result.files[fmt] = str(Path(path).relative_to(out))
+        result.files["json"] = "results.json"
+        json_reporter.instance.write(result, out, "json")
+        log.info("verdict: %s", result.verdict)
+    return result

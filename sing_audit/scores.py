@@ -1,0 +1,77 @@
+"""Angles, Image Score (IS), Attribute Score (AS) and AS contrast, in degrees.
+
+Pure float64 functions. ``T(f)`` and ``T(f̃)`` are N×n translated features; text
+embeddings are K×n. Nothing here normalises in float32: ``arccos`` near 0 needs float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "unit_rows",
+    "angles",
+    "angle_matrix",
+    "image_scores",
+    "attribute_scores",
+    "attribute_scores_toward",
+    "attribute_contrast",
+]
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit norm (a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def angles(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise ``degrees(arccos(clip(x·y / (|x||y|), -1, 1)))``; N×n, N×n -> N."""
+    cos = np.einsum("...i,...i->...", unit_rows(x), unit_rows(y))
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def angle_matrix(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Angles between every row of N×n ``x`` and every row of K×n ``t``: N×K."""
+    cos = unit_rows(x) @ unit_rows(t).T
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def image_scores(translated: np.ndarray, translated_removed: np.ndarray) -> np.ndarray:
+    """``IS = angle(T(f), T(f̃))`` per image: N."""
+    return angles(translated, translated_removed)
+
+
+def attribute_scores(translated: np.ndarray, translated_removed: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """``AS = angle(T(f), t) − angle(T(f̃), t)`` for every image and prompt: N×K.
+
+    Positive: the null-removed (equivalent) feature is closer to the prompt.
+    """
+    return angle_matrix(translated, text) - angle_matrix(translated_removed, text)
+
+
+def attribute_scores_toward(
+    translated: np.ndarray, translated_removed: np.ndarray, text: np.ndarray, index: np.ndarray
+) -> np.ndarray:
+    """AS of each image toward one prompt each: ``text[index[i]]`` for image i. N."""
+    t = np.asarray(text, dtype=np.float64)[np.asarray(index, dtype=np.int64)]
+    return angles(translated, t) - angles(translated_removed, t)
+
+
+def attribute_contrast(as_matrix: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """AS toward each image's own prompt minus the median AS toward all other prompts.
+
+    :param as_matrix: N×K attribute scores toward every class prompt.
+    :param index: N prompt index of each image's own class.
+    :returns: N; NaN where there is no other prompt (K = 1).
+    """
+    a = np.asarray(as_matrix, dtype=np.float64)
+    idx = np.asarray(index, dtype=np.int64)
+    rows = np.arange(a.shape[0])
+    own = a[rows, idx]
+    if a.shape[1] < 2:
+        return np.full(a.shape[0], np.nan)
+    others = a.copy()
+    others[rows, idx] = np.nan
+    return own - np.nanmedian(others, axis=1)

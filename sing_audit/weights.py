@@ -1,0 +1,348 @@
+"""Resolving, reading, fingerprinting and loading model weights.
+
+Every model plugin takes a ``weights:`` option:
+
+- ``pretrained`` (default): the weights named by, or implied by, the model name
+  (fetched by the model library from its hub or its local cache);
+- ``random``: random initialisation (explicitly asked for, never a fallback);
+- a local file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``, or anything that looks like
+  a path): resolved relative to the config file's folder and read without pickle;
+- anything else: a hub tag of the model (e.g. ``a1_in1k`` for timm, ``openai`` for open_clip).
+
+Files are read with :func:`load_state_dict` (safetensors, or ``torch.load`` with
+``weights_only=True``), fingerprinted with :func:`file_digest`, and loaded strictly with
+:func:`load_into`, whose errors list what does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import WeightsError
+
+__all__ = [
+    "WEIGHT_FILE_SUFFIXES",
+    "ResolvedWeights",
+    "resolve_weights",
+    "load_state_dict",
+    "file_digest",
+    "state_dict_digest",
+    "load_into",
+]
+
+#: suffixes that mark a ``weights:`` value as a local file
+WEIGHT_FILE_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".bin")
+
+#: keys under which training checkpoints commonly nest the state dict
+_NESTING_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "module", "net")
+
+#: prefixes added by wrappers (DistributedDataParallel, torch.compile)
+_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """What a ``weights:`` option means.
+
+    ``kind`` is ``"pretrained"``, ``"tag"``, ``"file"`` or ``"random"``; ``value`` is the
+    option as written (the tag for ``"tag"``); ``path`` is the absolute file for ``"file"``.
+    """
+
+    kind: str
+    value: str
+    path: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form, for ``describe()``."""
+        return {"kind": self.kind, "value": self.value, "path": None if self.path is None else str(self.path)}
+
+
+def _looks_like_path(spec: str, candidate: Path) -> bool:
+    if spec.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        return True
+    if "/" in spec or "\\" in spec or os.sep in spec or (os.altsep and os.altsep in spec):
+        return True
+    if spec.startswith("~") or spec.startswith("."):
+        return True
+    try:
+        return candidate.is_file()
+    except OSError:
+        return False
+
+
+def resolve_weights(spec: str | os.PathLike | None, base_dir: Path | None = None) -> ResolvedWeights:
+    """Interpret a ``weights:`` option.
+
+    ``base_dir`` is the folder of the config file: relative file paths are resolved from
+    it (from the current directory when it is ``None``). A value that looks like a path
+    but names no file raises :class:`WeightsError` naming the path tried.
+    """
+    if spec is None:
+        spec = "pretrained"
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise WeightsError(
+            f"weights must be 'pretrained', 'random', a hub tag or a file path, got {spec!r} ({type(spec).__name__})"
+        )
+    value = spec.strip()
+    if not value:
+        raise WeightsError("weights is empty: write 'pretrained', 'random', a hub tag or a path to a weights file")
+    lowered = value.lower()
+    if lowered == "pretrained":
+        return ResolvedWeights("pretrained", "pretrained")
+    if lowered == "random":
+        return ResolvedWeights("random", "random")
+
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute():
+        candidate = (Path(base_dir) if base_dir is not None else Path.cwd()) / candidate
+    if _looks_like_path(value, candidate):
+        path = candidate.resolve()
+        if not path.exists():
+            where = f" (relative paths are taken from {Path(base_dir).resolve()})" if base_dir is not None else ""
+            hint = ""
+            if lowered.startswith(("hf-hub:", "hf_hub:")):
+                hint = "; a hub repository belongs in the model name (model: hf-hub:org/repo), not in weights"
+            raise WeightsError(f"weights file not found: {path}{where}{hint}")
+        if path.is_dir():
+            raise WeightsError(
+                f"weights path is a folder, not a file: {path}; point weights at the .safetensors/.pt/.pth/.bin file"
+            )
+        return ResolvedWeights("file", value, path)
+    return ResolvedWeights("tag", value)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Sniff the safetensors layout: 8-byte little-endian header length, then JSON."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < n < (1 << 30)
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
+    """Find the state dict inside common checkpoint layouts and strip wrapper prefixes."""
+    for _ in range(4):
+        if not isinstance(obj, Mapping) or _is_tensor_dict(obj):
+            break
+        inner = next((obj[k] for k in _NESTING_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise WeightsError(
+            f"weights file {path} holds a {type(obj).__name__}, not a state dict; "
+            "save the model's parameters with torch.save(model.state_dict(), path) or safetensors"
+        )
+    import torch
+
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad or not obj:
+        what = "is empty" if not obj else f"has entries that are not tensors ({', '.join(bad[:5])})"
+        raise WeightsError(
+            f"weights file {path} {what}; expected a state dict (parameter name -> tensor), optionally "
+            f"nested under one of {list(_NESTING_KEYS)}; re-save it with torch.save(model.state_dict(), path)"
+        )
+    sd = {str(k): v for k, v in obj.items()}
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a state dict from a ``.safetensors`` file or a ``torch.save`` file, safely.
+
+    PyTorch files are read with ``torch.load(..., weights_only=True)``: a file holding
+    arbitrary Python objects is refused rather than unpickled. Common nesting
+    (``{"state_dict": ...}``, ``{"model": ...}``) and a DDP ``module.`` prefix are removed.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    use_safetensors = path.suffix.lower() == ".safetensors" or (
+        path.suffix.lower() not in (".pt", ".pth", ".bin") and _is_safetensors(path)
+    )
+    if use_safetensors:
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError, OSError, ...
+            raise WeightsError(
+                f"weights file {path} cannot be read as safetensors ({exc.__class__.__name__}: {exc}); "
+                "it is corrupt or not a safetensors file: re-save it with "
+                "safetensors.torch.save_file(model.state_dict(), path)"
+            ) from exc
+        return _unwrap(obj, path)
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if _is_torchscript(path):
+            raise WeightsError(
+                f"weights file {path} is a TorchScript archive, which cannot be read without running its code; "
+                "load it once in Python and save its state dict: "
+                "torch.save(torch.jit.load(path).state_dict(), 'weights.pt')"
+            ) from exc
+        message = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) and "global" in message.lower():
+            found = re.search(r"GLOBAL ([\w.]+)", message)
+            example = f" (e.g. {found.group(1)})" if found else ""
+            raise WeightsError(
+                f"weights file {path} contains Python objects other than tensors{example}, and loading it "
+                "would run arbitrary code, so it is refused; save only the parameters instead: "
+                "torch.save(model.state_dict(), path) or safetensors.torch.save_file(model.state_dict(), path)"
+            ) from exc
+        first_line = message.strip().splitlines()[0][:200] if message.strip() else ""
+        if first_line.startswith("Weights only load failed"):
+            first_line = "not a valid PyTorch file"
+        raise WeightsError(
+            f"weights file {path} cannot be read ({exc.__class__.__name__}: {first_line}); it is corrupt, "
+            "truncated or not a PyTorch/safetensors file: copy it again or re-save it with "
+            "torch.save(model.state_dict(), path)"
+        ) from exc
+    return _unwrap(obj, path)
+
+
+# --------------------------------------------------------------------------- digests
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` of a file's bytes, read in chunks."""
+    path = Path(path)
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    return f"sha256:{h.hexdigest()}"
+
+
+def state_dict_digest(module_or_state_dict: Any) -> str:
+    """``"sha256:<hex>"`` over sorted parameter names, dtypes, shapes and raw bytes.
+
+    Accepts an ``nn.Module`` (its ``state_dict()``) or a mapping of tensors, so weights
+    that come from no file (random, hub) get a fingerprint too.
+    """
+    import torch
+
+    if isinstance(module_or_state_dict, torch.nn.Module):
+        sd = module_or_state_dict.state_dict()
+    elif isinstance(module_or_state_dict, Mapping):
+        sd = module_or_state_dict
+    else:
+        raise TypeError(f"expected an nn.Module or a state dict, got {type(module_or_state_dict).__name__}")
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        t = sd[name]
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"state dict entry {name!r} is a {type(t).__name__}, not a tensor")
+        t = t.detach()
+        h.update(f"{name}\0{str(t.dtype)}\0{tuple(t.shape)}\0".encode())
+        flat = t.to("cpu").contiguous().reshape(-1)
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy().data)
+    return f"sha256:{h.hexdigest()}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _common_prefix_hint(missing: list[str], unexpected: list[str]) -> str:
+    """Spot a prefix added to (or missing from) every key of the file."""
+    if not missing or not unexpected:
+        return ""
+    first = unexpected[0]
+    if "." in first:
+        prefix = first.split(".", 1)[0] + "."
+        if all(k.startswith(prefix) for k in unexpected):
+            stripped = {k[len(prefix):] for k in unexpected}
+            if stripped & set(missing):
+                return f" The file's keys all start with {prefix!r}: strip that prefix when saving."
+    first = missing[0]
+    if "." in first:
+        prefix = first.split(".", 1)[0] + "."
+        if all(k.startswith(prefix) for k in missing) and {prefix + k for k in unexpected} & set(missing):
+            return f" The model's keys start with {prefix!r} but the file's do not: it may hold only a sub-module."
+    return ""
+
+
+def load_into(model: Any, state_dict: Mapping[str, Any], *, what: str) -> None:
+    """Load ``state_dict`` into ``model`` strictly.
+
+    On any missing key, unexpected key or shape mismatch raise :class:`WeightsError`
+    listing a few of each and saying what to do. ``what`` names the model in messages
+    (e.g. ``"timm model 'resnet18' from /path/w.safetensors"``).
+    """
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in own)
+    shapes = sorted(
+        (k, tuple(state_dict[k].shape), tuple(own[k].shape))
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+
+        def few(keys: list[str]) -> str:
+            more = f", … {len(keys) - 5} more" if len(keys) > 5 else ""
+            return ", ".join(keys[:5]) + more
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) ({few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) ({few(unexpected)})")
+        if shapes:
+            shown = [f"{k}: file {list(a)} vs model {list(b)}" for k, a, b in shapes[:5]]
+            more = f", … {len(shapes) - 5} more" if len(shapes) > 5 else ""
+            parts.append(f"{len(shapes)} shape mismatch(es) ({'; '.join(shown)}{more})")
+        hint = _common_prefix_hint(missing, unexpected)
+        raise WeightsError(
+            f"weights for {what} do not match the architecture: {'; '.join(parts)}. "
+            "Check that the file was saved from the same model name and settings (number of classes, "
+            f"input size), or set the model option to the architecture the file was saved from.{hint}"
+        )
+    try:
+        model.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights for {what} could not be loaded: {exc}") from exc
