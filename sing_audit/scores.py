@@ -26,16 +26,38 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
+def _stable_angle(xu: np.ndarray, yu: np.ndarray) -> np.ndarray:
+    """``2·atan2(|x̂ − ŷ|, |x̂ + ŷ|)`` in radians for unit rows: the same angle as
+    ``arccos(x̂·ŷ)`` but exact near 0° and 180°, where arccos of a rounded cosine is not
+    (float64 arccos cannot resolve angles below ~1e-6°)."""
+    return 2.0 * np.arctan2(np.linalg.norm(xu - yu, axis=-1), np.linalg.norm(xu + yu, axis=-1))
+
+
 def angles(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise ``degrees(arccos(clip(x·y / (|x||y|), -1, 1)))``; N×n, N×n -> N."""
-    cos = np.einsum("...i,...i->...", unit_rows(x), unit_rows(y))
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    """Row-wise angle ``degrees(arccos(clip(x·y / (|x||y|), -1, 1)))``; N×n, N×n -> N.
+
+    Computed in float64 through :func:`_stable_angle` so tiny angles stay exact.
+    """
+    xu, yu = np.broadcast_arrays(unit_rows(x), unit_rows(y))
+    return np.degrees(_stable_angle(xu, yu))
+
+
+#: cosines beyond this are recomputed with the stable formula
+_NEAR_PARALLEL = 1.0 - 1e-6
 
 
 def angle_matrix(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Angles between every row of N×n ``x`` and every row of K×n ``t``: N×K."""
-    cos = unit_rows(x) @ unit_rows(t).T
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    """Angles between every row of N×n ``x`` and every row of K×n ``t``: N×K (degrees).
+
+    ``arccos`` of the cosine matrix, with near-(anti)parallel pairs recomputed stably.
+    """
+    xu, tu = unit_rows(x), unit_rows(t)
+    cos = xu @ tu.T
+    out = np.arccos(np.clip(cos, -1.0, 1.0))
+    rows, cols = np.nonzero(np.abs(cos) > _NEAR_PARALLEL)
+    if rows.size:
+        out[rows, cols] = _stable_angle(xu[rows], tu[cols])
+    return np.degrees(out)
 
 
 def image_scores(translated: np.ndarray, translated_removed: np.ndarray) -> np.ndarray:

@@ -107,12 +107,12 @@ def make_scenario(
         w = 4.0 * vp.T
         bias = 0.01 * rng.normal(size=c)
         features[name] = f.astype(np.float32)
-        heads[name] = (w.astype(np.float32), bias.astype(np.float32))
+        heads[name] = (np.ascontiguousarray(w, dtype=np.float32), bias.astype(np.float32))
         translators[name] = text.T @ vp.T + a_n @ vn.T  # A = A_p V_pᵀ + A_n V_nᵀ
     ids = [f"img{i:05d}" for i in range(total)]
     # what no classifier feature explains: the target model's own measurement noise
     observed = embeddings + observation_noise * rng.normal(size=embeddings.shape)
-    return Scenario(labels, ids, observed.astype(np.float32), text, features, heads, translators, planted)
+    return Scenario(labels, ids, observed.astype(np.float32), np.ascontiguousarray(text), features, heads, translators, planted)
 
 
 def true_class_scores(s: Scenario, model: str) -> dict[str, float]:

@@ -212,15 +212,15 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             ) from exc
         return _unwrap(obj, path)
 
+    if _is_torchscript(path):
+        raise WeightsError(
+            f"weights file {path} is a TorchScript archive, which cannot be read without running its code; "
+            "load it once in Python and save its state dict: "
+            "torch.save(torch.jit.load(path).state_dict(), 'weights.pt')"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        if _is_torchscript(path):
-            raise WeightsError(
-                f"weights file {path} is a TorchScript archive, which cannot be read without running its code; "
-                "load it once in Python and save its state dict: "
-                "torch.save(torch.jit.load(path).state_dict(), 'weights.pt')"
-            ) from exc
         message = str(exc)
         if isinstance(exc, pickle.UnpicklingError) and "global" in message.lower():
             found = re.search(r"GLOBAL ([\w.]+)", message)

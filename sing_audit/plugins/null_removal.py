@@ -31,7 +31,8 @@ class NullRemoval(Probe):
             f = np.asarray(ctx.features[rows], dtype=np.float64)
             removed = remove_null(f, ctx.subspaces)
             t_f = ctx.translated[rows]
-            t_r = ctx.translate(removed, rows)
+            # with no null space f̃ = f exactly: reuse T(f) rather than re-evaluate it
+            t_r = t_f if ctx.subspaces.null_dim == 0 else ctx.translate(removed, rows)
             is_[rows] = image_scores(t_f, t_r)
             as_all = attribute_scores(t_f, t_r, ctx.class_text)
             labels = ctx.labels[rows]
