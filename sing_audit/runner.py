@@ -216,6 +216,7 @@ class Runner:
         self.records = None
         self.dataset_info: dict[str, Any] | None = None
         self.skipped: list[str] = []
+        self._loaded: set[int] = set()
 
     @contextmanager
     def stage(self, name: str):
@@ -226,6 +227,12 @@ class Runner:
         finally:
             self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
             log.info("stage %s: %.2fs", name, time.perf_counter() - start)
+
+    def ensure_loaded(self, component) -> None:
+        """Load a model once per run (only when something is not in the cache)."""
+        if id(component) not in self._loaded:
+            component.load(self.get_device())
+            self._loaded.add(id(component))
 
     def get_device(self) -> str:
         if self.device is None:
@@ -260,7 +267,7 @@ class Runner:
         hit = self.store.load("embeddings", key)
         if hit is None:
             with self.stage("extract"):
-                t.load(self.get_device())
+                self.ensure_loaded(t)
                 ex = extract(
                     self.records,
                     self.plan.dataset.instance,
@@ -271,13 +278,15 @@ class Runner:
                     num_workers=self.cfg.run.num_workers,
                     label=f"target {comp.name}",
                 )
-                self.store.save("embeddings", key, {"values": ex.values, "ok": ex.ok}, {"describe": desc})
+                self.store.save("embeddings", key, {"values": ex.values, "ok": ex.ok}, {"describe": t.describe()})
                 hit = self.store.load("embeddings", key)
         else:
             log.info("target %s: embeddings from cache %s", comp.name, key)
-        arrays, _ = hit
+        arrays, meta = hit
         ids = [r.image_id for r in self.records]
-        return EmbeddingSource(comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), t, t.random_weights, desc)
+        described = meta.get("describe", desc)
+        random_weights = bool(described.get("random_weights", t.random_weights))
+        return EmbeddingSource(comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), t, random_weights, desc)
 
     def class_text(self, src: EmbeddingSource, class_names: list[str]) -> np.ndarray:
         t = src.target
@@ -289,9 +298,7 @@ class Runner:
         hit = self.store.load("text", key, mmap=False)
         if hit is None:
             with self.stage("text"):
-                if not getattr(t, "_sing_loaded", False):
-                    t.load(self.get_device())
-                    t._sing_loaded = True
+                self.ensure_loaded(t)
                 emb = t.class_text_embeddings(class_names)
                 self.store.save("text", key, {"values": emb})
         else:
@@ -313,7 +320,7 @@ class Runner:
         hit = self.store.load("features", key)
         if hit is None:
             with self.stage("extract"):
-                b.load(self.get_device())
+                self.ensure_loaded(b)
                 head = b.head()
                 check = check_head_reproduces_logits(b.features, b.logits, head.weight, head.bias, comp.name)
                 ex = extract(
@@ -328,7 +335,7 @@ class Runner:
                     check_first=check,
                 )
                 meta = {
-                    "describe": desc,
+                    "describe": b.describe(),  # after load: with the weights' digest
                     "weight_eps": head.weight_eps,
                     "class_names": head.class_names,
                     "class_keys": head.class_keys,
@@ -351,7 +358,8 @@ class Runner:
         labels, names = self._map_labels(comp.name, head)
         ids = [r.image_id for r in self.records]
         return FeatureSource(
-            comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), labels, head, names, bool(meta.get("random_weights")), desc
+            comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), labels, head, names,
+            bool(meta.get("random_weights")), meta.get("describe", desc),
         )
 
     def _map_labels(self, name: str, head: LinearHead) -> tuple[np.ndarray | None, list[str]]:
