@@ -77,6 +77,10 @@ def apply_policy(
     with enough images) are marked apart and never count toward ``max_flagged``.
     """
     today = today or dt.date.today()
+    for c in classes:  # applying the policy twice gives the same answer
+        c.flagged = c.outlier = c.waived = False
+        c.flag_reasons = []
+        c.waiver_reason = c.waiver_expires = None
     eligible = [c for c in classes if c.n >= policy.min_images]
     values = np.array([c.as_abs_mean if c.as_abs_mean is not None else np.nan for c in eligible])
     for c, is_out in zip(eligible, robust_outliers(values, policy.outlier_z)):
@@ -91,7 +95,7 @@ def apply_policy(
                 f"mean |AS| {c.as_abs_mean:.2f}° (95% CI {low:.2f}–{c.as_abs_ci.high:.2f}°) over {c.n} images: "
                 f"the lower bound is above the {policy.as_threshold:g}° threshold"
             )
-            waiver = _find_waiver(model_name, c, policy)
+            waiver = _find_waiver(model_name, c, policy, today)
             if waiver is not None and waiver.active(today):
                 c.waived = True
                 c.waiver_reason = waiver.reason
@@ -111,13 +115,18 @@ def apply_policy(
     )
 
 
-def _find_waiver(model_name: str, c: ClassResult, policy: PolicyConfig):
-    for w in policy.waivers:
-        if w.model != model_name:
-            continue
-        if (isinstance(w.class_, int) and w.class_ == c.index) or (isinstance(w.class_, str) and w.class_ == c.name):
-            return w
-    return None
+def _find_waiver(model_name: str, c: ClassResult, policy: PolicyConfig, today: dt.date):
+    """The waiver for this class: an active one if any, else the latest-expiring one."""
+    matches = [
+        w
+        for w in policy.waivers
+        if w.model == model_name
+        and ((isinstance(w.class_, int) and w.class_ == c.index) or (isinstance(w.class_, str) and w.class_ == c.name))
+    ]
+    active = [w for w in matches if w.active(today)]
+    if active:
+        return active[0]
+    return max(matches, key=lambda w: w.expires, default=None)
 
 
 def fidelity_figures(translated: np.ndarray, embeddings: np.ndarray) -> dict[str, float]:
@@ -133,7 +142,7 @@ def fidelity_figures(translated: np.ndarray, embeddings: np.ndarray) -> dict[str
 
 def zero_shot_accuracy(embeddings: np.ndarray, class_text: np.ndarray, labels: np.ndarray) -> float:
     """Share of rows whose nearest class prompt (cosine) is their label."""
-    pred = np.argmax(unit_rows(embeddings) @ class_text.T, axis=1)
+    pred = np.argmax(unit_rows(embeddings) @ unit_rows(class_text).T, axis=1)
     return float(np.mean(pred == labels))
 
 

@@ -244,6 +244,8 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         node: Any = data
         for i, part in enumerate(parts[:-1]):
             nxt = parts[i + 1]
+            if not isinstance(node, (list, dict)):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i]) or '(top level)'} is not a mapping")
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not an index of a {len(node)}-item list")

@@ -121,8 +121,21 @@ def create_plugin_manager(load_entry_points: bool = True) -> PluginManager:
         if pm.is_registered(plugin):
             continue
         version = ep.dist.version if ep.dist is not None else "?"
-        pm.register(plugin, name=ep.name)
-        pm.packages[ep.name] = f"{dist} {version}"
+        package = f"{dist} {version}"
+        if pm.get_plugin(ep.name) is not None:
+            raise PluginError(
+                f"two installed packages register a plugin named {ep.name!r}: {pm.packages.get(ep.name, 'sing-audit')} "
+                f"and {package}; uninstall one, or choose with SING_AUDIT_LOAD_PLUGINS"
+            )
+        try:
+            pm.register(plugin, name=ep.name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {ep.name!r} (from package {package}) has an invalid hook: {exc}") from exc
+        pm.packages[ep.name] = package
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements a hook that does not exist (misspelled?): {exc}") from exc
     return pm
 
 

@@ -89,6 +89,8 @@ def split_head(
     tol: float | None = None
     if rule == "rank":
         smax = float(s[0]) if s.size else 0.0
+        if rtol is not None and rtol < 0:
+            raise ValueError(f"rtol must be >= 0, got {rtol}")
         rel = rtol if rtol is not None else max(c, m) * weight_eps
         tol = rel * smax
         r = int(np.count_nonzero(s > tol))

@@ -113,6 +113,15 @@ def cross_fit_folds(labels: np.ndarray | None, n_samples: int, k: int, seed: int
         raise ValueError(f"cannot split {n_samples} images into {k} folds")
     fold = np.empty(n_samples, dtype=np.int64)
     dummy = np.zeros((n_samples, 1))
+    if labels is not None and np.unique(np.asarray(labels), return_counts=True)[1].max() < k:
+        # every class is smaller than k: deal each class round-robin over the folds,
+        # continuing where the previous class stopped so that no fold stays empty
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n_samples)
+        lab = np.asarray(labels)[order]
+        order = order[np.argsort(lab, kind="stable")]
+        fold[order] = np.arange(n_samples) % k
+        return fold
     if labels is not None:
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         with warnings.catch_warnings():

@@ -39,8 +39,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
+
+    The file gets the permissions a plain ``open()`` would give (0666 less the umask).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -49,6 +58,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -100,7 +110,7 @@ class ArrayStore:
                 if _file_sha256(path) != digest:
                     return None
                 arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError):
             return None
         return arrays, meta.get("meta", {})
 
@@ -114,11 +124,12 @@ class ArrayStore:
             for name, arr in arrays.items():
                 path = tmp / f"{name}.npy"
                 with open(path, "wb") as fh:
-                    np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+                    np.save(fh, np.require(arr, requirements="C"), allow_pickle=False)
                     fh.flush()
                     os.fsync(fh.fileno())
                 digests[name] = _file_sha256(path)
             atomic_write_text(tmp / "meta.json", json.dumps({"_arrays": digests, "meta": meta or {}}, default=str))
+            os.chmod(tmp, 0o777 & ~_umask())
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -81,7 +81,7 @@ def test_text_batches_agree(target, monkeypatch):
     prompts = [f"a photo of thing {i}" for i in range(5)]
     whole = target.encode_text(prompts)
     monkeypatch.setattr(target, "text_batch_size", 2)
-    np.testing.assert_allclose(target.encode_text(prompts), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(target.encode_text(prompts), whole, rtol=1e-4, atol=1e-5)
 
 
 def test_template_ensemble_is_unit_norm(target):

@@ -254,6 +254,11 @@ def test_pretrained_offline_fails_fast(options, offline):
     assert b.model is None
 
 
+def test_architecture_without_pretrained_weights():
+    with pytest.raises(WeightsError, match="no pretrained weights"):
+        TimmBackbone({"model": "botnet50ts_256"}).load("cpu")
+
+
 def test_unknown_tag_lists_known_ones():
     with pytest.raises(WeightsError, match="a1_in1k"):
         TimmBackbone({"model": "resnet18", "weights": "a1_in1kk"}).load("cpu")

@@ -38,7 +38,14 @@ def _jsonable(value: Any) -> Any:
 
 
 class OpenClipTarget(ImageTarget):
-    """An open_clip model: raw image embeddings and a text encoder."""
+    """An open_clip model: raw image embeddings and a text encoder.
+
+    ``weights: pretrained`` takes the first tag open_clip lists for the model (recorded as
+    ``resolved_tag``); tags trained with QuickGELU (OpenAI's) get that activation. A local
+    file is loaded strictly into the architecture named by ``model`` as written: for OpenAI
+    weights saved to a file, name the ``-quickgelu`` variant (e.g. ``ViT-B-32-quickgelu``).
+    Files and random weights use the preprocessing of the model's first pretrained tag.
+    """
 
     class Options(PluginOptions):
         model: str = Field(min_length=1, description="open_clip model name (ViT-B-32, EVA02-B-16, hf-hub:org/repo)")
@@ -186,7 +193,9 @@ class OpenClipTarget(ImageTarget):
                     # the weights were trained with QuickGELU: build the activation they expect
                     common["force_quick_gelu"] = True
             try:
-                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, **common)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=tag, require_pretrained=True, **common
+                )
             except Exception as exc:
                 raise self._hub_error(repr(name) + (f" with tag {tag!r}" if tag else ""), exc) from exc
             self.pretrained_tag = tag

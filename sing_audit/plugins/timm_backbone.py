@@ -130,6 +130,19 @@ class TimmBackbone(ImageBackbone):
                 "use one of them, weights: pretrained, a local weights file, or weights: random"
             )
 
+    @staticmethod
+    def _check_has_weights(model_name: str) -> None:
+        import timm
+
+        if model_name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+            return
+        cfg = timm.models.get_pretrained_cfg(model_name)
+        if cfg is None or not cfg.has_weights:
+            raise WeightsError(
+                f"timm has no pretrained weights for {model_name!r}; set weights to a local weights file, "
+                "or to random for a smoke test"
+            )
+
     def _create(self, model_name: str, *, pretrained: bool, **kwargs: Any):
         """``timm.create_model`` with img_size where the architecture takes it."""
         import timm
@@ -150,6 +163,21 @@ class TimmBackbone(ImageBackbone):
                     ) from exc
                 # Convolutional models take any input size: img_size only changes the transform.
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+
+    def _create_offline(self, name: str, **kwargs: Any):
+        """Build without pretrained weights; a hub-hosted model still needs its config from the hub."""
+        try:
+            return self._create(name, pretrained=False, **kwargs)
+        except (ConfigError, WeightsError):
+            raise
+        except Exception as exc:
+            if name.startswith(("hf-hub:", "hf_hub:")):
+                detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                raise WeightsError(
+                    f"the configuration of hub model {name!r} could not be fetched ({exc.__class__.__name__}: "
+                    f"{detail}); without network access use the plain timm architecture name instead"
+                ) from exc
+            raise
 
     def _hub_error(self, name: str, exc: Exception) -> WeightsError:
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
@@ -182,6 +210,11 @@ class TimmBackbone(ImageBackbone):
         name = self.options.model
         if w.kind in ("pretrained", "tag"):
             if w.kind == "tag":
+                if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+                    raise WeightsError(
+                        f"model {name!r} names its weights itself; a tag ({w.value!r}) cannot be combined with it: "
+                        "use weights: pretrained"
+                    )
                 arch, own_tag = self._arch_and_tag()
                 if own_tag is not None and own_tag != w.value:
                     raise WeightsError(
@@ -190,6 +223,7 @@ class TimmBackbone(ImageBackbone):
                     )
                 self._check_tag(arch, w.value)
                 name = f"{arch}.{w.value}"
+            self._check_has_weights(name)
             try:
                 model = self._create(name, pretrained=True)
             except (ConfigError, WeightsError):
@@ -207,13 +241,13 @@ class TimmBackbone(ImageBackbone):
                     kwargs["num_classes"] = int(sd[wkey].shape[0])
                 elif not any(k.startswith(f"{c}.") for c in keys for k in sd):
                     kwargs["num_classes"] = 0  # a headless checkpoint
-            model = self._create(name, pretrained=False, **kwargs)
+            model = self._create_offline(name, **kwargs)
             load_into(model, sd, what=f"timm model {name!r} from {w.path}")
             self.random_weights = False
         else:  # random
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.options.seed)
-                model = self._create(name, pretrained=False)
+                model = self._create_offline(name)
             self.random_weights = True
 
         model.eval()

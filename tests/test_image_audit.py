@@ -1,0 +1,119 @@
+"""Audits over a generated image folder with random-init real architectures (timm, open_clip)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sing_audit.cli import main
+from sing_audit.synthetic import SYNSETS, write_image_folder
+
+from .conftest import write_config
+
+
+def _results(out) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("images") / "val", per_class=4, size=40)
+
+
+@pytest.mark.slow
+def test_two_timm_backbones_and_open_clip_end_to_end_then_cache(tmp_path, image_root, monkeypatch):
+    cfg = write_config(
+        tmp_path,
+        {
+            "output": "out",
+            "dataset": {"plugin": "image_folder", "root": str(image_root)},
+            "target": {"plugin": "open_clip", "name": "clip", "model": "ViT-B-32", "weights": "random", "image_size": 64},
+            "backbones": [
+                {"name": "r50", "plugin": "timm", "model": "resnet50", "weights": "random", "img_size": 64},
+                {"name": "vit", "plugin": "timm", "model": "vit_tiny_patch16_224", "weights": "random", "img_size": 32},
+            ],
+            "run": {"device": "cpu", "batch_size": 8, "folds": 3, "bootstrap": 100},
+        },
+    )
+    assert main(["run", str(cfg)]) == 0
+    first = _results(tmp_path / "out")
+    assert first["random_weights"] is True
+    by_name = {m["name"]: m for m in first["models"]}
+    assert set(by_name) == {"r50", "vit"}
+    assert by_name["r50"]["null_dim"] == 2048 - 1000 and by_name["vit"]["null_dim"] == 0
+    assert by_name["vit"]["is_as_ratio"] is None
+    for m in first["models"]:
+        assert m["random_weights"] is True and m["n_images"] == 12 and m["labels_source"] == "labels"
+        assert {c["name"] for c in m["classes"]} == {"tench", "goldfish", "great white shark"}
+        assert m["logit_drift"]["relative_max"] < 1e-6
+    assert "RANDOM WEIGHTS" in (tmp_path / "out" / "report.html").read_text()
+
+    # a rerun with nothing changed builds no model at all
+    from sing_audit.plugins import open_clip_target, timm_backbone
+
+    def no_load(self, device):
+        raise AssertionError("model loaded although everything is cached")
+
+    monkeypatch.setattr(timm_backbone.TimmBackbone, "load", no_load)
+    monkeypatch.setattr(open_clip_target.OpenClipTarget, "load", no_load)
+    assert main(["run", str(cfg)]) == 0
+    second = _results(tmp_path / "out")
+    assert [m["classes"] for m in second["models"]] == [m["classes"] for m in first["models"]]
+    assert second["random_weights"] is True
+
+
+def _mixed_config(tmp_path, root, on_bad_image):
+    """timm backbone on images + a precomputed target aligned by image ids."""
+    ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(4)]
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "t.npz",
+        image_embeddings=rng.normal(size=(len(ids), 8)).astype(np.float32),
+        text_embeddings=rng.normal(size=(1000, 8)).astype(np.float32),
+        image_ids=np.array(ids),
+    )
+    return write_config(
+        tmp_path,
+        {
+            "output": "out",
+            "dataset": {"plugin": "image_folder", "root": str(root), "on_bad_image": on_bad_image},
+            "target": {"plugin": "precomputed", "path": "t.npz"},
+            "backbones": [{"name": "r18", "plugin": "timm", "model": "resnet18", "weights": "random", "img_size": 32}],
+            "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
+        },
+    )
+
+
+@pytest.fixture
+def corrupt_root(tmp_path):
+    root = write_image_folder(tmp_path / "val", per_class=4, size=32)
+    (root / SYNSETS[1] / f"{SYNSETS[1]}_2.png").write_bytes(b"\x89PNG broken")
+    return root
+
+
+def test_corrupt_image_is_fatal_by_default(tmp_path, corrupt_root, capsys):
+    assert main(["run", str(_mixed_config(tmp_path, corrupt_root, "fail"))]) == 2
+    err = capsys.readouterr().err
+    assert f"{SYNSETS[1]}_2.png" in err and "on_bad_image" in err
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, corrupt_root):
+    assert main(["run", str(_mixed_config(tmp_path, corrupt_root, "skip"))]) == 0
+    res = _results(tmp_path / "out")
+    assert res["provenance"]["skipped_images"] == [f"{SYNSETS[1]}/{SYNSETS[1]}_2.png"]
+    assert res["models"][0]["n_images"] == 11
+
+
+def test_missing_dataset_root(tmp_path, capsys):
+    cfg = _mixed_config(tmp_path, tmp_path / "nowhere", "fail")
+    assert main(["run", str(cfg)]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_pretrained_weights_offline_is_bad_input_not_a_fallback(tmp_path, image_root, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _mixed_config(tmp_path, image_root, "fail")
+    assert main(["run", str(cfg), "-o", "backbones.0.weights=pretrained"]) == 2
+    assert "weights" in capsys.readouterr().err.lower()
