@@ -263,7 +263,9 @@ class Runner:
             table = t.load_embeddings()
             return EmbeddingSource(comp.name, np.asarray(table.image_embeddings), table.image_ids, None, t, t.random_weights, t.describe())
         desc = t.describe()
-        key = content_key("embeddings", desc, self._dataset_key())
+        # prompt templates shape text embeddings only: changing them keeps image embeddings
+        image_desc = {k: v for k, v in desc.items() if k != "templates"}
+        key = content_key("embeddings", image_desc, self._dataset_key())
         hit = self.store.load("embeddings", key)
         if hit is None:
             with self.stage("extract"):

@@ -17,19 +17,37 @@ def _results(out) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+TINY_CLIP = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A real open_clip CLIP architecture, shrunk: registered like a user's own config."""
+    import open_clip
+
+    path = tmp_path_factory.mktemp("clipcfg") / "sing-tiny-clip.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(path)
+    return "sing-tiny-clip"
+
+
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("images") / "val", per_class=4, size=40)
 
 
 @pytest.mark.slow
-def test_two_timm_backbones_and_open_clip_end_to_end_then_cache(tmp_path, image_root, monkeypatch):
+def test_two_timm_backbones_and_open_clip_end_to_end_then_cache(tmp_path, image_root, tiny_clip, monkeypatch):
     cfg = write_config(
         tmp_path,
         {
             "output": "out",
             "dataset": {"plugin": "image_folder", "root": str(image_root)},
-            "target": {"plugin": "open_clip", "name": "clip", "model": "ViT-B-32", "weights": "random", "image_size": 64},
+            "target": {"plugin": "open_clip", "name": "clip", "model": tiny_clip, "weights": "random"},
             "backbones": [
                 {"name": "r50", "plugin": "timm", "model": "resnet50", "weights": "random", "img_size": 64},
                 {"name": "vit", "plugin": "timm", "model": "vit_tiny_patch16_224", "weights": "random", "img_size": 32},
@@ -113,7 +131,10 @@ def test_missing_dataset_root(tmp_path, capsys):
 
 
 def test_pretrained_weights_offline_is_bad_input_not_a_fallback(tmp_path, image_root, capsys, monkeypatch):
+    import huggingface_hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     cfg = _mixed_config(tmp_path, image_root, "fail")
     assert main(["run", str(cfg), "-o", "backbones.0.weights=pretrained"]) == 2
     assert "weights" in capsys.readouterr().err.lower()
