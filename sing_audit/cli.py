@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -20,6 +21,7 @@ EXIT_POLICY_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 __all__ = ["main", "build_parser"]
 
@@ -75,9 +77,10 @@ def _cmd_run(args) -> int:
             f"{m.name} @ {m.target}: null dim {m.null_dim} ({m.rank_rule}), mean IS {m.is_mean:.2f}°, "
             f"mean |AS| {m.as_abs_mean:.2f}°, IS/AS {ratio}, flagged {m.n_flagged}{stamp}"
         )
-    out = Path(result.provenance.config.get("output", "."))
     print(result.verdict)
-    print(f"results: {args.config.resolve().parent / out if not out.is_absolute() else out}/results.json")
+    from .config import load_config
+
+    print(f"results: {load_config(args.config, args.override).output_dir / 'results.json'}")
     return EXIT_PASSED if result.passed else EXIT_POLICY_FAILED
 
 
@@ -134,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sing-audit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of our output went away (e.g. `| head`): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (BadInputError, PluginError) as exc:
         if args.debug:
             traceback.print_exc()

@@ -157,7 +157,7 @@ class AuditConfig(_Strict):
 
     @property
     def output_dir(self) -> Path:
-        return self.resolve_path(self.output)
+        return self.resolve_path(self.output).resolve()
 
 
 # --------------------------------------------------------------------------- errors

@@ -138,3 +138,31 @@ def test_pretrained_weights_offline_is_bad_input_not_a_fallback(tmp_path, image_
     cfg = _mixed_config(tmp_path, image_root, "fail")
     assert main(["run", str(cfg), "-o", "backbones.0.weights=pretrained"]) == 2
     assert "weights" in capsys.readouterr().err.lower()
+
+
+def test_corrupt_cached_features_are_recomputed(tmp_path, image_root):
+    cfg = _mixed_config(tmp_path, image_root, "fail")
+    assert main(["run", str(cfg)]) == 0
+    before = _results(tmp_path / "out")["models"][0]["classes"]
+    values = next((tmp_path / "out" / "cache" / "features").glob("*/values.npy"))
+    data = bytearray(values.read_bytes())
+    data[-5] ^= 0xFF
+    values.write_bytes(bytes(data))
+    assert main(["run", str(cfg)]) == 0
+    assert _results(tmp_path / "out")["models"][0]["classes"] == before
+
+
+def test_head_that_is_not_affine_is_refused(tmp_path, image_root, monkeypatch, capsys):
+    """A cosine classifier normalises its input: features @ W + b no longer give the logits."""
+    import torch
+
+    from sing_audit.plugins import timm_backbone
+
+    def cosine_logits(self, x):
+        f = torch.nn.functional.normalize(self.features(x), dim=-1)
+        return f @ self.model.get_classifier().weight.T
+
+    monkeypatch.setattr(timm_backbone.TimmBackbone, "logits", cosine_logits)
+    assert main(["run", str(_mixed_config(tmp_path, image_root, "fail"))]) == 2
+    err = capsys.readouterr().err
+    assert "not a plain affine map" in err and "r18" in err
