@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import DataError
 
 __all__ = [
     "PluginOptions",
+    "ModelOptions",
     "ImageRecord",
     "ImageDataset",
     "LinearHead",
@@ -54,6 +55,23 @@ class PluginOptions(BaseModel):
     """Base of every plugin's options model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelOptions(PluginOptions):
+    """Options every model plugin shares: which model, which weights, how to seed them."""
+
+    model: str = Field(min_length=1, description="the library's model name")
+    weights: str = Field("pretrained", description="pretrained | random | <hub tag> | <local file>")
+    seed: int = Field(0, description="seed for weights: random")
+    base_dir: Path | None = Field(None, description="folder relative weight paths start from (set by the host)")
+
+    @field_validator("model", "weights")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty")
+        return v
 
 
 # --------------------------------------------------------------------------- datasets

@@ -525,7 +525,7 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
                 ratios.append(float(np.linalg.norm(a @ sub.null) / total) if total > 0 else 0.0)
             t_null = float(np.mean(ratios))
         params: dict[str, Any] = {}
-        for k, t in enumerate(translators):
+        for t in translators:
             for p, v in t.info().items():
                 params.setdefault(p, []).append(v)
 

@@ -9,7 +9,6 @@ import types
 import uuid
 from pathlib import Path
 
-import pluggy
 import pytest
 
 import sing_audit

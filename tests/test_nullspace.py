@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -370,5 +371,5 @@ def test_logit_drift_zero_logits_give_zero_relative():
 def test_head_subspaces_is_frozen():
     sub = split_head(np.ones((2, 3)))
     assert isinstance(sub, HeadSubspaces)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         sub.rank = 5  # type: ignore[misc]

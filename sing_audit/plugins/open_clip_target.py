@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from sing_audit.components import DEFAULT_TEMPLATES, ImageTarget, PluginOptions
+from sing_audit.components import DEFAULT_TEMPLATES, ImageTarget, ModelOptions
 from sing_audit.errors import ConfigError, WeightsError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.weights import (
@@ -47,21 +46,11 @@ class OpenClipTarget(ImageTarget):
     Files and random weights use the preprocessing of the model's first pretrained tag.
     """
 
-    class Options(PluginOptions):
+    class Options(ModelOptions):
         model: str = Field(min_length=1, description="open_clip model name (ViT-B-32, EVA02-B-16, hf-hub:org/repo)")
         weights: str = Field("pretrained", description="pretrained | random | <pretrained tag> | <local file>")
         templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
         image_size: int | None = Field(None, ge=8, description="force the image size (e.g. for small tests)")
-        seed: int = Field(0, description="seed for weights: random")
-        base_dir: Path | None = Field(None, description="folder relative weight paths start from (set by the host)")
-
-        @field_validator("model", "weights")
-        @classmethod
-        def _strip(cls, v: str) -> str:
-            v = v.strip()
-            if not v:
-                raise ValueError("must not be empty")
-            return v
 
         @field_validator("templates")
         @classmethod

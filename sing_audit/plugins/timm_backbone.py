@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from sing_audit.components import ImageBackbone, LinearHead, PluginOptions
+from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
 from sing_audit.errors import ConfigError, HeadError, WeightsError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.weights import (
@@ -60,20 +60,9 @@ def imagenet_class_info(num_classes: int) -> tuple[tuple[str, ...], tuple[str, .
 class TimmBackbone(ImageBackbone):
     """A timm classifier; ``features`` is ``forward_head(..., pre_logits=True)``."""
 
-    class Options(PluginOptions):
+    class Options(ModelOptions):
         model: str = Field(min_length=1, description="timm model name, optionally with a tag (resnet50.a1_in1k)")
-        weights: str = Field("pretrained", description="pretrained | random | <hub tag> | <local file>")
         img_size: int | None = Field(None, ge=8, description="input size override (square), e.g. for small tests")
-        seed: int = Field(0, description="seed for weights: random")
-        base_dir: Path | None = Field(None, description="folder relative weight paths start from (set by the host)")
-
-        @field_validator("model", "weights")
-        @classmethod
-        def _strip(cls, v: str) -> str:
-            v = v.strip()
-            if not v:
-                raise ValueError("must not be empty")
-            return v
 
     plugin_name = "timm"
 
