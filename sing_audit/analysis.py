@@ -11,11 +11,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import PolicyConfig
-from .results import ClassResult, Fidelity, Interval
+from .results import ClassResult, Fidelity, Interval, ModelResult, TargetAgreement
 from .scores import unit_rows
 from .stats import MeanCI, bootstrap_mean_ci, robust_outliers
 
-__all__ = ["class_results", "apply_policy", "fidelity_figures", "zero_shot_accuracy", "ratio"]
+__all__ = [
+    "class_results",
+    "apply_policy",
+    "fidelity_figures",
+    "zero_shot_accuracy",
+    "ratio",
+    "policy_failures",
+    "model_summary",
+    "target_agreement",
+]
 
 
 def _interval(ci: MeanCI) -> Interval:
@@ -155,3 +164,81 @@ def ratio(is_mean: float | None, as_abs_mean: float | None, null_dim: int) -> fl
 
 def fidelity_model(fig: dict[str, float], folds: int, translator: str, params: dict, null_energy: float | None, normalized: bool) -> Fidelity:
     return Fidelity(folds=folds, translator=translator, params=params, null_energy=null_energy, normalized_targets=normalized, **fig)
+
+
+def policy_failures(m: ModelResult, policy: PolicyConfig) -> list[str]:
+    """Every reason ``m`` fails the policy (empty: it passes)."""
+    out = []
+    if m.n_flagged > policy.max_flagged:
+        out.append(
+            f"{m.n_flagged} flagged class(es) ({', '.join(m.flagged_classes[:5])}{'…' if m.n_flagged > 5 else ''}), "
+            f"more than the {policy.max_flagged} allowed"
+        )
+    cos = m.fidelity.cosine
+    if policy.min_fidelity is not None and (cos is None or cos < policy.min_fidelity):
+        out.append(f"translator fidelity (held-out cosine {_deg(cos, '')}) below the floor {policy.min_fidelity:g}")
+    if policy.min_is_as_ratio is not None and m.is_as_ratio is not None and m.is_as_ratio < policy.min_is_as_ratio:
+        out.append(f"IS/AS ratio {m.is_as_ratio:.2f} below the floor {policy.min_is_as_ratio:g}")
+    return out
+
+
+def _deg(v: float | None, unit: str = "°") -> str:
+    return "n/a" if v is None else f"{v:.2f}{unit}"
+
+
+def model_summary(m: ModelResult, policy: PolicyConfig) -> str:
+    """One sentence per model that a manager can read."""
+    who = f"{m.name} (with {m.target})"
+    prefix = "Pipeline check with random weights — not a verdict on a trained model: " if m.random_weights else ""
+    if m.null_dim == 0:
+        text = (
+            f"{who} has no null space under the {m.rank_rule} rule ({m.num_features} features, "
+            f"{m.num_classes} classes), so null removal changes nothing and there is no leakage to measure "
+            "with this rule; compare at a matched null fraction (energy or fixed rule) instead."
+        )
+    elif m.n_flagged or m.n_waived:
+        names = ", ".join(m.flagged_classes[:3]) + ("…" if len(m.flagged_classes) > 3 else "")
+        flagged = [c for c in m.classes if c.flagged]
+        worst = max(flagged, key=lambda c: c.as_abs_mean or 0.0)
+        text = (
+            f"{who} hides class meaning in its null space for {len(flagged)} class(es)"
+            f"{' (' + names + ')' if names else ''}: moving their features within the null space, which "
+            f"changes no decision, shifts their meaning by up to {_deg(worst.as_abs_mean)} relative to the "
+            f"class prompt (threshold {policy.as_threshold:g}°)"
+            + (f"; {m.n_waived} of them waived by a reviewer." if m.n_waived else ".")
+        )
+    else:
+        text = (
+            f"{who} shows no class-specific leakage above {policy.as_threshold:g}°: removing its null component "
+            f"moves features by {_deg(m.is_mean)} on average, with a mean shift of only {_deg(m.as_abs_mean)} "
+            "relative to the class prompts."
+        )
+    if m.fidelity.cosine is not None and m.fidelity.cosine < policy.warn_fidelity:
+        text += (
+            f" Caution: the translator explains the target space poorly (held-out cosine {m.fidelity.cosine:.2f}), "
+            "so these numbers are uncertain."
+        )
+    return prefix + text
+
+
+def target_agreement(models: list[ModelResult]) -> list[TargetAgreement]:
+    """For each pair of targets: do they order the backbones the same way by mean |AS|?"""
+    from scipy.stats import kendalltau
+
+    by_target: dict[str, dict[str, float]] = {}
+    for m in models:
+        if m.as_abs_mean is not None:
+            by_target.setdefault(m.target, {})[m.name] = m.as_abs_mean
+    targets = sorted(by_target)
+    out = []
+    for i, a in enumerate(targets):
+        for b in targets[i + 1 :]:
+            common = sorted(set(by_target[a]) & set(by_target[b]))
+            if len(common) < 2:
+                continue
+            xa = [by_target[a][n] for n in common]
+            xb = [by_target[b][n] for n in common]
+            tau = kendalltau(xa, xb).statistic
+            same = [common[j] for j in np.argsort(xa, kind="stable")] == [common[j] for j in np.argsort(xb, kind="stable")]
+            out.append(TargetAgreement(targets=[a, b], models=common, kendall_tau=float(tau), same_order=bool(same)))
+    return out

@@ -96,11 +96,19 @@ class PolicyConfig(_Strict):
     min_images: int = Field(default=10, ge=1)
     max_flagged: int = Field(default=0, ge=0)
     outlier_z: float = Field(default=3.5, gt=0, description="robust z-score that marks an outlier class")
+    min_fidelity: float | None = Field(
+        default=None, ge=-1, le=1, description="fail a model whose held-out translator cosine is below this"
+    )
+    warn_fidelity: float = Field(default=0.5, ge=-1, le=1, description="warn when the held-out cosine is below this")
+    min_is_as_ratio: float | None = Field(
+        default=None, ge=0, description="fail a model whose IS/AS ratio is below this (more semantic drift per degree)"
+    )
     waivers: list[Waiver] = Field(default_factory=list)
 
 
 class ReportConfig(_Strict):
     formats: list[str] = Field(default_factory=lambda: ["json", "csv", "html"])
+    top_images: int = Field(default=12, ge=0, description="most leaking images listed per model (with thumbnails)")
 
 
 class RunSettings(_Strict):

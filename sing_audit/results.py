@@ -19,7 +19,9 @@ __all__ = [
     "Fidelity",
     "SanityFigures",
     "NullRemovalDrift",
+    "ImageEvidence",
     "ModelResult",
+    "TargetAgreement",
     "Provenance",
     "AuditResult",
 ]
@@ -96,6 +98,18 @@ class NullRemovalDrift(_Result):
     prediction_agreement: float | None = None
 
 
+class ImageEvidence(_Result):
+    """One of a model's most leaking images (largest |AS|)."""
+
+    image_id: str
+    label: int
+    class_name: str
+    as_score: float | None = None
+    is_score: float | None = None
+    as_contrast: float | None = None
+    thumbnail: str | None = Field(None, description="relative path of a small JPEG, when the images were available")
+
+
 class ModelResult(_Result):
     name: str
     backbone: str
@@ -117,6 +131,10 @@ class ModelResult(_Result):
     as_abs_ci: Interval = Field(default_factory=Interval)
     as_contrast_mean: float | None = None
     is_as_ratio: float | None = None
+    is_as_ratio_ci: Interval = Field(default_factory=Interval)
+    summary: str = Field("", description="one sentence a manager can read")
+    policy_failures: list[str] = Field(default_factory=list, description="why this model fails the policy")
+    top_images: list[ImageEvidence] = Field(default_factory=list)
     logit_drift: NullRemovalDrift = Field(default_factory=NullRemovalDrift)
     fidelity: Fidelity = Field(default_factory=Fidelity)
     sanity: SanityFigures = Field(default_factory=SanityFigures)
@@ -129,6 +147,15 @@ class ModelResult(_Result):
     probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="relative paths of per-model files")
     weights_digest: str | None = None
+
+
+class TargetAgreement(_Result):
+    """Whether two targets order the models the same way (by mean |AS|)."""
+
+    targets: list[str]
+    models: list[str]
+    kendall_tau: float | None = None
+    same_order: bool
 
 
 class Provenance(_Result):
@@ -152,6 +179,7 @@ class AuditResult(_Result):
     verdict: str = ""
     policy: dict[str, Any] = Field(default_factory=dict)
     models: list[ModelResult]
+    target_agreement: list[TargetAgreement] = Field(default_factory=list)
     provenance: Provenance = Field(default_factory=Provenance)
     files: dict[str, str] = Field(default_factory=dict)
 

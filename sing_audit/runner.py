@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .analysis import apply_policy, class_results, fidelity_figures, ratio, zero_shot_accuracy
+from .analysis import (
+    apply_policy,
+    class_results,
+    fidelity_figures,
+    model_summary,
+    policy_failures,
+    ratio,
+    target_agreement,
+    zero_shot_accuracy,
+)
 from .components import (
     EmbeddingTarget,
     FeatureBackbone,
@@ -38,8 +47,17 @@ from .extraction import check_head_reproduces_logits, extract, resolve_device
 from .host import Registry, create_registry
 from .nullspace import HeadSubspaces, null_energy, split_head
 from .probes import ProbeContext, row_chunks
-from .results import AuditResult, Fidelity, Interval, ModelResult, NullRemovalDrift, Provenance, SanityFigures
-from .stats import bootstrap_mean_ci
+from .results import (
+    AuditResult,
+    Fidelity,
+    ImageEvidence,
+    Interval,
+    ModelResult,
+    NullRemovalDrift,
+    Provenance,
+    SanityFigures,
+)
+from .stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from .store import ArrayStore, atomic_write_text, content_key
 
 __all__ = ["run_audit", "Plan", "build_plan", "audit_identity"]
@@ -576,6 +594,11 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         abs_as = np.abs(scores.attribute_score)
         ci_is = bootstrap_mean_ci(scores.image_score, generator, cfg.run.bootstrap)
         ci_abs = bootstrap_mean_ci(abs_as, generator, cfg.run.bootstrap)
+        ratio_ci = (
+            bootstrap_ratio_ci(scores.image_score, abs_as, generator, cfg.run.bootstrap)
+            if sub.null_dim > 0
+            else (None, None)
+        )
     is_mean = float(np.mean(scores.image_score))
     as_abs_mean = float(np.mean(abs_as))
     nr = probe_summaries.get("null_removal", {})
@@ -602,6 +625,7 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         as_abs_ci=Interval(low=ci_abs.low, high=ci_abs.high),
         as_contrast_mean=float(np.nanmean(scores.attribute_contrast)) if np.isfinite(scores.attribute_contrast).any() else None,
         is_as_ratio=ratio(is_mean, as_abs_mean, sub.null_dim),
+        is_as_ratio_ci=Interval(low=ratio_ci[0], high=ratio_ci[1]),
         logit_drift=NullRemovalDrift(
             relative_max=nr.get("logit_drift_relative_max"),
             relative_mean=nr.get("logit_drift_relative_mean"),
@@ -629,6 +653,10 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         probes=probe_summaries,
         weights_digest=fsrc.describe.get("weights_digest") or fsrc.describe.get("digest"),
     )
+    result.top_images = _top_images(runner, ids, labels, fsrc.class_names, scores, cfg.report.top_images)
+    result.policy_failures = policy_failures(result, cfg.policy)
+    result.passed = not result.policy_failures
+    result.summary = model_summary(result, cfg.policy)
     per_image = {
         "image_id": np.array(ids if ids is not None else [str(i) for i in frows], dtype=object),
         "label": labels,
@@ -638,6 +666,61 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         **columns,
     }
     return result, per_image
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+THUMBNAIL_PX = 112
+
+
+def _top_images(runner: Runner, ids, labels, class_names, scores, k: int) -> list[ImageEvidence]:
+    """The ``k`` images with the largest |AS|, with thumbnails when the images are at hand."""
+    if k == 0 or labels.size == 0:
+        return []
+    order = np.argsort(-np.abs(np.nan_to_num(scores.attribute_score)), kind="stable")[:k]
+    records = {r.image_id: r for r in runner.records} if runner.records is not None else {}
+    out = []
+    for i in order:
+        image_id = ids[i] if ids is not None else str(i)
+        thumb = _thumbnail(runner, records.get(image_id)) if records else None
+        out.append(
+            ImageEvidence(
+                image_id=image_id,
+                label=int(labels[i]),
+                class_name=class_names[int(labels[i])],
+                as_score=float(scores.attribute_score[i]),
+                is_score=float(scores.image_score[i]),
+                as_contrast=float(scores.attribute_contrast[i]),
+                thumbnail=thumb,
+            )
+        )
+    return out
+
+
+def _thumbnail(runner: Runner, record) -> str | None:
+    """Write a small JPEG of one dataset image into the output folder (once)."""
+    if record is None:
+        return None
+    import hashlib
+
+    from .errors import DataError as _DataError
+
+    rel = f"thumbnails/{hashlib.sha256(record.image_id.encode()).hexdigest()[:20]}.jpg"
+    path = runner.out / rel
+    if path.is_file():
+        return rel
+    try:
+        img = runner.plan.dataset.instance.open(record)
+    except _DataError:
+        return None
+    img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    from .store import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+    return rel
 
 
 # --------------------------------------------------------------------------- files
@@ -684,10 +767,10 @@ def _versions() -> dict[str, str]:
 
 def _verdict(result_models: list[ModelResult], passed: bool, policy) -> str:
     if passed:
-        return f"PASSED: no model has more than {policy.max_flagged} flagged class(es)."
+        return f"PASSED: {len(result_models)} model(s) audited; none has more than {policy.max_flagged} flagged class(es) or misses a floor."
     failing = [m for m in result_models if not m.passed]
-    parts = [f"{m.name} ({m.target}): {m.n_flagged} flagged — {', '.join(m.flagged_classes[:5])}{'…' if len(m.flagged_classes) > 5 else ''}" for m in failing]
-    return f"FAILED: more than {policy.max_flagged} flagged class(es) in " + "; ".join(parts)
+    parts = [f"{m.name} ({m.target}): " + "; ".join(m.policy_failures) for m in failing]
+    return "FAILED: " + " | ".join(parts)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -743,6 +826,7 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
             verdict=_verdict(models, passed, cfg.policy),
             policy=cfg.policy.model_dump(mode="json", by_alias=True),
             models=models,
+            target_agreement=target_agreement(models),
             provenance=Provenance(
                 config=cfg.model_dump(mode="json", by_alias=True, exclude_none=True),
                 config_digest=content_key(cfg.model_dump(mode="json", by_alias=True)),

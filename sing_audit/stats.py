@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MeanCI", "bootstrap_mean_ci", "group_mean_ci", "robust_outliers"]
+__all__ = ["MeanCI", "bootstrap_mean_ci", "bootstrap_ratio_ci", "group_mean_ci", "robust_outliers"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,36 @@ def bootstrap_mean_ci(
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return MeanCI(mean, float(low), float(high), n)
+
+
+def bootstrap_ratio_ci(
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    generator: np.random.Generator,
+    n_boot: int = 1000,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of ``mean(numerator) / mean(denominator)``, resampling the
+    pairs jointly (one row per image). NaN bounds with fewer than 2 rows."""
+    num = np.asarray(numerator, dtype=np.float64)
+    den = np.asarray(denominator, dtype=np.float64)
+    n = int(num.size)
+    if n < 2:
+        return float("nan"), float("nan")
+    ratios = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = generator.integers(0, n, size=(stop - start, n))
+        d = den[idx].mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios[start:stop] = np.where(d > 0, num[idx].mean(axis=1) / d, np.nan)
+    ratios = ratios[np.isfinite(ratios)]
+    if ratios.size == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(ratios, [tail, 1.0 - tail])
+    return float(low), float(high)
 
 
 def group_mean_ci(
