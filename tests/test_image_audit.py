@@ -122,6 +122,14 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, corrupt_root):
     res = _results(tmp_path / "out")
     assert res["provenance"]["skipped_images"] == [f"{SYNSETS[1]}/{SYNSETS[1]}_2.png"]
     assert res["models"][0]["n_images"] == 11
+    top = res["models"][0]["top_images"]
+    assert len(top) == 11  # report.top_images (12) capped by the images audited
+    from PIL import Image
+
+    for t in top:
+        assert t["thumbnail"].startswith("thumbnails/")
+        with Image.open(tmp_path / "out" / t["thumbnail"]) as img:
+            assert max(img.size) <= 112
 
 
 def test_missing_dataset_root(tmp_path, capsys):
