@@ -58,6 +58,8 @@ class ProbeContext:
     target: Target
     generator: np.random.Generator
     image_ids: list[str] = field(default_factory=list)
+    #: the fitted translator of each fold (``folds[i]`` indexes the one that scored image i)
+    translators: list = field(default_factory=list)
 
 
 @dataclass

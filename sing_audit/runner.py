@@ -573,6 +573,7 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         target=esrc.target,
         generator=generator,
         image_ids=ids or [],
+        translators=translators,
     )
     columns: dict[str, np.ndarray] = {}
     probe_summaries: dict[str, dict[str, Any]] = {}
