@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import PolicyConfig
-from .results import ClassResult, Fidelity, Interval, ModelResult, TargetAgreement
+from .results import ClassResult, Fidelity, Interval, ModelComparison, ModelResult, TargetAgreement
 from .scores import unit_rows
 from .stats import MeanCI, bootstrap_mean_ci, robust_outliers
 
@@ -24,6 +24,7 @@ __all__ = [
     "policy_failures",
     "model_summary",
     "target_agreement",
+    "compare_models",
 ]
 
 
@@ -242,3 +243,32 @@ def target_agreement(models: list[ModelResult]) -> list[TargetAgreement]:
             same = [common[j] for j in np.argsort(xa, kind="stable")] == [common[j] for j in np.argsort(xb, kind="stable")]
             out.append(TargetAgreement(targets=[a, b], models=common, kendall_tau=float(tau), same_order=bool(same)))
     return out
+
+
+def compare_models(
+    target: str, name_a: str, abs_a: np.ndarray, name_b: str, abs_b: np.ndarray, generator: np.random.Generator, n_boot: int = 1000
+) -> ModelComparison:
+    """Mann–Whitney U test and a bootstrap interval of the difference of mean |AS| (b − a)."""
+    from scipy.stats import mannwhitneyu
+
+    a = np.asarray(abs_a, dtype=np.float64)
+    b = np.asarray(abs_b, dtype=np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size < 2 or b.size < 2:
+        return ModelComparison(target=target, model_a=name_a, model_b=name_b)
+    test = mannwhitneyu(b, a, alternative="two-sided")
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        diffs[i] = b[generator.integers(0, b.size, b.size)].mean() - a[generator.integers(0, a.size, a.size)].mean()
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    p = float(test.pvalue)
+    return ModelComparison(
+        target=target,
+        model_a=name_a,
+        model_b=name_b,
+        as_abs_mean_diff=float(b.mean() - a.mean()),
+        diff_ci=Interval(low=float(low), high=float(high)),
+        mannwhitney_u=float(test.statistic),
+        p_value=p,
+        differ=bool(p < 0.05 and (low > 0 or high < 0)),
+    )

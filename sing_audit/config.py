@@ -130,6 +130,9 @@ class AuditConfig(_Strict):
     targets: list[TargetSpec] | None = None
     backbones: list[BackboneSpec] = Field(min_length=1)
     translator: ComponentSpec = Field(default_factory=lambda: ComponentSpec(plugin="linear"))
+    compare_translators: list[ComponentSpec] = Field(
+        default_factory=list, description="other translator families fitted on the same folds, shown for comparison"
+    )
     nullspace: NullspaceConfig = Field(default_factory=NullspaceConfig)
     probes: list[str | ComponentSpec] = Field(default_factory=lambda: ["null_removal"])
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.null_removal",
     "sing_audit.plugins.steering_probe",
     "sing_audit.plugins.nullspace_validation",
+    "sing_audit.plugins.principal_consistency",
     "sing_audit.plugins.reporters",
 )
 

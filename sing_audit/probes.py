@@ -84,3 +84,8 @@ class Probe(abc.ABC):
     @abc.abstractmethod
     def run(self, ctx: ProbeContext) -> ProbeOutput:
         """Measure; pure computation on the context (no I/O)."""
+
+    def aggregate(self, summaries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """Optional audit-level result from every model's summary (keyed ``name@target``);
+        stored under ``probe_aggregates[<probe>]`` in results.json. ``None``: nothing to add."""
+        return None

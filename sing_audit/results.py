@@ -17,11 +17,13 @@ __all__ = [
     "Interval",
     "ClassResult",
     "Fidelity",
+    "TranslatorComparison",
     "SanityFigures",
     "NullRemovalDrift",
     "ImageEvidence",
     "ModelResult",
     "TargetAgreement",
+    "ModelComparison",
     "Provenance",
     "AuditResult",
 ]
@@ -84,6 +86,20 @@ class Fidelity(_Result):
     normalized_targets: bool = False
 
 
+class TranslatorComparison(_Result):
+    """Another translator family on the same folds: its fidelity and the scores it would give."""
+
+    translator: str
+    linear: bool
+    cosine: float | None = None
+    r2: float | None = None
+    mse: float | None = None
+    null_energy: float | None = None
+    is_mean: float | None = None
+    as_abs_mean: float | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class SanityFigures(_Result):
     classifier_top1: float | None = None
     target_zero_shot: float | None = None
@@ -137,6 +153,7 @@ class ModelResult(_Result):
     top_images: list[ImageEvidence] = Field(default_factory=list)
     logit_drift: NullRemovalDrift = Field(default_factory=NullRemovalDrift)
     fidelity: Fidelity = Field(default_factory=Fidelity)
+    translator_comparison: list[TranslatorComparison] = Field(default_factory=list)
     sanity: SanityFigures = Field(default_factory=SanityFigures)
     n_flagged: int = 0
     n_waived: int = 0
@@ -156,6 +173,19 @@ class TargetAgreement(_Result):
     models: list[str]
     kendall_tau: float | None = None
     same_order: bool
+
+
+class ModelComparison(_Result):
+    """Do two models' per-image |AS| distributions differ (same target)?"""
+
+    target: str
+    model_a: str
+    model_b: str
+    as_abs_mean_diff: float | None = Field(None, description="mean |AS| of b minus a (degrees)")
+    diff_ci: Interval = Field(default_factory=Interval)
+    mannwhitney_u: float | None = None
+    p_value: float | None = Field(None, description="two-sided Mann–Whitney U test")
+    differ: bool = Field(False, description="p < 0.05 and the interval of the difference excludes 0")
 
 
 class Provenance(_Result):
@@ -180,6 +210,10 @@ class AuditResult(_Result):
     policy: dict[str, Any] = Field(default_factory=dict)
     models: list[ModelResult]
     target_agreement: list[TargetAgreement] = Field(default_factory=list)
+    model_comparisons: list[ModelComparison] = Field(default_factory=list)
+    probe_aggregates: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="audit-level results of probes that aggregate over models"
+    )
     provenance: Provenance = Field(default_factory=Provenance)
     files: dict[str, str] = Field(default_factory=dict)
 

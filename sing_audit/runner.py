@@ -25,6 +25,7 @@ from . import __version__
 from .analysis import (
     apply_policy,
     class_results,
+    compare_models,
     fidelity_figures,
     model_summary,
     policy_failures,
@@ -56,6 +57,7 @@ from .results import (
     NullRemovalDrift,
     Provenance,
     SanityFigures,
+    TranslatorComparison,
 )
 from .stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from .store import ArrayStore, atomic_write_text, content_key
@@ -90,6 +92,7 @@ class Plan:
     targets: list[Component]
     backbones: list[Component]
     translator: Component
+    compare_translators: list[Component]
     probes: list[Component]
     reporters: dict[str, Component]
     source: str = "<config>"
@@ -113,6 +116,9 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     ]
     backbones = [_build(registry, "backbone", b, f"backbones[{i}]", cfg, source, b.name) for i, b in enumerate(cfg.backbones)]
     translator = _build(registry, "translator", cfg.translator, "translator", cfg, source)
+    compared = [
+        _build(registry, "translator", t, f"compare_translators[{i}]", cfg, source) for i, t in enumerate(cfg.compare_translators)
+    ]
     probes = [_build(registry, "probe", p, f"probes[{i}]", cfg, source) for i, p in enumerate(cfg.probe_specs())]
     reporters: dict[str, Component] = {}
     available: dict[str, Any] = {}
@@ -139,7 +145,7 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     for c in targets:
         if not isinstance(c.instance, (ImageTarget, EmbeddingTarget)):
             raise ConfigError(f"{source}: target {c.name}: plugin {c.plugin!r} does not build a target")
-    return Plan(cfg, registry, dataset, targets, backbones, translator, probes, reporters, source)
+    return Plan(cfg, registry, dataset, targets, backbones, translator, compared, probes, reporters, source)
 
 
 def audit_identity(cfg: AuditConfig) -> str:
@@ -447,15 +453,17 @@ def _translator_state_path(root: Path, key: str, k: int) -> Path:
     return root / "translators" / key / f"fold{k}.safetensors"
 
 
-def cross_fit(runner: Runner, features: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, key_parts: dict):
-    """Fit one translator per fold on the other folds; reuse saved ones when nothing changed."""
+def cross_fit(runner: Runner, comp, features: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, key_parts: dict):
+    """Fit one translator per fold on the other folds; reuse saved ones when nothing changed.
+
+    Every translator of an audit (the primary and the compared ones) uses the same folds.
+    """
     from safetensors.numpy import load_file, save
 
     from .ridge import cross_fit_folds
     from .store import atomic_write_bytes
 
     cfg = runner.cfg
-    comp = runner.plan.translator
     folds = cross_fit_folds(labels, features.shape[0], cfg.run.folds, cfg.run.seed)
     key = content_key("translator", key_parts, comp.plugin, comp.options.model_dump(mode="json") if comp.options else None, cfg.run.folds, cfg.run.seed)
     translators = []
@@ -479,6 +487,85 @@ def cross_fit(runner: Runner, features: np.ndarray, embeddings: np.ndarray, labe
                 atomic_write_bytes(path, save({n: np.ascontiguousarray(v) for n, v in state.items()}, metadata=meta))
         translators.append(t)
     return folds, translators
+
+
+@dataclass
+class CrossFitted:
+    """One translator family cross-fitted on a model's features."""
+
+    folds: np.ndarray
+    translators: list
+    translated: np.ndarray  # N×n held-out T(f)
+    fidelity: dict[str, float]
+    null_energy: float | None
+    params: dict[str, list]
+    normalized: bool
+    linear: bool
+
+    def translate(self, changed: np.ndarray, rows) -> np.ndarray:
+        fold_rows = self.folds[rows]
+        out = np.empty((changed.shape[0], self.translated.shape[1]))
+        for k in np.unique(fold_rows):
+            sel = fold_rows == k
+            out[sel] = self.translators[k].predict(changed[sel])
+        return out
+
+
+def fit_family(runner: Runner, comp, feats, emb, labels, key_parts, sub: HeadSubspaces, target_name: str) -> CrossFitted:
+    from .scores import unit_rows
+
+    folds, translators = cross_fit(runner, comp, feats, emb, labels, key_parts)
+    translated = np.empty((feats.shape[0], emb.shape[1]))
+    for k, t in enumerate(translators):
+        rows = folds == k
+        out = t.predict(feats[rows])
+        if out.ndim != 2 or out.shape[1] != emb.shape[1]:
+            raise DataError(
+                f"translator {comp.plugin} outputs {out.shape[-1]} dimensions but target {target_name} has {emb.shape[1]}"
+            )
+        translated[rows] = out
+    normalized = bool(getattr(translators[0], "normalized_targets", False))
+    fid = fidelity_figures(translated, unit_rows(emb) if normalized else emb)
+    maps = [t.linear_map() for t in translators]
+    t_null = None
+    if all(m is not None for m in maps):
+        ratios = []
+        for a, _ in maps:
+            total = np.linalg.norm(a)
+            ratios.append(float(np.linalg.norm(a @ sub.null) / total) if total > 0 else 0.0)
+        t_null = float(np.mean(ratios))
+    params: dict[str, list] = {}
+    for t in translators:
+        for p, v in t.info().items():
+            params.setdefault(p, []).append(v)
+    linear = all(m is not None for m in maps)
+    return CrossFitted(folds, translators, translated, fid, t_null, params, normalized, linear)
+
+
+def _compare_family(runner: Runner, comp, feats, emb, labels, key_parts, sub, target_name, text) -> TranslatorComparison:
+    """Fidelity and null-removal scores of another translator family on the same folds."""
+    from .nullspace import remove_null
+    from .scores import attribute_scores_toward, image_scores
+
+    fam = fit_family(runner, comp, feats, emb, labels, key_parts, sub, target_name)
+    is_parts, as_parts = [], []
+    for rows in row_chunks(feats.shape[0]):
+        if sub.null_dim == 0:
+            removed_t = fam.translated[rows]
+        else:
+            removed_t = fam.translate(remove_null(feats[rows], sub), rows)
+        is_parts.append(image_scores(fam.translated[rows], removed_t))
+        as_parts.append(attribute_scores_toward(fam.translated[rows], removed_t, text, labels[rows]))
+    is_all, as_all = np.concatenate(is_parts), np.concatenate(as_parts)
+    return TranslatorComparison(
+        translator=comp.plugin,
+        linear=fam.linear,
+        params=fam.params,
+        null_energy=fam.null_energy,
+        is_mean=float(np.mean(is_all)),
+        as_abs_mean=float(np.mean(np.abs(as_all))),
+        **fam.fidelity,
+    )
 
 
 # --------------------------------------------------------------------------- analysis of one model
@@ -523,37 +610,20 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
             "rows": content_key(ids if ids is not None else int(feats.shape[0])),
             "labels": content_key(labels.tolist()),
         }
-        folds, translators = cross_fit(runner, feats, emb, labels, key_parts)
-        translated = np.empty((feats.shape[0], emb.shape[1]))
-        for k, t in enumerate(translators):
-            rows = folds == k
-            translated[rows] = t.predict(feats[rows])
-        if translated.shape[1] != emb.shape[1]:
-            raise DataError(f"translator output has {translated.shape[1]} dimensions, target {esrc.name} has {emb.shape[1]}")
-        normalized = bool(getattr(translators[0], "normalized_targets", False))
-        from .scores import unit_rows
-
-        fid = fidelity_figures(translated, unit_rows(emb) if normalized else emb)
-        maps = [t.linear_map() for t in translators]
-        t_null = None
-        if all(m is not None for m in maps):
-            ratios = []
-            for a, _ in maps:
-                total = np.linalg.norm(a)
-                ratios.append(float(np.linalg.norm(a @ sub.null) / total) if total > 0 else 0.0)
-            t_null = float(np.mean(ratios))
-        params: dict[str, Any] = {}
-        for t in translators:
-            for p, v in t.info().items():
-                params.setdefault(p, []).append(v)
-
-    def translate(changed: np.ndarray, rows: slice) -> np.ndarray:
-        out = np.empty((changed.shape[0], emb.shape[1]))
-        fold_rows = folds[rows]
-        for k in np.unique(fold_rows):
-            sel = fold_rows == k
-            out[sel] = translators[k].predict(changed[sel])
-        return out
+        primary = fit_family(runner, runner.plan.translator, feats, emb, labels, key_parts, sub, esrc.name)
+        if not primary.linear:
+            raise ConfigError(
+                f"translator {runner.plan.translator.plugin!r} is not linear: the verdict and the fidelity gate rest on "
+                "a linear translator, because equivalent features of a nonlinear one lie off the data it was fitted on; "
+                "keep translator: linear and list nonlinear families under compare_translators"
+            )
+        comparisons = [
+            _compare_family(runner, comp, feats, emb, labels, key_parts, sub, esrc.name, text)
+            for comp in runner.plan.compare_translators
+        ]
+    folds, translators, translated = primary.folds, primary.translators, primary.translated
+    fid, t_null, params, normalized = primary.fidelity, primary.null_energy, primary.params, primary.normalized
+    translate = primary.translate
 
     generator = np.random.default_rng(cfg.run.seed)
     ctx = ProbeContext(
@@ -645,6 +715,7 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
             target_zero_shot=zero_shot_accuracy(emb, text, labels) if has_labels else None,
             translator_zero_shot=zero_shot_accuracy(translated, text, labels) if has_labels else None,
         ),
+        translator_comparison=comparisons,
         n_flagged=outcome.n_flagged,
         n_waived=outcome.n_waived,
         n_outliers=outcome.n_outliers,
@@ -801,6 +872,7 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
         runner.load_dataset()
         esources = [runner.load_target(t) for t in plan.targets]
         models: list[ModelResult] = []
+        abs_as: dict[tuple[str, str], np.ndarray] = {}
         per_image_files: dict[str, str] = {}
         for comp in plan.backbones:
             fsrc = runner.load_backbone(comp)
@@ -809,6 +881,7 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
                 rel = f"models/{_slug(result.name)}__{_slug(result.target)}/images.csv"
                 atomic_write_text(out / rel, _csv_text(per_image))
                 result.files["images_csv"] = rel
+                abs_as[(result.name, result.target)] = np.abs(np.asarray(per_image["as"], dtype=np.float64))
                 per_image_files[f"{result.name}@{result.target}"] = rel
                 models.append(result)
             if runner.records is not None and fsrc.ok is not None:
@@ -817,6 +890,23 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
             if runner.records is not None and esrc.ok is not None:
                 runner.skipped = sorted(set(runner.skipped) | {runner.records[i].image_id for i in np.flatnonzero(~esrc.ok)})
         passed = all(m.passed for m in models)
+        comparisons = []
+        generator = np.random.default_rng(cfg.run.seed)
+        for i, ma in enumerate(models):
+            for mb in models[i + 1 :]:
+                if ma.target == mb.target:
+                    comparisons.append(
+                        compare_models(
+                            ma.target, ma.name, abs_as[(ma.name, ma.target)], mb.name, abs_as[(mb.name, mb.target)],
+                            generator, cfg.run.bootstrap,
+                        )
+                    )
+        aggregates = {}
+        for comp in plan.probes:
+            summaries = {f"{m.name}@{m.target}": m.probes.get(comp.plugin, {}) for m in models}
+            aggregated = comp.instance.aggregate(summaries)
+            if aggregated is not None:
+                aggregates[comp.plugin] = aggregated
         components = {f"backbone {c.name}": {"plugin": c.plugin, "package": c.package} for c in plan.backbones}
         components.update({f"target {c.name}": {"plugin": c.plugin, "package": c.package} for c in plan.targets})
         components["translator"] = {"plugin": plan.translator.plugin, "package": plan.translator.package}
@@ -828,6 +918,8 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
             policy=cfg.policy.model_dump(mode="json", by_alias=True),
             models=models,
             target_agreement=target_agreement(models),
+            model_comparisons=comparisons,
+            probe_aggregates=aggregates,
             provenance=Provenance(
                 config=cfg.model_dump(mode="json", by_alias=True, exclude_none=True),
                 config_digest=content_key(cfg.model_dump(mode="json", by_alias=True)),
