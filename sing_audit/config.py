@@ -58,10 +58,13 @@ class TargetSpec(ComponentSpec):
 
 
 class NullspaceConfig(_Strict):
-    rule: Literal["rank", "energy", "fixed"] = "rank"
+    rule: Literal["rank", "energy", "fixed", "fraction"] = "rank"
     rtol: float | None = Field(default=None, gt=0, description="rank rule: cut relative to σ_max")
     keep: float | None = Field(default=None, gt=0, le=1, description="energy rule: share of Σσ² kept")
     rank: int | None = Field(default=None, ge=0, description="fixed rule: the rank")
+    null_fraction: float | None = Field(
+        default=None, ge=0, lt=1, description="fraction rule: share of feature dimensions treated as null"
+    )
 
     @model_validator(mode="after")
     def _rule_options(self) -> "NullspaceConfig":
@@ -69,6 +72,10 @@ class NullspaceConfig(_Strict):
             raise ValueError("rule 'energy' needs keep (e.g. keep: 0.999)")
         if self.rule == "fixed" and self.rank is None:
             raise ValueError("rule 'fixed' needs rank (e.g. rank: 700)")
+        if self.rule == "fraction" and self.null_fraction is None:
+            raise ValueError("rule 'fraction' needs null_fraction (e.g. null_fraction: 0.25)")
+        if self.rule != "fraction" and self.null_fraction is not None:
+            raise ValueError(f"null_fraction applies to rule 'fraction' only, not {self.rule!r}")
         if self.rule != "rank" and self.rtol is not None:
             raise ValueError(f"rtol applies to rule 'rank' only, not {self.rule!r}")
         if self.rule != "energy" and self.keep is not None:

@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.steering_probe",
     "sing_audit.plugins.nullspace_validation",
     "sing_audit.plugins.principal_consistency",
+    "sing_audit.plugins.rank_sensitivity",
     "sing_audit.plugins.reporters",
 )
 

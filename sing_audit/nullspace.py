@@ -20,7 +20,7 @@ __all__ = [
     "logit_drift",
 ]
 
-RankRule = Literal["rank", "energy", "fixed"]
+RankRule = Literal["rank", "energy", "fixed", "fraction"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ def split_head(
     weight_eps: float = float(np.finfo(np.float32).eps),
     keep: float | None = None,
     rank: int | None = None,
+    null_fraction: float | None = None,
 ) -> HeadSubspaces:
     """Split feature space into the head's principal and null subspaces.
 
@@ -76,7 +77,10 @@ def split_head(
     :param rule: ``rank`` — numerical rank, singular values above ``rtol·σ_max`` count
         (default ``rtol = max(c, m)·weight_eps``, numpy's ``matrix_rank`` convention with
         the precision the weights were stored in); ``energy`` — the smallest rank whose
-        singular values keep a fraction ``keep`` of ``Σσ²``; ``fixed`` — ``rank`` given.
+        singular values keep a fraction ``keep`` of ``Σσ²``; ``fixed`` — ``rank`` given;
+        ``fraction`` — the null space is the ``round(null_fraction·m)`` directions of least
+        singular value (the same share of dimensions for every model; directions beyond
+        ``min(c, m)`` have singular value 0 and come in the SVD's order).
     :returns: :class:`HeadSubspaces`; the SVD runs in float64.
     """
     w = np.asarray(weight, dtype=np.float64)
@@ -101,12 +105,16 @@ def split_head(
         total = energy[-1]
         r = int(np.searchsorted(energy, keep * total * (1 - 1e-12)) + 1) if total > 0 else 0
         r = min(r, s.size)
+    elif rule == "fraction":
+        if null_fraction is None or not 0.0 <= null_fraction < 1.0:
+            raise ValueError(f"fraction rule needs 0 <= null_fraction < 1, got {null_fraction}")
+        r = m - int(round(null_fraction * m))
     elif rule == "fixed":
         if rank is None or not 0 <= rank <= min(c, m):
             raise ValueError(f"fixed rule needs 0 <= rank <= min(c, m) = {min(c, m)}, got {rank}")
         r = int(rank)
     else:
-        raise ValueError(f"unknown rank rule {rule!r}; choose rank, energy or fixed")
+        raise ValueError(f"unknown rank rule {rule!r}; choose rank, energy, fixed or fraction")
     v = vt.T
     return HeadSubspaces(
         principal=np.ascontiguousarray(v[:, :r]),

@@ -586,7 +586,10 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         raise DataError(f"{label}: features have {feats.shape[1]} dimensions but the head expects {head.num_features}")
     ns = cfg.nullspace
     try:
-        sub: HeadSubspaces = split_head(head.weight, ns.rule, rtol=ns.rtol, weight_eps=head.weight_eps, keep=ns.keep, rank=ns.rank)
+        sub: HeadSubspaces = split_head(
+            head.weight, ns.rule, rtol=ns.rtol, weight_eps=head.weight_eps, keep=ns.keep, rank=ns.rank,
+            null_fraction=ns.null_fraction,
+        )
     except ValueError as exc:
         raise ConfigError(f"nullspace: {label}: {exc}") from exc
     logits = feats @ head.weight.T + head.bias
