@@ -1,7 +1,9 @@
-"""``sing-audit``: run | validate | schema | plugins.
+"""``sing-audit``: run | validate | schema | plugins | report | diff.
 
 Exit codes of ``run``: 0 passed, 1 policy failed, 2 bad input, 70 internal error,
-130 interrupted. Other commands exit 0 on success and 2 on bad input.
+130 interrupted. ``diff`` exits 1 when it finds a regression (a class whose leakage
+grew beyond its confidence intervals). Other commands exit 0 on success and 2 on bad
+input.
 """
 
 from __future__ import annotations
@@ -59,6 +61,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list every registered component and the package it comes from")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "report",
+        help="re-render a run's outputs from its results.json alone (no models, no cache)",
+        description="Re-render a run's outputs (HTML, CSV, JUnit, Markdown, ...) from RUN_DIR/results.json "
+        "alone: no model, data or cache is needed. results.json itself is never rewritten.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="output folder of a run (or its results.json)")
+    p.add_argument(
+        "-f",
+        "--format",
+        dest="formats",
+        action="append",
+        default=[],
+        metavar="FMT[,FMT...]",
+        help="formats to write, e.g. html,junit,markdown (repeatable; default: the run's report.formats)",
+    )
+
+    p = sub.add_parser(
+        "diff",
+        help="compare two audits; exit 1 when a class's leakage grew beyond its confidence intervals",
+        description="Compare audit A (before, e.g. the released checkpoint) with audit B (after). A class "
+        "regressed when the 95% intervals of its mean |AS| are disjoint with B higher and B has at least the "
+        "policy's min_images images. Exit 1 when any class regressed (a regression gate for CI), 0 otherwise, "
+        "2 on bad input.",
+    )
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="output folder (or results.json) of the earlier audit")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="output folder (or results.json) of the later audit")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON (DiffResult)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME_A=NAME_B",
+        help="compare model NAME_A of A with NAME_B of B (repeatable; NAME may be NAME@TARGET); "
+        "replaces matching by name and target",
+    )
+    p.add_argument(
+        "--min-delta",
+        type=float,
+        default=0.0,
+        metavar="DEG",
+        help="also require mean |AS| to grow by at least DEG degrees to count as a regression (default 0)",
+    )
     return parser
 
 
@@ -126,7 +172,182 @@ def _cmd_plugins(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "schema": _cmd_schema, "plugins": _cmd_plugins}
+DEFAULT_REPORT_FORMATS = ("json", "csv", "html")
+
+
+def _split_formats(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        for fmt in value.split(","):
+            fmt = fmt.strip()
+            if fmt and fmt not in out:
+                out.append(fmt)
+    return out
+
+
+def _reporters_by_format(registry) -> dict:
+    available = {}
+    for name in registry.names("reporter"):
+        reg = registry.get("reporter", name)
+        for fmt in getattr(reg.factory, "formats", ()):
+            available[fmt] = reg
+    return available
+
+
+def _cmd_report(args) -> int:
+    from .compare import load_result
+    from .host import create_registry, suggest
+    from .store import atomic_write_bytes
+
+    result, path, _ = load_result(args.run_dir)
+    out = path.parent
+    formats = _split_formats(args.formats)
+    where = "--format"
+    if not formats:
+        recorded = (result.provenance.config.get("report") or {}).get("formats")
+        if isinstance(recorded, list) and recorded and all(isinstance(f, str) for f in recorded):
+            formats, where = _split_formats(recorded), "report.formats recorded in results.json"
+        else:
+            formats, where = list(DEFAULT_REPORT_FORMATS), "default formats"
+    available = _reporters_by_format(create_registry())
+    for fmt in formats:
+        if fmt not in available:
+            hint = "" if where == "--format" else "; choose others with --format"
+            raise BadInputError(f"{where}: unknown format {fmt!r}{suggest(fmt, list(available))}{hint}")
+    original = path.read_bytes()
+    for fmt in formats:
+        if fmt == "json":
+            print(f"json: {path} (the source; left unchanged)")
+            continue
+        reg = available[fmt]
+        written = reg.factory().write(result, out, fmt)
+        if path.read_bytes() != original:  # results.json is the record of the audit: never rewritten here
+            atomic_write_bytes(path, original)
+            print(f"sing-audit: warning: reporter {reg.name!r} ({reg.package}) rewrote {path}; restored it", file=sys.stderr)
+        for p in written:
+            print(f"{fmt}: {p}")
+    return 0
+
+
+def _plain(text) -> str:
+    """User-controlled text, safe for a terminal (control characters shown escaped)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+
+
+def _change(c, digits: int = 2, unit: str = "") -> str:
+    def v(x):
+        return "n/a" if x is None else (f"{x:.{digits}f}{unit}" if isinstance(x, float) else f"{x}{unit}")
+
+    if v(c.a) == v(c.b):  # equal at the shown precision
+        text = v(c.a)
+    else:
+        text = f"{v(c.a)} → {v(c.b)}"
+        if c.delta is not None and isinstance(c.a, float):
+            text += f" ({c.delta:+.{digits}f}{unit})"
+    return text + (" *" if c.beyond_ci else "")
+
+
+def _print_diff(d) -> None:
+    def ci(i) -> str:
+        return "n/a" if i.low is None or i.high is None else f"{i.low:.2f}–{i.high:.2f}°"
+
+    def pair(a: str, ta: str, b: str, tb: str) -> str:
+        la, lb = f"{a}@{ta}", f"{b}@{tb}"
+        return _plain(la if la == lb else f"{la} → {lb}")
+
+    print(f"sing-audit diff: A = {_plain(d.run_a)} ({_plain(d.name_a)})  →  B = {_plain(d.run_b)} ({_plain(d.name_b)})")
+    print()
+    print("models (* = 95% intervals disjoint):")
+    rows = [
+        [
+            pair(m.model_a, m.target_a, m.model_b, m.target_b),
+            _change(m.is_as_ratio),
+            _change(m.as_abs_mean, unit="°"),
+            _change(m.null_dim),
+            _change(m.fidelity_cosine, digits=3),
+            _change(m.n_flagged),
+            ("pass" if m.passed_a else "FAIL") + ("" if m.passed_a == m.passed_b else " → " + ("pass" if m.passed_b else "FAIL")),
+        ]
+        for m in d.models
+    ]
+    for line in _table(["model", "IS/AS", "mean |AS|", "null dim", "fidelity (cos)", "flagged", "policy"], rows):
+        print(line)
+
+    def classes(title: str, hint: str, items) -> None:
+        print()
+        print(f"{title} ({len(items)}): {hint}")
+        rows = [
+            [
+                pair(c.model_a, c.target_a, c.model_b, c.target_b),
+                str(c.index),
+                _plain(c.name if c.name == c.name_a else f"{c.name_a} → {c.name}"),
+                f"{c.n_a} → {c.n_b}" if c.n_a != c.n_b else str(c.n_b),
+                f"{'n/a' if c.as_abs_mean.a is None else f'{c.as_abs_mean.a:.2f}°'} [{ci(c.as_abs_ci_a)}]",
+                f"{'n/a' if c.as_abs_mean.b is None else f'{c.as_abs_mean.b:.2f}°'} [{ci(c.as_abs_ci_b)}]",
+                "n/a" if c.as_abs_mean.delta is None else f"{c.as_abs_mean.delta:+.2f}°",
+                ("yes" if c.flagged_a else "no") + " → " + ("waived" if c.waived_b else "yes" if c.flagged_b else "no"),
+            ]
+            for c in items
+        ]
+        for line in _table(["model", "index", "class", "images", "A mean |AS| [95% CI]", "B mean |AS| [95% CI]", "change", "flagged"], rows):
+            print(line)
+
+    sections = (
+        ("REGRESSIONS", "leakage grew beyond the 95% intervals", d.regressions),
+        ("newly flagged", "flagged in B, not in A", d.newly_flagged),
+        ("no longer flagged", "flagged in A, not in B", d.no_longer_flagged),
+        ("improvements", "leakage fell beyond the 95% intervals", d.improvements),
+    )
+    for title, hint, items in sections:
+        if items:
+            classes(title, hint, items)
+    empty = [title for title, _, items in sections if not items]
+    if empty:
+        print()
+        print(f"none: {', '.join(empty)}")
+    if d.unmatched:
+        print()
+        for side in ("a", "b"):
+            names = [_plain(f"{u.name}@{u.target}") for u in d.unmatched if u.side == side]
+            if names:
+                print(f"only in {side.upper()} (not compared): {', '.join(names)}")
+    for w in d.warnings:
+        print(f"warning: {_plain(w)}")
+    print()
+    rule = f"intervals disjoint, at least {d.min_images} images" + (f", growth ≥ {d.min_delta:g}°" if d.min_delta else "")
+    if d.regressed:
+        print(f"REGRESSION: {len(d.regressions)} class(es) leak more in B than in A ({rule})")
+    else:
+        print(f"OK: no class regressed ({rule})")
+
+
+def _cmd_diff(args) -> int:
+    from .compare import diff_results, load_result, parse_pairs
+
+    pairs = parse_pairs(args.model)
+    a, _, _ = load_result(args.run_a)
+    b, _, _ = load_result(args.run_b)
+    d = diff_results(a, b, pairs, min_delta=args.min_delta, run_a=str(args.run_a), run_b=str(args.run_b))
+    if args.json:
+        print(d.model_dump_json(indent=2))
+    else:
+        _print_diff(d)
+    return EXIT_POLICY_FAILED if d.regressed else EXIT_PASSED
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "schema": _cmd_schema,
+    "plugins": _cmd_plugins,
+    "report": _cmd_report,
+    "diff": _cmd_diff,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

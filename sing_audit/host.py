@@ -42,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.principal_consistency",
     "sing_audit.plugins.rank_sensitivity",
     "sing_audit.plugins.reporters",
+    "sing_audit.plugins.ci_reporters",
 )
 
 #: component kind -> hook name

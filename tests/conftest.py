@@ -12,6 +12,12 @@ import yaml
 from sing_audit.synthetic import make_scenario, write_scenario
 
 
+@pytest.fixture(autouse=True)
+def _no_ci_step_summary(monkeypatch):
+    """Tests never append to a real CI step summary."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def scenario_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("scenario")
