@@ -37,6 +37,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.image_datasets",
     "sing_audit.plugins.linear_translator",
     "sing_audit.plugins.null_removal",
+    "sing_audit.plugins.concept_sets",
+    "sing_audit.plugins.concepts_probe",
     "sing_audit.plugins.steering_probe",
     "sing_audit.plugins.nullspace_validation",
     "sing_audit.plugins.principal_consistency",

@@ -60,6 +60,11 @@ class ProbeContext:
     image_ids: list[str] = field(default_factory=list)
     #: the fitted translator of each fold (``folds[i]`` indexes the one that scored image i)
     translators: list = field(default_factory=list)
+    #: K prompts -> K×n raw text embeddings through the target, loaded on demand and cached
+    #: on disk by the runner (raises DataError for a target without a text encoder)
+    encode_text: Callable[[list[str]], np.ndarray] | None = None
+    #: the run's plugin registry (probes that look up other components use it)
+    registry: Any = None
 
 
 @dataclass

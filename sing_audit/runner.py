@@ -314,6 +314,26 @@ class Runner:
         random_weights = bool(described.get("random_weights", t.random_weights))
         return EmbeddingSource(comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), t, random_weights, desc)
 
+    def text_encoder(self, src: EmbeddingSource):
+        """``prompts -> K×n`` raw embeddings, cached on disk; loads the target only on a miss."""
+        t = src.target
+
+        def encode(prompts: list[str]) -> np.ndarray:
+            prompts = [str(p) for p in prompts]
+            if isinstance(t, EmbeddingTarget):
+                return t.encode_text(prompts)  # raises: no text encoder
+            key = content_key("prompts", src.describe, prompts)
+            hit = self.store.load("text", key, mmap=False)
+            if hit is not None:
+                return np.asarray(hit[0]["values"])
+            with self.stage("text"):
+                self.ensure_loaded(t)
+                emb = np.asarray(t.encode_text(prompts), dtype=np.float64)
+            self.store.save("text", key, {"values": emb})
+            return emb
+
+        return encode
+
     def class_text(self, src: EmbeddingSource, class_names: list[str]) -> np.ndarray:
         t = src.target
         if isinstance(t, EmbeddingTarget):
@@ -647,6 +667,8 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         generator=generator,
         image_ids=ids or [],
         translators=translators,
+        encode_text=runner.text_encoder(esrc),
+        registry=runner.plan.registry,
     )
     columns: dict[str, np.ndarray] = {}
     probe_summaries: dict[str, dict[str, Any]] = {}

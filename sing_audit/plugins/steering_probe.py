@@ -95,7 +95,7 @@ class SteeringProbe(Probe):
         free = list(o.prompts) + [p.target for p in o.pairs if p.target not in index]
         encoded = {}
         if free:
-            vecs = ctx.target.encode_text(free)
+            vecs = ctx.encode_text(free) if ctx.encode_text is not None else ctx.target.encode_text(free)
             encoded = dict(zip(free, np.asarray(vecs, dtype=np.float64), strict=True))
         for p in o.prompts:
             names.append(p), emb.append(encoded[p]), sources.append(None)

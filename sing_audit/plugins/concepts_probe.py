@@ -1,0 +1,332 @@
+"""The ``concepts`` probe: angles and Attribute Scores toward open-vocabulary concepts.
+
+For every class and every concept ``t`` of the chosen concept sets: the mean angle
+``angle(T(f), t)`` over the class's images, and the mean ``AS = angle(T(f), t) −
+angle(T(f̃), t)`` after null removal. Per model: mean AS and mean |AS| pooled over images.
+
+Concept embeddings come from the target's text encoder (a template ensemble, see
+:func:`sing_audit.concepts.ensemble_embeddings`), or, for a precomputed target, from the
+``concept_names`` + ``concept_embeddings`` its file carries (set name ``precomputed``).
+A precomputed target has no text encoder: a set whose concepts its file does not carry
+fails with a :class:`~sing_audit.errors.DataError`.
+
+Options::
+
+    probes:
+      - null_removal
+      - plugin: concepts
+        sets: [attributes, imagenet1k, {plugin: file, path: my_concepts.txt}]
+        templates: ["a photo of a {}", "an image of a {}"]   # default: the target's own
+        top_k: 10
+        max_concepts: 5000
+
+Summary (``results.json`` → ``models[i].probes.concepts``)::
+
+    {"sets": [{"name", "version", "digest", "size"}, ...],
+     "per_class": {class_name: [{"concept", "as", "angle"}, ...]},   # top_k by |as|
+     "model_top": [{"concept", "as", "abs_as"}, ...],                # top_k by abs_as
+     "templates": [...] | None, "embeddings": "text_encoder" | "precomputed", "n_concepts": K}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from sing_audit.components import EmbeddingTarget, ImageTarget, PluginOptions, Target
+from sing_audit.concepts import (
+    ConceptAccumulator,
+    ConceptSet,
+    check_concepts,
+    check_templates,
+    chunk_rows_for,
+    concept_digest,
+    ensemble_embeddings,
+    normalize_concept,
+    rank_by_magnitude,
+)
+from sing_audit.config import ComponentSpec
+from sing_audit.errors import ConfigError, DataError
+from sing_audit.hookspecs import hookimpl
+from sing_audit.nullspace import remove_null
+from sing_audit.probes import Probe, ProbeContext, ProbeOutput, row_chunks
+from sing_audit.scores import unit_rows
+
+__all__ = ["PRECOMPUTED_SET", "ConceptsProbe"]
+
+#: the set name meaning "the concepts a precomputed target's file carries"
+PRECOMPUTED_SET = "precomputed"
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+class _PrecomputedSet:
+    """Placeholder for the target file's own concepts (known only at run time)."""
+
+    name = PRECOMPUTED_SET
+
+
+class ConceptsProbe(Probe):
+    """Angles and AS after null removal toward open-vocabulary concepts, per class and model."""
+
+    class Options(PluginOptions):
+        sets: list[str | ComponentSpec] = Field(
+            default_factory=lambda: ["attributes"],
+            min_length=1,
+            description="concept sets: registered names (attributes, imagenet1k), {plugin: file, path: ...}, "
+            "or 'precomputed' for the concepts a precomputed target's file carries",
+        )
+        templates: list[str] | None = Field(
+            None, description="prompt templates ('a photo of a {}'); default: the target's own"
+        )
+        top_k: int = Field(10, ge=1, description="concepts listed per class and per model")
+        max_concepts: int = Field(5000, ge=1, description="refuse more concepts than this (cost guard)")
+        per_image: bool = Field(True, description="add each image's top concept (largest |AS|) to the image CSV")
+        base_dir: Path | None = None
+
+        @field_validator("templates")
+        @classmethod
+        def _templates(cls, v: list[str] | None) -> list[str] | None:
+            return None if v is None else check_templates(v)
+
+    def __init__(self, options: ConceptsProbe.Options | None = None, registry=None):
+        self.options = options or self.Options()
+        self._registry = registry
+        self.sets: list[ConceptSet | _PrecomputedSet] = []
+        seen: set[str] = set()
+        for j, spec in enumerate(self.options.sets):
+            spec = ComponentSpec(plugin=spec) if isinstance(spec, str) else spec
+            where = f"sets[{j}]"
+            if spec.plugin == PRECOMPUTED_SET:
+                if spec.options():
+                    raise ValueError(f"{where}: the '{PRECOMPUTED_SET}' set takes no options")
+                entry: ConceptSet | _PrecomputedSet = _PrecomputedSet()
+            else:
+                entry = self._build_set(spec, where)
+            key = entry.name if isinstance(entry, _PrecomputedSet) else f"{entry.name}@{entry.version}@{entry.digest()}"
+            if key in seen:
+                raise ValueError(f"{where}: concept set {entry.name!r} is listed twice")
+            seen.add(key)
+            self.sets.append(entry)
+        # fail early (before any model runs) on unreadable files and oversized vocabularies
+        total = len({c.casefold() for s in self.sets if isinstance(s, ConceptSet) for c in s.concepts()})
+        if total > self.options.max_concepts:
+            raise ValueError(
+                f"the concept sets hold {total} concepts, more than max_concepts = {self.options.max_concepts}; "
+                "raise max_concepts or choose fewer sets"
+            )
+        self._text_cache: dict[tuple, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ sets
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from sing_audit.host import create_registry
+
+            self._registry = create_registry()
+        return self._registry
+
+    def _build_set(self, spec: ComponentSpec, where: str) -> ConceptSet:
+        from sing_audit.config import resolve_options
+
+        base_dir = self.options.base_dir or Path.cwd()
+        registered, options = resolve_options(self.registry, "concept_set", spec, where, base_dir, source="concepts probe")
+        try:
+            obj = registered.factory(options) if options is not None else registered.factory()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"concepts probe: {where}: {exc}") from exc
+        if not callable(getattr(obj, "concepts", None)):
+            raise ConfigError(f"concepts probe: {where}: plugin {spec.plugin!r} does not build a concept set")
+        if not isinstance(obj, ConceptSet):  # a third-party set with only concepts(): give it the rest
+            obj = _Adapted(obj, spec.plugin)
+        obj.concepts()  # read files now: a missing or malformed file fails before any model runs
+        return obj
+
+    # ------------------------------------------------------------------ embeddings
+
+    def _precomputed(self, ctx: ProbeContext) -> tuple[list[dict], list[str], np.ndarray]:
+        target = ctx.target
+        table = target.load_embeddings()  # type: ignore[attr-defined]
+        file_names = list(table.concept_names) if table.concept_names is not None else None
+        file_emb = np.asarray(table.concept_embeddings, dtype=np.float64) if table.concept_embeddings is not None else None
+        where = getattr(target, "path", ctx.target_name)
+        lookup = {normalize_concept(n).casefold(): i for i, n in enumerate(file_names or [])}
+        descriptors, names, rows = [], [], []
+        for s in self.sets:
+            if isinstance(s, _PrecomputedSet):
+                if file_names is None:
+                    raise DataError(
+                        f"concepts probe: target {ctx.target_name!r} ({where}) carries no concept_names + "
+                        "concept_embeddings, so the 'precomputed' concept set is empty; add them to the file"
+                    )
+                concepts = check_concepts([(n, i) for i, n in enumerate(file_names)], f"{where}: concept_names", unit="entry")
+                desc = {
+                    "name": PRECOMPUTED_SET,
+                    "version": str((target.describe() or {}).get("digest") or "unversioned"),
+                    "digest": concept_digest(concepts),
+                    "size": len(concepts),
+                }
+            else:
+                concepts = s.concepts()
+                missing = [c for c in concepts if normalize_concept(c).casefold() not in lookup]
+                if missing:
+                    carried = f"its file carries {len(file_names)} concept(s)" if file_names else "its file carries no concepts"
+                    raise DataError(
+                        f"concepts probe: concept set {s.name!r} needs text embeddings for {len(missing)} concept(s) "
+                        f"(e.g. {', '.join(repr(c) for c in missing[:3])}), but target {ctx.target_name!r} is a "
+                        f"precomputed target: it has no text encoder, so it cannot embed new text ({carried}). "
+                        f"Use sets: [{PRECOMPUTED_SET}] for the concepts in {where}, add concept_names + "
+                        "concept_embeddings for these concepts to it, or use a target with a text encoder (open_clip)"
+                    )
+                desc = s.describe()
+            descriptors.append(desc)
+            for c in concepts:
+                names.append(c)
+                rows.append(lookup[normalize_concept(c).casefold()])
+        assert file_emb is not None or not rows
+        emb = file_emb[np.asarray(rows, dtype=np.int64)] if rows else np.zeros((0, ctx.translated.shape[1]))
+        return descriptors, names, emb
+
+    def _encoded(self, ctx: ProbeContext, names: list[str], templates: list[str]) -> np.ndarray:
+        target = ctx.target
+        key = (id(target), tuple(templates), concept_digest(names))
+        if key in self._text_cache:
+            return self._text_cache[key]
+        encode = ctx.encode_text or (lambda prompts: _encode_text(target, prompts))
+        try:
+            emb = ensemble_embeddings(encode, names, templates)
+        except DataError as exc:
+            raise DataError(f"concepts probe: target {ctx.target_name!r} cannot embed the concepts: {exc}") from exc
+        self._text_cache[key] = emb
+        return emb
+
+    def _text_encoder(self, ctx: ProbeContext) -> tuple[list[dict], list[str], list[str]]:
+        if any(isinstance(s, _PrecomputedSet) for s in self.sets):
+            raise DataError(
+                f"concepts probe: the '{PRECOMPUTED_SET}' concept set means the concepts a precomputed target's file "
+                f"carries, but target {ctx.target_name!r} is not a precomputed target; name the sets to embed instead"
+            )
+        templates = list(self.options.templates or ctx.target.templates)
+        check_templates(templates)
+        descriptors = [s.describe() for s in self.sets]  # type: ignore[union-attr]
+        names = [c for s in self.sets for c in s.concepts()]  # type: ignore[union-attr]
+        return descriptors, names, templates
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, ctx: ProbeContext) -> ProbeOutput:
+        precomputed = isinstance(ctx.target, EmbeddingTarget)
+        if precomputed:
+            descriptors, names, emb = self._precomputed(ctx)
+            templates = None
+        else:
+            descriptors, names, templates = self._text_encoder(ctx)
+        # one column per distinct concept (sets may share concepts: the first keeps it)
+        keep: dict[str, int] = {}
+        for i, c in enumerate(names):
+            keep.setdefault(c.casefold(), i)
+        index = np.fromiter(keep.values(), dtype=np.int64, count=len(keep))
+        names = [names[i] for i in index]
+        if len(names) > self.options.max_concepts:
+            raise DataError(
+                f"concepts probe: {len(names)} concepts, more than max_concepts = {self.options.max_concepts}; "
+                "raise max_concepts or choose fewer sets"
+            )
+        if precomputed:
+            emb = emb[index]
+        else:
+            emb = self._encoded(ctx, names, templates)  # type: ignore[arg-type]
+        emb = np.asarray(emb, dtype=np.float64)
+        n_dim = ctx.translated.shape[1]
+        if emb.ndim != 2 or emb.shape != (len(names), n_dim):
+            raise DataError(
+                f"concepts probe: concept embeddings have shape {emb.shape}, expected {len(names)}×{n_dim} "
+                f"(the dimension of target {ctx.target_name!r})"
+            )
+        bad = np.flatnonzero(~np.isfinite(emb).all(axis=1) | (np.linalg.norm(emb, axis=1) == 0))
+        if bad.size:
+            raise DataError(
+                f"concepts probe: {bad.size} concept embedding(s) are zero or not finite, e.g. {names[int(bad[0])]!r}"
+            )
+
+        c = ctx.head.num_classes
+        acc = ConceptAccumulator(unit_rows(emb), c)
+        n = ctx.features.shape[0]
+        top_idx = np.zeros(n, dtype=np.int64)
+        top_as = np.zeros(n)
+        for rows in row_chunks(n, chunk_rows_for(len(names))):
+            f = np.asarray(ctx.features[rows], dtype=np.float64)
+            t_f = np.asarray(ctx.translated[rows], dtype=np.float64)
+            t_r = t_f if ctx.subspaces.null_dim == 0 else ctx.translate(remove_null(f, ctx.subspaces), rows)
+            as_ = acc.add(t_f, t_r, ctx.labels[rows])
+            if self.options.per_image and as_.shape[1]:
+                best = np.argmax(np.abs(as_), axis=1)
+                top_idx[rows] = best
+                top_as[rows] = as_[np.arange(as_.shape[0]), best]
+        scores = acc.result()
+
+        k = self.options.top_k
+        class_names = list(ctx.class_names)
+        dupes = {nm for nm in class_names if class_names.count(nm) > 1}
+        per_class: dict[str, list[dict[str, Any]]] = {}
+        for ci in np.flatnonzero(scores.counts > 0):
+            name = class_names[ci] if ci < len(class_names) else f"class {ci}"
+            key = f"{name} [{ci}]" if name in dupes else name
+            per_class[key] = [
+                {"concept": names[j], "as": _finite(scores.as_mean[ci, j]), "angle": _finite(scores.angle_mean[ci, j])}
+                for j in rank_by_magnitude(scores.as_mean[ci], k)
+            ]
+        model_top = [
+            {"concept": names[j], "as": _finite(scores.model_as_mean[j]), "abs_as": _finite(scores.model_abs_as_mean[j])}
+            for j in rank_by_magnitude(scores.model_abs_as_mean, k)
+        ]
+        summary = {
+            "sets": descriptors,
+            "per_class": per_class,
+            "model_top": model_top,
+            "templates": templates,
+            "embeddings": "precomputed" if precomputed else "text_encoder",
+            "n_concepts": len(names),
+        }
+        per_image: dict[str, np.ndarray] = {}
+        if self.options.per_image and names:
+            top_names = np.array([names[j] for j in top_idx], dtype=object)
+            top_names[top_as == 0] = ""
+            per_image = {"top_concept": top_names, "top_concept_as": top_as}
+        return ProbeOutput(per_image=per_image, summary=summary)
+
+
+def _encode_text(target: Target, prompts) -> np.ndarray:
+    """``target.encode_text``, loading an image target first if the run served its
+    embeddings from the cache and never built the model."""
+    try:
+        return target.encode_text(prompts)
+    except RuntimeError as exc:
+        if not isinstance(target, ImageTarget) or "load" not in str(exc):
+            raise
+    target.load(str(getattr(target, "device", None) or "cpu"))
+    return target.encode_text(prompts)
+
+
+class _Adapted(ConceptSet):
+    """A third-party concept set that only has ``concepts()``: name, version and digest added."""
+
+    def __init__(self, inner, plugin: str):
+        self.inner = inner
+        self.name = str(getattr(inner, "name", None) or plugin)
+        self.version = str(getattr(inner, "version", None) or "unversioned")
+
+    def concepts(self) -> list[str]:
+        return list(self.inner.concepts())
+
+
+@hookimpl
+def register_probes(register):
+    register("concepts", ConceptsProbe)
