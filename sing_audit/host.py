@@ -36,6 +36,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.open_clip_target",
     "sing_audit.plugins.image_datasets",
     "sing_audit.plugins.linear_translator",
+    "sing_audit.plugins.mlp_translators",
+    "sing_audit.plugins.sing_reference",
     "sing_audit.plugins.null_removal",
     "sing_audit.plugins.concept_sets",
     "sing_audit.plugins.concepts_probe",
