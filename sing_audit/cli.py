@@ -105,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DEG",
         help="also require mean |AS| to grow by at least DEG degrees to count as a regression (default 0)",
     )
+
+    p = sub.add_parser(
+        "explain",
+        help="one image's IS/AS, its most affected classes and what the audit's probes say about it",
+        description="Explain one image under an audit: an image id or path of the audit's dataset (scored by the "
+        "translator of the fold that did not see it) or a new image file (scored by the mean of the fold "
+        "translators). Runs the config's probes (null_removal, concepts, steering, ...) on that image alone.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="image id (as in the per-image CSV) or image file")
+    p.add_argument("--config", type=Path, required=True, help="the audit's audit.yaml")
+    p.add_argument("--model", help="backbone name (default: the first)")
+    p.add_argument("--target", help="target name (default: the first)")
+    p.add_argument("--label", help="class to score against (default: the image's label, else its prediction)")
+    p.add_argument("--top", type=int, default=10, help="how many classes to list (default 10)")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    _add_override(p)
     return parser
 
 
@@ -340,6 +356,34 @@ def _cmd_diff(args) -> int:
     return EXIT_POLICY_FAILED if d.regressed else EXIT_PASSED
 
 
+def _cmd_explain(args) -> int:
+    from .explain import explain_image
+
+    r = explain_image(
+        args.config, args.image, model=args.model, target=args.target, label=args.label, top_k=args.top,
+        overrides=args.override,
+    )
+    if args.json:
+        print(r.model_dump_json(indent=2))
+        return 0
+    stamp = "  [RANDOM WEIGHTS]" if r.random_weights else ""
+    print(f"{r.image} ({r.source}) — {r.model} @ {r.target}{stamp}")
+    print(f"  class {r.class_name!r} ({r.label_source}); predicted {r.predicted_name!r}; translator: {r.translator}")
+    contrast = "n/a" if r.attribute_contrast is None else f"{r.attribute_contrast:+.2f}°"
+    print(f"  null energy {r.null_energy:.3f}  IS {r.image_score:.2f}°  AS {r.attribute_score:+.2f}°  AS contrast {contrast}")
+    print("  classes most moved by null removal (AS):")
+    for c in r.top_classes:
+        print(f"    {c.attribute_score:+8.2f}°  {c.name}")
+    concepts = r.probes.get("concepts", {}).get("per_class", {})
+    for name, rows in concepts.items():
+        print(f"  top concepts ({name}):")
+        for row in rows:
+            print(f"    {row['as']:+8.2f}°  {row['concept']}  (angle {row['angle']:.1f}°)")
+    for row in r.probes.get("steering", {}).get("targets", []):
+        print(f"  steering toward {row['prompt']!r}: AS {row['as_mean']:+.2f}°, IS {row['is_mean']:.2f}°, logit drift {row['logit_drift']:.2e}")
+    return 0
+
+
 COMMANDS = {
     "run": _cmd_run,
     "validate": _cmd_validate,
@@ -347,6 +391,7 @@ COMMANDS = {
     "plugins": _cmd_plugins,
     "report": _cmd_report,
     "diff": _cmd_diff,
+    "explain": _cmd_explain,
 }
 
 

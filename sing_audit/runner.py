@@ -591,7 +591,26 @@ def _compare_family(runner: Runner, comp, feats, emb, labels, key_parts, sub, ta
 # --------------------------------------------------------------------------- analysis of one model
 
 
-def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple[ModelResult, dict[str, np.ndarray]]:
+@dataclass
+class ModelInputs:
+    """One backbone under one target, aligned and checked, with its primary translator."""
+
+    feats: np.ndarray
+    emb: np.ndarray
+    frows: np.ndarray
+    ids: list[str] | None
+    labels: np.ndarray
+    labels_source: str
+    predicted: np.ndarray
+    head: LinearHead
+    sub: HeadSubspaces
+    text: np.ndarray
+    key_parts: dict
+    primary: "CrossFitted"
+
+
+def prepare_model(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> ModelInputs:
+    """Align, check, split the head, embed the class prompts and cross-fit the translator."""
     cfg = runner.cfg
     frows, erows, ids = _align(fsrc, esrc)
     if frows.size == 0:
@@ -640,6 +659,16 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
                 "a linear translator, because equivalent features of a nonlinear one lie off the data it was fitted on; "
                 "keep translator: linear and list nonlinear families under compare_translators"
             )
+    return ModelInputs(feats, emb, frows, ids, labels, labels_source, predicted, head, sub, text, key_parts, primary)
+
+
+def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple[ModelResult, dict[str, np.ndarray]]:
+    cfg = runner.cfg
+    mi = prepare_model(runner, fsrc, esrc)
+    feats, emb, frows, ids, labels = mi.feats, mi.emb, mi.frows, mi.ids, mi.labels
+    labels_source, predicted, head, sub, text = mi.labels_source, mi.predicted, mi.head, mi.sub, mi.text
+    key_parts, primary = mi.key_parts, mi.primary
+    with runner.stage("translator"):
         comparisons = [
             _compare_family(runner, comp, feats, emb, labels, key_parts, sub, esrc.name, text)
             for comp in runner.plan.compare_translators
