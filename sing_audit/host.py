@@ -46,6 +46,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.principal_consistency",
     "sing_audit.plugins.rank_sensitivity",
     "sing_audit.plugins.reporters",
+    "sing_audit.plugins.report_sections",
     "sing_audit.plugins.ci_reporters",
 )
 

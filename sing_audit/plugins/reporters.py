@@ -1,4 +1,8 @@
-"""Built-in reporters: ``json`` (results.json), ``csv`` (per-class table), ``html``."""
+"""Built-in reporters: ``json`` (results.json), ``csv`` (per-class table), ``html``, ``pdf``.
+
+The html and pdf reporters render every registered report section
+(:class:`sing_audit.report.ReportSection`) in order; see :mod:`sing_audit.report`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 
 from sing_audit.components import Reporter
 from sing_audit.hookspecs import hookimpl
-from sing_audit.store import atomic_write_text
+from sing_audit.store import atomic_write_bytes, atomic_write_text
 
 
 class JsonReporter(Reporter):
@@ -65,15 +69,34 @@ class ClassTableReporter(Reporter):
 
 
 class HtmlReporter(Reporter):
-    """``report.html``: a self-contained page rendered from the result alone (autoescaped)."""
+    """``report.html``: a self-contained page (every picture embedded, no script, autoescaped)."""
 
     formats = ("html",)
 
     def write(self, result, output_dir: Path, fmt: str) -> list[Path]:
-        from sing_audit.report import render_html
+        from sing_audit.report import render_report
 
         path = Path(output_dir) / "report.html"
-        atomic_write_text(path, render_html(result))
+        atomic_write_text(path, render_report(result, Path(output_dir), medium="screen"))
+        return [path]
+
+
+class PdfReporter(Reporter):
+    """``report.pdf``: the same sections with print styling (weasyprint; needs Pango)."""
+
+    formats = ("pdf",)
+
+    def __init__(self) -> None:
+        from sing_audit.report import load_weasyprint
+
+        # fail before the audit runs, with the library to install, not after it
+        load_weasyprint()
+
+    def write(self, result, output_dir: Path, fmt: str) -> list[Path]:
+        from sing_audit.report import render_pdf
+
+        path = Path(output_dir) / "report.pdf"
+        atomic_write_bytes(path, render_pdf(result, Path(output_dir)))
         return [path]
 
 
@@ -82,3 +105,4 @@ def register_reporters(register):
     register("json", JsonReporter)
     register("csv", ClassTableReporter)
     register("html", HtmlReporter)
+    register("pdf", PdfReporter)
