@@ -73,10 +73,14 @@ def register_concept_sets(register):
 
 @hookspec
 def register_reporters(register):
-    """Register reporters: output formats written from the typed result alone.
+    """Register reporters (output formats written from the typed result alone) and
+    report sections.
 
     :param register: ``register(name, factory)``; factories build
-        :class:`~sing_audit.components.Reporter`.
+        :class:`~sing_audit.components.Reporter` (answering to the formats in their
+        ``formats`` attribute), or are :class:`~sing_audit.report.ReportSection`
+        subclasses registered as ``"section:<key>"``, which the HTML and PDF reports
+        render in ``order`` with their own template.
     """
 
 
