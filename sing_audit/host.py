@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.nullspace_validation",
     "sing_audit.plugins.principal_consistency",
     "sing_audit.plugins.rank_sensitivity",
+    "sing_audit.plugins.input_probes",
     "sing_audit.plugins.reporters",
     "sing_audit.plugins.report_sections",
     "sing_audit.plugins.ci_reporters",

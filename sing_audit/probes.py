@@ -65,6 +65,12 @@ class ProbeContext:
     encode_text: Callable[[list[str]], np.ndarray] | None = None
     #: the run's plugin registry (probes that look up other components use it)
     registry: Any = None
+    #: the loaded image backbone (``None`` for precomputed features); filled for probes
+    #: whose class sets ``needs_backbone``
+    backbone: Any = None
+    #: ``images(rows)``: the images of the given rows (1-D int array into ``features``)
+    #: exactly as ``backbone.features`` receives them, a k×C×H×W float tensor
+    images: Callable[[np.ndarray], Any] | None = None
 
 
 @dataclass
@@ -85,6 +91,11 @@ class ProbeOutput:
 
 class Probe(abc.ABC):
     """A measurement on one model; built by ``factory(options)``."""
+
+    #: True when the probe needs the loaded image backbone and the images themselves
+    #: (``ctx.backbone`` and ``ctx.images``); the runner then loads the model even when
+    #: the features come from the cache.
+    needs_backbone: bool = False
 
     @abc.abstractmethod
     def run(self, ctx: ProbeContext) -> ProbeOutput:

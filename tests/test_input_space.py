@@ -1,0 +1,267 @@
+"""Input-space probes (issue 7) on random-init tiny timm ViTs, with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+from sing_audit import input_space as S  # noqa: E402
+from sing_audit.errors import ConfigError  # noqa: E402
+from sing_audit.plugins import input_probes as P  # noqa: E402
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def _vit(name="vit_tiny_patch16_224", img_size=32, depth=1, num_classes=10, seed=0):
+    torch.manual_seed(seed)
+    return timm.create_model(name, pretrained=False, img_size=img_size, depth=depth, num_classes=num_classes).eval()
+
+
+def _images(n, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pix = torch.rand(n, 3, size, size, generator=g, dtype=torch.float64)
+    return torch.as_tensor(S.from_pixels(pix.numpy(), MEAN, STD)).float()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_blas_thread():
+    """Small SVDs and tiny models: one thread avoids oversubscription on busy CI machines."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpoolctl.threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _vit()
+
+
+# --------------------------------------------------------------------------- 1. patch-embedding null space
+
+
+@pytest.mark.parametrize(
+    "dim,p,full,per_channel",
+    [(192, 16, 576, 64), (384, 16, 384, 0), (768, 16, 0, 0), (384, 32, 2688, 640), (768, 32, 2304, 256)],
+    ids=["ViT-Ti/16", "ViT-S/16", "ViT-B/16", "ViT-S/32", "ViT-B/32"],
+)
+def test_patch_null_dimension_per_architecture(dim, p, full, per_channel):
+    """The dimension is shape-dependent: 3p² − D for the full matrix, max(p² − D, 0) per channel."""
+    from timm.layers import PatchEmbed
+
+    torch.manual_seed(0)
+    pe = PatchEmbed(img_size=p, patch_size=p, in_chans=3, embed_dim=dim)
+    space = S.patch_null_space(pe.proj.weight.detach().numpy(), full_basis=p == 16, channel_bases=False)
+    assert space.null_dim == full and space.rank == min(dim, 3 * p * p)
+    assert space.channel_null_dims == [per_channel] * 3
+    w = pe.proj.weight.detach().double().numpy().reshape(dim, -1)
+    assert space.rank == np.linalg.matrix_rank(w)
+    if space.basis is not None and full:
+        assert space.basis.shape == (3 * p * p, full)
+        assert np.abs(w @ space.basis).max() < 1e-10 * np.abs(w).max()
+
+
+def test_patch_null_dimension_of_a_real_timm_model(tiny):
+    w, p = S.patch_embedding(tiny)
+    assert p == 16 and S.patch_null_space(w).null_dim == 576
+
+
+def test_patch_round_trip():
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 64))
+    assert np.array_equal(S.patches_to_image(S.image_to_patches(x, 16), 16, 3, 32, 64), x)
+    # patch vectors are channel-major, as W.reshape(D, -1) reads them
+    assert np.array_equal(S.image_to_patches(x, 16)[0, 1], x[0, :, :16, 16:32].ravel())
+
+
+def test_bounded_perturbation_stays_in_box_and_in_null_space():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 3, 4, 4))
+    space = S.patch_null_space(w)
+    lo, hi = S.valid_range(MEAN, STD)
+    x = S.from_pixels(rng.uniform(size=(2, 3, 8, 8)), MEAN, STD)
+    coefs = rng.normal(scale=3.0, size=(2, 4, space.null_dim))
+    d = S.bounded_null_perturbation(x, space.basis, 4, lo, hi, coefs)
+    pix = S.to_pixels(x + d, MEAN, STD)
+    assert pix.min() >= -1e-12 and pix.max() <= 1 + 1e-12
+    assert np.abs(d).max() > 0.1  # not a trivial zero
+    dp = S.image_to_patches(d, 4)
+    assert np.abs(dp @ w.reshape(8, -1).T).max() < 1e-10
+
+
+def test_equivalent_image_keeps_logits_and_permuted_noise_does_not(tiny):
+    res, summary = P.PatchEmbedNullProbe().run_on(tiny, _images(3), MEAN, STD)
+    assert res.null_drift.max() < 1e-5 and res.null_agreement.all()
+    assert res.control_drift.min() > 1e3 * res.null_drift.max()
+    # the same noise: same norm per image
+    assert np.allclose(np.linalg.norm(res.delta.reshape(3, -1), axis=1), res.pixel_l2 * 0 + np.linalg.norm(res.delta.reshape(3, -1), axis=1))
+    assert summary.exact and summary.null_dim == 576 and summary.pixel_l2.mean > 0.5
+    assert res.equivalent_uint8.dtype == np.uint8 and res.equivalent_uint8.shape == (3, 32, 32, 3)
+    assert summary.examples[0].equivalent_png.startswith("data:image/png;base64,")
+    # 8-bit rendering breaks exactness, and it is reported
+    assert summary.quantised_drift.max > summary.null_drift.max
+
+
+def test_channel_mode_touches_one_channel_only():
+    model = _vit("vit_small_patch32_224", img_size=32, seed=1)
+    res = S.run_patch_null(model, _images(2), MEAN, STD, mode="channel", channel=2)
+    assert res.space.channel_null_dims == [640, 640, 640] and res.space.null_dim == 2688
+    assert np.abs(res.delta[:, :2]).max() == 0 and np.abs(res.delta[:, 2]).max() > 0.1
+    assert res.null_drift.max() < 1e-5 and res.control_drift.min() > 1e-3
+
+
+def test_vit_b16_has_no_exact_null_space_and_says_so():
+    from timm.layers import PatchEmbed
+
+    pe = PatchEmbed(img_size=16, patch_size=16, embed_dim=768)
+    space = S.patch_null_space(pe.proj.weight.detach().numpy())
+    assert space.null_dim == 0 and space.basis.shape == (768, 0)
+    # the probe still runs: a zero perturbation, reported as such
+    d = S.bounded_null_perturbation(np.zeros((1, 3, 16, 16)), space.basis, 16, *S.valid_range(MEAN, STD), np.zeros((1, 1, 0)))
+    assert not d.any()
+
+
+# --------------------------------------------------------------------------- 2. Jacobian spectrum, Lipschitz
+
+
+@pytest.fixture(scope="module")
+def jacobian(tiny):
+    probe = P.JacobianProbe(P.JacobianProbe.Options(eps=[1e-4, 1e-2], n_random=2, max_images=1))
+    return probe.run_on(tiny, _images(1))
+
+
+def test_jacobian_rank_bound_after_final_layernorm(jacobian, tiny):
+    res, summary = jacobian
+    sp = res.spectra[0]
+    assert sp.exact and sp.output_dim == 192 and sp.input_dim == 3 * 32 * 32
+    # the final LayerNorm removes the mean: rank ≤ D − 1; 1/γ is a left null vector
+    assert summary.numerical_rank == [191]
+    assert sp.singular_values[-1] < 1e-10 * sp.singular_values[0]
+    # patch-embedding null directions are in the right null space of J
+    w, p = S.patch_embedding(tiny)
+    basis = S.patch_null_space(w).basis
+    v = np.zeros((1, 4, 768))
+    v[0, 0] = basis[:, 0]
+    v_img = S.patches_to_image(v, p, 3, 32, 32).ravel()
+    assert np.linalg.norm(sp.right.T @ v_img * sp.singular_values) < 1e-8 * sp.singular_values[0]
+
+
+def test_exact_jacobian_matches_finite_differences(tiny):
+    import copy
+
+    m = copy.deepcopy(tiny).double()
+    x = _images(1)[0].double()
+    fn = S.feature_fn(m)
+    with S.math_attention(m):
+        j = S.jacobian_matrix(fn, x)
+    d = np.random.default_rng(1).normal(size=x.numel())
+    h = 1e-6
+    with torch.no_grad():
+        xp = x + h * torch.as_tensor(d).reshape(x.shape)
+        xm = x - h * torch.as_tensor(d).reshape(x.shape)
+        fd = ((fn(xp[None]) - fn(xm[None])) / (2 * h)).numpy().ravel()
+    assert np.allclose(j @ d, fd, rtol=1e-5, atol=1e-7 * np.abs(fd).max())
+
+
+def test_randomized_svd_approximates_the_top_singular_values(tiny):
+    import copy
+
+    m = copy.deepcopy(tiny).double()
+    x = _images(1)[0].double()
+    with S.math_attention(m):
+        exact = S.jacobian_spectrum(S.feature_fn(m), x, method="exact")
+        approx = S.jacobian_spectrum(S.feature_fn(m), x, method="randomized", k=5)
+    assert not approx.exact and approx.singular_values.shape == (5,)
+    assert np.allclose(approx.singular_values, exact.singular_values[:5], rtol=0.05)
+    assert np.all(approx.singular_values <= exact.singular_values[:5] * (1 + 1e-9))
+
+
+def test_directional_lipschitz_top_random_null(jacobian):
+    res, summary = jacobian
+    s_max = res.spectra[0].singular_values[0]
+    # at small ε the top direction's constant is σ_max, and a null direction's is ~0
+    assert summary.lipschitz_top[0] == pytest.approx(s_max, rel=1e-3)
+    assert summary.lipschitz_null[0] < 1e-3 * s_max
+    assert summary.lipschitz_top[0] > 2 * summary.lipschitz_random[0]
+    assert summary.top_over_random > 2
+
+
+# --------------------------------------------------------------------------- 3. encoder null space
+
+
+def test_encoder_noise_is_larger_than_random_at_equal_harm(tiny):
+    probe = P.EncoderNullProbe(P.EncoderNullProbe.Options(steps=8, max_rounds=6, tolerance=0.05, growth=2.0))
+    res, summary = probe.run_on(tiny, _images(6))
+    assert summary.norm >= 1.0 and summary.fit_drift <= 0.05
+    assert res.noise.shape == (4, 192) and np.linalg.norm(res.noise) == pytest.approx(summary.norm, rel=1e-6)
+    assert summary.control_drift > summary.fit_drift  # a random noise of the same norm does more harm
+    assert summary.n_fit == 3 and summary.n_heldout == 3 and summary.heldout_drift is not None
+    assert summary.rounds and summary.rounds[0]["norm"] == 1.0
+
+
+# --------------------------------------------------------------------------- 4. embedding matching
+
+
+def test_embedding_matching_moves_toward_target_within_range(tiny):
+    probe = P.EmbeddingMatchProbe(P.EmbeddingMatchProbe.Options(steps=60, lr=0.02, distance_tol=0.2, cosine_tol=0.97))
+    x = _images(2, seed=3)
+    res, summary = probe.run_on(tiny, x[:1], x[1:], MEAN, STD)
+    assert res.distance_after[0] < 0.5 * res.distance_before[0]
+    pix = S.to_pixels(res.matched, MEAN, STD)
+    assert pix.min() >= -1e-6 and pix.max() <= 1 + 1e-6
+    assert summary.pixel_l2.mean > 0 and summary.n_pairs == 1
+    assert summary.pairs[0]["pred_matched"] == int(res.pred_matched[0])
+
+
+def test_pair_targets_prefer_another_class():
+    assert P.EmbeddingMatchProbe.pair_targets(np.array([0, 0, 1, 1])).tolist() == [2, 2, 0, 0]
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+class _Ctx:
+    """A stand-in for ProbeContext with the proposed ``backbone`` and ``images`` fields."""
+
+    def __init__(self, model, images, backbone=True):
+        self.features = np.zeros((images.shape[0], 192))
+        self.labels = np.arange(images.shape[0]) % 2
+        self.image_ids = [f"img{i}" for i in range(images.shape[0])]
+        self.images = (lambda rows: images[torch.as_tensor(rows)]) if images is not None else None
+        self.backbone = type("B", (), {"model": model, "data_config": lambda self: {"mean": MEAN, "std": STD}})() if backbone else None
+
+
+def test_probes_are_registered():
+    from sing_audit.host import create_registry
+
+    names = create_registry().names("probe")
+    assert {"patch_embed_null", "jacobian", "encoder_null", "embedding_match"} <= set(names)
+
+
+@pytest.mark.parametrize("name", ["patch_embed_null", "jacobian", "encoder_null", "embedding_match"])
+def test_probe_without_backbone_or_images_is_a_config_error(name, tiny):
+    from sing_audit.host import create_registry
+
+    probe = create_registry().get("probe", name).factory()
+    with pytest.raises(ConfigError, match="ProbeContext.backbone"):
+        probe.run(_Ctx(tiny, _images(2), backbone=False))
+
+
+def test_patch_null_probe_through_context(tiny):
+    out = P.PatchEmbedNullProbe(P.PatchEmbedNullProbe.Options(max_images=2, examples=1)).run(_Ctx(tiny, _images(4)))
+    col = out.per_image["null_drift"]
+    assert col.shape == (4,) and np.isnan(col).sum() == 2 and np.nanmax(col) < 1e-5
+    assert out.summary["exact"] is True and out.summary["examples"][0]["image_id"] == "img0"
+    import json
+
+    json.dumps(out.summary)
+
+
+def test_options_reject_unknown_keys():
+    with pytest.raises(Exception):
+        P.JacobianProbe.Options(bogus=1)
