@@ -125,3 +125,45 @@ def test_nullspace_validation(synthetic_config, tmp_path):
         v = m["probes"]["nullspace_validation"]
         assert v["passed"] and v["null_max"] < 1e-6
         assert v["random"] > 0.05 and v["principal"] > v["random"]
+
+
+def test_autograd_path_matches_closed_form(synthetic_config, tmp_path, monkeypatch):
+    """A translator without linear_map is steered through torch_forward; same numbers."""
+    import torch
+
+    from sing_audit.plugins import steering_probe
+    from sing_audit.plugins.linear_translator import LinearTranslator
+
+    probes = ["null_removal", {"plugin": "steering", "pairs": [{"from": "sports car", "to": "jellyfish"}]}]
+    closed = _run(synthetic_config, tmp_path, probes)
+
+    class Opaque:
+        """The fitted linear translator seen as a black box with a torch forward."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def linear_map(self):
+            return None
+
+        def predict(self, f):
+            return self.inner.predict(f)
+
+        def torch_forward(self, x):
+            a, c = self.inner.linear_map()
+            return x @ torch.as_tensor(a).T + torch.as_tensor(c)
+
+    original = steering_probe.SteeringProbe._steer
+
+    def opaque_steer(self, ctx, prompts, scale, rows):
+        ctx.translators = [Opaque(t) if isinstance(t, LinearTranslator) else t for t in ctx.translators]
+        return original(self, ctx, prompts, scale, rows)
+
+    monkeypatch.setattr(steering_probe.SteeringProbe, "_steer", opaque_steer)
+    main(["run", str(synthetic_config(probes=probes, policy={"max_flagged": 5})), "--force"])
+    autograd = json.loads((tmp_path / "out" / "results.json").read_text())
+    for a, b in zip(closed["models"], autograd["models"], strict=True):
+        (ra,) = a["probes"]["steering"]["targets"]
+        (rb,) = b["probes"]["steering"]["targets"]
+        assert rb["as_mean"] == pytest.approx(ra["as_mean"], abs=1e-6)
+        assert rb["is_mean"] == pytest.approx(ra["is_mean"], abs=1e-6)
