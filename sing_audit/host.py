@@ -33,6 +33,9 @@ __all__ = [
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.precomputed",
     "sing_audit.plugins.timm_backbone",
+    "sing_audit.plugins.dino_vit",
+    "sing_audit.plugins.torch_module",
+    "sing_audit.plugins.hf_transformers",
     "sing_audit.plugins.open_clip_target",
     "sing_audit.plugins.image_datasets",
     "sing_audit.plugins.linear_translator",

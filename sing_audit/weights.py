@@ -7,11 +7,21 @@ Every model plugin takes a ``weights:`` option:
 - ``random``: random initialisation (explicitly asked for, never a fallback);
 - a local file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``, or anything that looks like
   a path): resolved relative to the config file's folder and read without pickle;
+- a local folder in the Hugging Face hub's layout (``config.json`` next to
+  ``model.safetensors`` or ``pytorch_model.bin``, as ``huggingface-cli download`` or timm's
+  ``save_for_hf`` write it): the weights file is found with :func:`find_weights_in_folder`
+  (the same preference order as timm's ``local-dir:`` loader) and read like any file;
+  ``ResolvedWeights.folder`` keeps the folder, so a plugin can read ``config.json``;
 - anything else: a hub tag of the model (e.g. ``a1_in1k`` for timm, ``openai`` for open_clip).
 
 Files are read with :func:`load_state_dict` (safetensors, or ``torch.load`` with
 ``weights_only=True``), fingerprinted with :func:`file_digest`, and loaded strictly with
 :func:`load_into`, whose errors list what does not match.
+
+Offline use: :func:`hub_offline` says whether the hub is known to be unreachable
+(``HF_HUB_OFFLINE``), and :func:`hub_cached_file` looks a file up in the local hub cache
+without any network access, so a plugin can refuse an uncached pretrained tag when its
+options are validated rather than when the model is built.
 """
 
 from __future__ import annotations
@@ -29,13 +39,18 @@ from typing import Any
 from .errors import WeightsError
 
 __all__ = [
+    "HUB_WEIGHT_FILES",
     "WEIGHT_FILE_SUFFIXES",
     "ResolvedWeights",
-    "resolve_weights",
-    "load_state_dict",
     "file_digest",
-    "state_dict_digest",
+    "find_weights_in_folder",
+    "hub_cached_file",
+    "hub_offline",
     "load_into",
+    "load_state_dict",
+    "local_weights_hint",
+    "resolve_weights",
+    "state_dict_digest",
 ]
 
 #: suffixes that mark a ``weights:`` value as a local file
@@ -47,7 +62,31 @@ _NESTING_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "mo
 #: prefixes added by wrappers (DistributedDataParallel, torch.compile)
 _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
+#: weight files of a hub-layout folder, in the order timm's ``local-dir:`` loader prefers them
+HUB_WEIGHT_FILES: tuple[str, ...] = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
+
 _CHUNK = 1 << 20
+
+_TRUE = {"1", "on", "yes", "true", "y", "t"}
+
+
+def local_weights_hint(what: str = "the model") -> str:
+    """How to point a model at weights on this machine (for error messages)."""
+    return (
+        f"download the weights of {what} on a machine with network access and point weights: at them here: "
+        "weights: <local file> (.safetensors preferred, or a .pt/.pth state dict), or a folder in the hub's "
+        "layout (config.json + model.safetensors or pytorch_model.bin); or set weights: random for a smoke "
+        "test (never a silent fallback)"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,10 +100,45 @@ class ResolvedWeights:
     kind: str
     value: str
     path: Path | None = None
+    folder: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form, for ``describe()``."""
-        return {"kind": self.kind, "value": self.value, "path": None if self.path is None else str(self.path)}
+        """JSON-serialisable form, for ``describe()`` (``folder`` only for hub-layout folders)."""
+        out: dict[str, Any] = {"kind": self.kind, "value": self.value, "path": None if self.path is None else str(self.path)}
+        if self.folder is not None:
+            out["folder"] = str(self.folder)
+        return out
+
+
+def find_weights_in_folder(folder: str | os.PathLike) -> Path:
+    """The weights file of a hub-layout folder.
+
+    The first of :data:`HUB_WEIGHT_FILES` present wins (timm's order); otherwise the
+    folder must hold exactly one ``.safetensors``, else one ``.pth``, else one ``.bin``
+    file. Anything else raises :class:`WeightsError` saying what was found.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"weights folder not found: {folder}")
+    for name in HUB_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    for ext in (".safetensors", ".pth", ".pt", ".bin"):
+        found = sorted(p for p in folder.glob(f"*{ext}") if p.is_file())
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found[:6])
+            raise WeightsError(
+                f"weights folder {folder} holds several {ext} files ({names}) and none of the standard names "
+                f"({', '.join(HUB_WEIGHT_FILES[:2])}); point weights at the file to use"
+            )
+    listing = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+    raise WeightsError(
+        f"weights folder {folder} holds no weights file (it has: {listing}); a folder in the hub's layout holds "
+        "config.json and model.safetensors (or pytorch_model.bin): point weights at such a folder or at a "
+        ".safetensors/.pt/.pth file"
+    )
 
 
 def _looks_like_path(spec: str, candidate: Path) -> bool:
@@ -72,10 +146,10 @@ def _looks_like_path(spec: str, candidate: Path) -> bool:
         return True
     if "/" in spec or "\\" in spec or os.sep in spec or (os.altsep and os.altsep in spec):
         return True
-    if spec.startswith("~") or spec.startswith("."):
+    if spec.startswith(("~", ".")):
         return True
     try:
-        return candidate.is_file()
+        return candidate.is_file() or candidate.is_dir()
     except OSError:
         return False
 
@@ -85,7 +159,8 @@ def resolve_weights(spec: str | os.PathLike | None, base_dir: Path | None = None
 
     ``base_dir`` is the folder of the config file: relative file paths are resolved from
     it (from the current directory when it is ``None``). A value that looks like a path
-    but names no file raises :class:`WeightsError` naming the path tried.
+    but names no file raises :class:`WeightsError` naming the path tried. A folder
+    resolves to its weights file (:func:`find_weights_in_folder`), with ``folder`` set.
     """
     if spec is None:
         spec = "pretrained"
@@ -116,11 +191,50 @@ def resolve_weights(spec: str | os.PathLike | None, base_dir: Path | None = None
                 hint = "; a hub repository belongs in the model name (model: hf-hub:org/repo), not in weights"
             raise WeightsError(f"weights file not found: {path}{where}{hint}")
         if path.is_dir():
-            raise WeightsError(
-                f"weights path is a folder, not a file: {path}; point weights at the .safetensors/.pt/.pth/.bin file"
-            )
+            return ResolvedWeights("file", value, find_weights_in_folder(path), folder=path)
         return ResolvedWeights("file", value, path)
     return ResolvedWeights("tag", value)
+
+
+# --------------------------------------------------------------------------- offline hub
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub is known to be unreachable (``HF_HUB_OFFLINE``).
+
+    Reads the environment variable (so a value set after ``huggingface_hub`` was imported
+    counts) and ``huggingface_hub.constants.HF_HUB_OFFLINE``.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - a dependency of timm and open_clip
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def hub_cached_file(repo_id: str, filenames: str | tuple[str, ...] | list[str], revision: str | None = None) -> Path | None:
+    """The first of ``filenames`` of hub repository ``repo_id`` present in the local cache, or ``None``.
+
+    Never touches the network. ``repo_id`` may carry a ``@revision`` suffix (timm's style).
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(filenames, str):
+        filenames = (filenames,)
+    if "@" in repo_id and revision is None:
+        repo_id, _, revision = repo_id.partition("@")
+    for name in filenames:
+        try:
+            found = try_to_load_from_cache(repo_id, name, revision=revision)
+        except (ValueError, OSError):  # an invalid repository id or file name: not cached
+            found = None
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
 
 
 # --------------------------------------------------------------------------- reading

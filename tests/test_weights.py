@@ -14,10 +14,15 @@ from torch import nn
 
 from sing_audit.errors import WeightsError
 from sing_audit.weights import (
+    HUB_WEIGHT_FILES,
     ResolvedWeights,
     file_digest,
+    find_weights_in_folder,
+    hub_cached_file,
+    hub_offline,
     load_into,
     load_state_dict,
+    local_weights_hint,
     resolve_weights,
     state_dict_digest,
 )
@@ -80,10 +85,75 @@ def test_resolve_missing_file_names_path(spec, tmp_path):
 
 def test_resolve_folder_and_empty(tmp_path):
     (tmp_path / "ckpt.pt").mkdir()
-    with pytest.raises(WeightsError, match="folder"):
+    with pytest.raises(WeightsError, match="folder .* holds no weights file"):
         resolve_weights("ckpt.pt", tmp_path)
     with pytest.raises(WeightsError, match="empty"):
         resolve_weights("  ")
+
+
+def test_resolve_hub_layout_folder(net_and_sd, tmp_path):
+    _, sd = net_and_sd
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    torch.save(sd, folder / "pytorch_model.bin")
+    w = resolve_weights("my-model", tmp_path)  # a bare folder name counts as a path
+    assert (w.kind, w.path, w.folder) == ("file", (folder / "pytorch_model.bin").resolve(), folder.resolve())
+    assert w.as_dict() == {"kind": "file", "value": "my-model", "path": str(w.path), "folder": str(folder.resolve())}
+    save_file(sd, str(folder / "model.safetensors"))  # safetensors wins, as in timm's local-dir loader
+    assert resolve_weights(str(folder)).path == (folder / "model.safetensors").resolve()
+    _assert_same(load_state_dict(resolve_weights(str(folder)).path), sd)
+
+
+def test_find_weights_in_folder_order_and_ambiguity(net_and_sd, tmp_path):
+    _, sd = net_and_sd
+    for name in reversed(HUB_WEIGHT_FILES):
+        save_file(sd, str(tmp_path / name)) if name.endswith(".safetensors") else torch.save(sd, tmp_path / name)
+        assert find_weights_in_folder(tmp_path).name == name  # the earliest in the order present wins
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save(sd, other / "epoch_10.pth")
+    assert find_weights_in_folder(other).name == "epoch_10.pth"
+    torch.save(sd, other / "epoch_20.pth")
+    with pytest.raises(WeightsError, match="several .pth files .*epoch_10.pth, epoch_20.pth"):
+        find_weights_in_folder(other)
+    with pytest.raises(WeightsError, match="not found"):
+        find_weights_in_folder(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("ON", True), ("true", True), ("0", False), ("", False)])
+def test_hub_offline_reads_env_and_constant(value, expected, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert hub_offline() is expected
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert hub_offline() is True
+
+
+def test_hub_cached_file_never_needs_network(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert hub_cached_file("org/model", ("model.safetensors",)) is None
+    repo = tmp_path / "models--org--model"
+    commit = "a" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "pytorch_model.bin").write_bytes(b"x")
+    assert hub_cached_file("org/model", ("model.safetensors",)) is None
+    found = hub_cached_file("org/model", ("model.safetensors", "pytorch_model.bin"))
+    assert found == repo / "snapshots" / commit / "pytorch_model.bin"
+    assert hub_cached_file("org/model@" + commit, "pytorch_model.bin") == found  # timm's repo@revision
+    assert hub_cached_file("not a valid id!", "x") is None
+
+
+def test_local_weights_hint_says_how():
+    hint = local_weights_hint("'resnet50.a1_in1k'")
+    assert "resnet50.a1_in1k" in hint and "weights: <local file>" in hint and "config.json" in hint
+    assert "weights: random" in hint
 
 
 def test_resolved_as_dict_is_plain(tmp_path):
