@@ -125,6 +125,15 @@ class RunSettings(_Strict):
     folds: int = Field(default=5, ge=2, description="cross-fitting folds")
     seed: int = 0
     bootstrap: int = Field(default=1000, ge=100, description="bootstrap resamples for intervals")
+    store_dtype: Literal["float32", "float16"] = Field(
+        default="float32", description="dtype of extracted features and embeddings in the on-disk store"
+    )
+    autocast: Literal["none", "bf16", "fp16"] = Field(
+        default="none", description="mixed precision for extraction on a GPU (ignored, with a note, on CPU)"
+    )
+    chunk_images: int = Field(
+        default=1024, ge=1, description="images per resumable extraction chunk (rounded up to whole batches)"
+    )
 
 
 class AuditConfig(_Strict):

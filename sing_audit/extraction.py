@@ -17,7 +17,7 @@ import numpy as np
 from .components import ImageDataset, ImageRecord
 from .errors import DataError, HeadError
 
-__all__ = ["Extracted", "extract", "resolve_device"]
+__all__ = ["Extracted", "autocast_context", "effective_autocast", "extract", "resolve_device"]
 
 log = logging.getLogger("sing_audit")
 
@@ -81,6 +81,38 @@ class Extracted:
     extra: dict[str, Any]
 
 
+#: testing aid: seconds to sleep after each batch, so tests can interrupt an extraction
+#: deterministically mid-way (see docs/performance.md); never set it in production
+THROTTLE_ENV = "SING_AUDIT_THROTTLE_BATCH_SECONDS"
+
+#: images of the first batch used to check that features and head reproduce the logits
+CHECK_IMAGES = 4
+
+#: images per resumable chunk (rounded up to whole batches)
+DEFAULT_CHUNK_IMAGES = 1024
+
+
+def autocast_context(device: str, autocast: str):
+    """``torch.autocast`` for ``bf16``/``fp16`` on a GPU; a no-op (with a logged note) on CPU."""
+    import contextlib
+
+    import torch
+
+    if autocast in (None, "none"):
+        return contextlib.nullcontext()
+    kind = device.split(":")[0]
+    if kind not in ("cuda", "mps"):
+        log.info("run.autocast %s is for GPU extraction; ignored on %s (extraction stays float32)", autocast, device)
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[autocast]
+    return torch.autocast(device_type=kind, dtype=dtype)
+
+
+def effective_autocast(device: str, autocast: str) -> str:
+    """The autocast that actually applies on ``device`` (``none`` on CPU)."""
+    return autocast if autocast not in (None, "none") and device.split(":")[0] in ("cuda", "mps") else "none"
+
+
 def extract(
     records: list[ImageRecord],
     dataset: ImageDataset,
@@ -92,44 +124,78 @@ def extract(
     num_workers: int,
     label: str,
     check_first: Callable | None = None,
+    sink=None,
+    chunk_images: int = DEFAULT_CHUNK_IMAGES,
+    autocast: str = "none",
 ) -> Extracted:
-    """Run ``forward`` (B×C×H×W tensor -> B×d tensor) over every record.
+    """Run ``forward`` (B×C×H×W tensor -> B×d tensor) over every record, streaming batches.
 
     :param check_first: called once with the first batch tensor (e.g. to check that
         features and head reproduce the model's logits).
+    :param sink: a :class:`~sing_audit.store.PartialEntry`: rows go straight into its
+        memory-mapped files, committed every ``chunk_images`` images (whole batches), and
+        extraction starts after its last committed row. Without a sink rows are kept in
+        memory (float32).
+    :param autocast: ``none``, ``bf16`` or ``fp16`` (GPU only).
     """
+    import os
+    import time
+
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     skip = getattr(dataset, "on_bad_image", "fail") == "skip"
+    start = sink.done if sink is not None else 0
+    if start:
+        log.info("%s: resuming extraction at image %d of %d", label, start, len(records))
+    workers = num_workers if len(records) - start > batch_size else 0
     loader = DataLoader(
-        _Images(dataset, records, transform, skip),
+        _Images(dataset, records[start:], transform, skip),
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.startswith("cuda"),
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
     )
-    values: np.ndarray | None = None
+    chunk_batches = max(1, -(-int(chunk_images) // batch_size))
+    throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
+    values: np.ndarray | None = sink.values if sink is not None else None
     ok = np.zeros(len(records), dtype=bool)
     checked = check_first is None
-    with torch.inference_mode():
-        for _, good, bad, x in tqdm(loader, desc=label, unit="batch", disable=None, leave=False):
+    done = start
+    with torch.inference_mode(), autocast_context(device, autocast):
+        for b, (idx, good, bad, x) in enumerate(tqdm(loader, desc=label, unit="batch", disable=None, leave=False)):
+            good = [start + i for i in good]
+            bad = [start + i for i in bad]
             for i in bad:
                 log.warning("skipped unreadable image %s", records[i].image_id)
-            if x is None:
-                continue
-            x = x.to(device)
-            if not checked:
-                check_first(x)
-                checked = True
-            out = forward(x).float().cpu().numpy()
-            out = out.reshape(out.shape[0], -1)
-            if values is None:
-                values = np.zeros((len(records), out.shape[1]), dtype=np.float32)
-            values[good] = out
-            ok[good] = True
+            out = None
+            if x is not None:
+                x = x.to(device, non_blocking=True)
+                if not checked:
+                    check_first(x[:CHECK_IMAGES])  # a few images suffice: keeps the check's forwards small
+                    checked = True
+                out = forward(x).float().cpu().numpy()
+                out = out.reshape(out.shape[0], -1)
+            done += len(idx)
+            if sink is not None:
+                sink.write(good, out, bad)
+                if (b + 1) % chunk_batches == 0 and done < len(records):
+                    sink.commit(done)
+            elif out is not None:
+                if values is None:
+                    values = np.zeros((len(records), out.shape[1]), dtype=np.float32)
+                values[good] = out
+                ok[good] = True
+            if throttle:
+                time.sleep(throttle)
+    if sink is not None:
+        values, ok = sink.values, sink.ok
+        if values is None or not np.asarray(ok).any():
+            raise DataError(f"{label}: no image of the dataset could be read ({len(records)} tried)")
     if values is None:
         raise DataError(f"{label}: no image of the dataset could be read ({len(records)} tried)")
     return Extracted(values=values, ok=ok, extra={})

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: rows of features read (as float64) at a time while fitting
+FIT_CHUNK_ROWS = 8192
+
 __all__ = ["RidgeSolution", "fit_ridge", "default_alpha_grid", "cross_fit_folds"]
 
 
@@ -52,35 +55,60 @@ def fit_ridge(
     :param alpha: a fixed α ≥ 0 (scikit-learn's scale), or None to choose from ``alphas``.
     :param alphas: candidate α > 0 (default :func:`default_alpha_grid`).
     """
-    x = np.asarray(features, dtype=np.float64)
+    x = features if isinstance(features, np.ndarray) else np.asarray(features)
     z = np.asarray(targets, dtype=np.float64)
     if x.ndim != 2 or z.ndim != 2 or x.shape[0] != z.shape[0]:
         raise ValueError(f"features {x.shape} and targets {z.shape} must be N×m and N×n with the same N")
     n_samples = x.shape[0]
     if n_samples < 2:
         raise ValueError("ridge needs at least 2 samples")
-    x_mean = x.mean(axis=0)
+    # Everything below reads the features in row chunks (converted to float64 one chunk at
+    # a time): no centred N×m copy and no N×m projection ever exists, only m×m and m×n.
+    chunks = [slice(s, min(n_samples, s + FIT_CHUNK_ROWS)) for s in range(0, n_samples, FIT_CHUNK_ROWS)]
+
+    def rows(sl):
+        return np.asarray(x[sl], dtype=np.float64)
+
+    x_mean = np.sum([rows(sl).sum(axis=0) for sl in chunks], axis=0) / n_samples
     z_mean = z.mean(axis=0)
-    xc = x - x_mean
     zc = z - z_mean
-    lam, q = np.linalg.eigh(xc.T @ xc)
-    lam = np.clip(lam, 0.0, None)
-    b = q.T @ (xc.T @ zc)  # m×n: Qᵀ F_cᵀ Z_c
+    gram = np.zeros((x.shape[1], x.shape[1]))
+    cross = np.zeros((x.shape[1], z.shape[1]))
+    for sl in chunks:
+        xc = rows(sl) - x_mean
+        gram += xc.T @ xc
+        cross += xc.T @ zc[sl]
     loo: dict[float, float] | None = None
+    if alpha is not None and alpha > 0:
+        # a fixed α needs no spectrum: one Cholesky solve of (G + αI) A = F_cᵀ Z_c
+        import scipy.linalg
+
+        coef = scipy.linalg.solve(gram + alpha * np.eye(gram.shape[0]), cross, assume_a="pos", overwrite_a=True)
+        coef = coef.T
+        intercept = z_mean - coef @ x_mean
+        return RidgeSolution(coef=np.ascontiguousarray(coef), intercept=intercept, alpha=float(alpha), loo_mse=None)
+    lam, q = np.linalg.eigh(gram)
+    lam = np.clip(lam, 0.0, None)
+    b = q.T @ cross  # m×n: Qᵀ F_cᵀ Z_c
     if alpha is None:
         grid = np.asarray(alphas if alphas is not None else default_alpha_grid(lam, n_samples), dtype=np.float64)
         if grid.size == 0 or np.any(grid <= 0):
             raise ValueError("alpha grid must hold positive values")
-        p = xc @ q  # N×m
-        p2 = p * p
+        sq = np.zeros(grid.size)
+        for sl in chunks:
+            p = (rows(sl) - x_mean) @ q  # chunk×m
+            p2 = p * p
+            zc_rows = zc[sl]
+            for j, a in enumerate(grid):
+                d = 1.0 / (lam + a)
+                pred = (p * d) @ b
+                hat = 1.0 / n_samples + p2 @ d
+                resid = (zc_rows - pred) / np.clip(1.0 - hat, 1e-12, None)[:, None]
+                sq[j] += float(np.sum(resid * resid))
         loo = {}
         best, best_err = float(grid[0]), np.inf
-        for a in grid:
-            d = 1.0 / (lam + a)
-            pred = (p * d) @ b
-            hat = 1.0 / n_samples + p2 @ d
-            resid = (zc - pred) / np.clip(1.0 - hat, 1e-12, None)[:, None]
-            err = float(np.mean(resid * resid))
+        for j, a in enumerate(grid):
+            err = sq[j] / (n_samples * z.shape[1])
             loo[float(a)] = err
             if err < best_err:
                 best, best_err = float(a), err

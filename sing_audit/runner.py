@@ -279,6 +279,49 @@ class Runner:
         ds = self.plan.dataset.instance
         return {"dataset": self.dataset_info, "on_bad_image": getattr(ds, "on_bad_image", "fail")}
 
+    def _precision_key(self) -> tuple:
+        """Key parts for stored precision and autocast: empty at the defaults (old caches stay valid)."""
+        from .extraction import effective_autocast
+
+        run = self.cfg.run
+        parts = []
+        if run.store_dtype != "float32":
+            parts.append({"store_dtype": run.store_dtype})
+        if run.autocast != "none":
+            applied = effective_autocast(self.get_device(), run.autocast)
+            if applied != "none":
+                parts.append({"autocast": applied})
+        return tuple(parts)
+
+    def _extract_to_store(self, kind: str, key: str, transform, forward, label: str, finish, check_first=None) -> None:
+        """Stream ``forward`` over the dataset into a resumable partial entry, then commit it.
+
+        ``finish()`` returns the entry's small arrays and metadata (called after extraction).
+        """
+        from .store import PartialEntry
+
+        run = self.cfg.run
+        sink = PartialEntry(
+            self.store, kind, key, len(self.records), run.store_dtype,
+            {"batch_size": run.batch_size, "ids": content_key([r.image_id for r in self.records])},
+        )
+        extract(
+            self.records,
+            self.plan.dataset.instance,
+            transform,
+            forward,
+            device=self.get_device(),
+            batch_size=run.batch_size,
+            num_workers=run.num_workers,
+            label=label,
+            check_first=check_first,
+            sink=sink,
+            chunk_images=run.chunk_images,
+            autocast=run.autocast,
+        )
+        arrays, meta = finish()
+        sink.finalize(arrays, meta)
+
     # ----------------------------------------------------------------- targets
 
     def load_target(self, comp) -> EmbeddingSource:
@@ -289,22 +332,15 @@ class Runner:
         desc = t.describe()
         # prompt templates shape text embeddings only: changing them keeps image embeddings
         image_desc = {k: v for k, v in desc.items() if k != "templates"}
-        key = content_key("embeddings", image_desc, self._dataset_key())
+        key = content_key("embeddings", image_desc, self._dataset_key(), *self._precision_key())
         hit = self.store.load("embeddings", key)
         if hit is None:
             with self.stage("extract"):
                 self.ensure_loaded(t)
-                ex = extract(
-                    self.records,
-                    self.plan.dataset.instance,
-                    t.transform(),
-                    t.encode_images,
-                    device=self.get_device(),
-                    batch_size=self.cfg.run.batch_size,
-                    num_workers=self.cfg.run.num_workers,
-                    label=f"target {comp.name}",
+                self._extract_to_store(
+                    "embeddings", key, t.transform(), t.encode_images, f"target {comp.name}",
+                    finish=lambda: ({}, {"describe": t.describe()}),
                 )
-                self.store.save("embeddings", key, {"values": ex.values, "ok": ex.ok}, {"describe": t.describe()})
                 hit = self.store.load("embeddings", key)
         else:
             log.info("target %s: embeddings from cache %s", comp.name, key)
@@ -362,33 +398,26 @@ class Runner:
             names = head.class_names or [f"class {i}" for i in range(head.num_classes)]
             return FeatureSource(comp.name, np.asarray(table.features), table.image_ids, None, table.labels, head, list(names), b.random_weights, b.describe())
         desc = b.describe()
-        key = content_key("features", desc, self._dataset_key())
+        key = content_key("features", desc, self._dataset_key(), *self._precision_key())
         hit = self.store.load("features", key)
         if hit is None:
             with self.stage("extract"):
                 self.ensure_loaded(b)
                 head = b.head()
                 check = check_head_reproduces_logits(b.features, b.logits, head.weight, head.bias, comp.name)
-                ex = extract(
-                    self.records,
-                    self.plan.dataset.instance,
-                    b.transform(),
-                    b.features,
-                    device=self.get_device(),
-                    batch_size=self.cfg.run.batch_size,
-                    num_workers=self.cfg.run.num_workers,
-                    label=f"backbone {comp.name}",
-                    check_first=check,
-                )
-                meta = {
-                    "describe": b.describe(),  # after load: with the weights' digest
-                    "weight_eps": head.weight_eps,
-                    "class_names": head.class_names,
-                    "class_keys": head.class_keys,
-                    "random_weights": b.random_weights,
-                }
-                self.store.save(
-                    "features", key, {"values": ex.values, "ok": ex.ok, "head_weight": head.weight, "head_bias": head.bias}, meta
+
+                def finish():
+                    meta = {
+                        "describe": b.describe(),  # after load: with the weights' digest
+                        "weight_eps": head.weight_eps,
+                        "class_names": head.class_names,
+                        "class_keys": head.class_keys,
+                        "random_weights": b.random_weights,
+                    }
+                    return {"head_weight": head.weight, "head_bias": head.bias}, meta
+
+                self._extract_to_store(
+                    "features", key, b.transform(), b.features, f"backbone {comp.name}", finish=finish, check_first=check
                 )
                 hit = self.store.load("features", key)
         else:

@@ -3,6 +3,12 @@
 Each entry is a folder ``<root>/<kind>/<key>/`` holding ``.npy`` arrays (memory-mappable)
 and a ``meta.json`` written last with the sha256 of every array; an entry whose files do
 not match their recorded digests is treated as missing (and recomputed), never trusted.
+
+Large entries (extracted features) are written in chunks through a :class:`PartialEntry`:
+rows go straight into memory-mapped ``.npy`` files in ``<root>/<kind>/.partial-<key>/``
+and ``progress.json`` records, after each chunk is flushed, how many rows are complete.
+A killed run resumes from the last complete chunk; the folder becomes the entry by one
+rename once every row is written.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["content_key", "atomic_write_text", "atomic_write_bytes", "ArrayStore", "safe_child"]
+__all__ = ["ArrayStore", "PartialEntry", "atomic_write_bytes", "atomic_write_text", "content_key", "safe_child"]
 
 
 def content_key(*parts: Any) -> str:
@@ -137,3 +143,109 @@ class ArrayStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+class PartialEntry:
+    """An entry written row-chunk by row-chunk into memory-mapped files, resumable.
+
+    ``fingerprint`` is everything the rows depend on besides the key (row count, batch
+    size, dtype): a partial folder with another fingerprint is discarded, never mixed.
+    """
+
+    def __init__(self, store: ArrayStore, kind: str, key: str, n_rows: int, dtype: str, fingerprint: dict[str, Any]):
+        self.store, self.kind, self.key = store, kind, key
+        self.n_rows = int(n_rows)
+        self.dtype = np.dtype(dtype)
+        self.fingerprint = json.loads(json.dumps({**fingerprint, "n_rows": self.n_rows, "dtype": self.dtype.str}, default=str))
+        self.folder = store._dir(kind, f".partial-{key}")
+        self.values: np.ndarray | None = None
+        self.ok: np.ndarray | None = None
+        self.done = 0
+        self._open_existing()
+
+    @property
+    def _progress_path(self) -> Path:
+        return self.folder / "progress.json"
+
+    def _open_existing(self) -> None:
+        try:
+            progress = json.loads(self._progress_path.read_text(encoding="utf-8"))
+            if progress.get("fingerprint") != self.fingerprint:
+                raise ValueError("another fingerprint")
+            done = int(progress["done"])
+            if done > 0:
+                values = np.load(self.folder / "values.npy", mmap_mode="r+", allow_pickle=False)
+                ok = np.load(self.folder / "ok.npy", mmap_mode="r+", allow_pickle=False)
+                if values.shape[0] != self.n_rows or ok.shape != (self.n_rows,) or values.dtype != self.dtype:
+                    raise ValueError("shape")
+                self.values, self.ok = values, ok
+            self.done = min(done, self.n_rows)
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.values = self.ok = None
+            self.done = 0
+
+    def ensure(self, dim: int) -> None:
+        """Create the memory-mapped arrays (N×dim values, N ok) on the first rows."""
+        if self.values is not None:
+            if self.values.shape[1:] != (dim,):
+                raise ValueError(f"rows have {dim} columns but the partial entry holds {self.values.shape[1:]}")
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.values = np.lib.format.open_memmap(self.folder / "values.npy", mode="w+", dtype=self.dtype, shape=(self.n_rows, dim))
+        self.ok = np.lib.format.open_memmap(self.folder / "ok.npy", mode="w+", dtype=np.bool_, shape=(self.n_rows,))
+
+    def write(self, rows, values: np.ndarray | None, bad=()) -> None:
+        """Rows ``rows`` get ``values`` (ok); rows ``bad`` are marked not ok."""
+        if values is not None and len(rows):
+            self.ensure(values.shape[1])
+            self.values[rows] = values
+            self.ok[rows] = True
+        if len(bad) and self.ok is not None:
+            self.ok[list(bad)] = False
+            self.values[list(bad)] = 0
+
+    def commit(self, done: int) -> None:
+        """Flush every row below ``done`` to disk, then record ``done`` (atomically)."""
+        if self.values is not None:
+            self.values.flush()
+            self.ok.flush()
+            for name in ("values.npy", "ok.npy"):
+                fd = os.open(self.folder / name, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.done = int(done)
+        atomic_write_text(self._progress_path, json.dumps({"done": self.done, "fingerprint": self.fingerprint}))
+
+    def finalize(self, arrays: dict[str, np.ndarray] | None = None, meta: dict[str, Any] | None = None) -> None:
+        """Add small arrays, record digests, and rename the folder into the entry."""
+        if self.values is None:
+            raise ValueError("no row was written")
+        self.commit(self.n_rows)
+        folder = self.folder
+        digests = {}
+        for name, arr in (arrays or {}).items():
+            path = folder / f"{name}.npy"
+            with open(path, "wb") as fh:
+                np.save(fh, np.require(arr, requirements="C"), allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+        self.values = self.ok = None  # release the maps before hashing and renaming
+        for path in sorted(folder.glob("*.npy")):
+            digests[path.stem] = _file_sha256(path)
+        (folder / "progress.json").unlink(missing_ok=True)
+        atomic_write_text(folder / "meta.json", json.dumps({"_arrays": digests, "meta": meta or {}}, default=str))
+        os.chmod(folder, 0o777 & ~_umask())
+        final = self.store._dir(self.kind, self.key)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(folder, final)
+        _fsync_dir(final.parent)
+
+    def discard(self) -> None:
+        self.values = self.ok = None
+        shutil.rmtree(self.folder, ignore_errors=True)
