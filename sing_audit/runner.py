@@ -214,6 +214,7 @@ class FeatureSource:
     class_names: list[str]
     random_weights: bool
     describe: dict[str, Any]
+    component: Any = None  # the ImageBackbone, for probes that need the model and images
 
 
 @dataclass
@@ -257,6 +258,20 @@ class Runner:
         if id(component) not in self._loaded:
             component.load(self.get_device())
             self._loaded.add(id(component))
+
+    def image_loader(self, backbone, frows: np.ndarray):
+        """``rows -> k×C×H×W`` tensor: the analysed images ``rows`` (indices into the
+        aligned rows ``frows``) as ``backbone.features`` receives them."""
+        import torch
+
+        ds = self.plan.dataset.instance
+        transform = backbone.transform()
+
+        def images(rows) -> "torch.Tensor":
+            picked = [self.records[int(frows[int(r)])] for r in np.atleast_1d(np.asarray(rows))]
+            return torch.stack([transform(ds.open(rec)) for rec in picked]).to(self.get_device())
+
+        return images
 
     def get_device(self) -> str:
         if self.device is None:
@@ -434,7 +449,7 @@ class Runner:
         ids = [r.image_id for r in self.records]
         return FeatureSource(
             comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), labels, head, names,
-            bool(meta.get("random_weights")), meta.get("describe", desc),
+            bool(meta.get("random_weights")), meta.get("describe", desc), component=b,
         )
 
     def _map_labels(self, name: str, head: LinearHead) -> tuple[np.ndarray | None, list[str]]:
@@ -728,6 +743,10 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         encode_text=runner.text_encoder(esrc),
         registry=runner.plan.registry,
     )
+    if fsrc.component is not None and any(p.instance.needs_backbone for p in runner.plan.probes):
+        runner.ensure_loaded(fsrc.component)
+        ctx.backbone = fsrc.component
+        ctx.images = runner.image_loader(fsrc.component, mi.frows)
     columns: dict[str, np.ndarray] = {}
     probe_summaries: dict[str, dict[str, Any]] = {}
     scores = None
