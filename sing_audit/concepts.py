@@ -121,7 +121,7 @@ def check_templates(templates: Sequence[str]) -> list[str]:
         raise ValueError("give at least one template, e.g. 'an image of a {}'")
     for t in templates:
         if "{}" not in t:
-            raise ValueError(f"template {t!r} has no '{{}}' where the concept goes")
+            raise ValueError(f"template {t!r} has no '{{}}' where the class name or concept goes")
         try:
             t.format("x")
         except (IndexError, KeyError, ValueError) as exc:

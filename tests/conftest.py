@@ -66,3 +66,33 @@ def synthetic_config(tmp_path, scenario_dir):
 def save_npz(path: Path, **arrays) -> Path:
     np.savez(path, **arrays)
     return path
+
+
+def image_folder_audit(
+    tmp_path: Path, backbones: list[dict], per_class: int = 4, size: int = 32, root: Path | None = None, **extra
+) -> Path:
+    """A tiny image-folder audit (3 ImageNet synset classes) with a precomputed target
+    aligned by image ids, so only the backbones under test run a model. Returns the
+    config path; ``extra`` keys (probes, policy, run, dataset options...) are merged in.
+    ``root``: an existing folder of that layout (e.g. with a corrupt image) instead of a new one."""
+    from sing_audit.synthetic import SYNSETS, write_image_folder
+
+    if root is None:
+        root = write_image_folder(tmp_path / "val", per_class=per_class, size=size)
+    ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(per_class)]
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "t.npz",
+        image_embeddings=rng.normal(size=(len(ids), 8)).astype(np.float32),
+        text_embeddings=rng.normal(size=(1000, 8)).astype(np.float32),
+        image_ids=np.array(ids),
+    )
+    data = {
+        "output": "out",
+        "dataset": {"plugin": "image_folder", "root": str(root), **extra.pop("dataset", {})},
+        "target": {"plugin": "precomputed", "path": "t.npz"},
+        "backbones": backbones,
+        "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
+    }
+    data.update(extra)
+    return write_config(tmp_path, data)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from sing_audit.cli import main
@@ -50,27 +49,10 @@ def test_bad_requests_exit_2(synthetic_config, capsys):
 def test_new_image_file_through_the_models(tmp_path):
     from sing_audit.synthetic import SYNSETS, write_image_folder
 
-    from .conftest import write_config
+    from .conftest import image_folder_audit
 
-    root = write_image_folder(tmp_path / "val", per_class=4, size=32)
-    ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(4)]
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "t.npz",
-        image_embeddings=rng.normal(size=(len(ids), 8)).astype(np.float32),
-        text_embeddings=rng.normal(size=(1000, 8)).astype(np.float32),
-        image_ids=np.array(ids),
-    )
-    cfg = write_config(
-        tmp_path,
-        {
-            "output": "out",
-            "dataset": {"plugin": "image_folder", "root": str(root)},
-            "target": {"plugin": "precomputed", "path": "t.npz"},
-            "backbones": [{"name": "r18", "plugin": "timm", "model": "resnet18", "weights": "random", "img_size": 32}],
-            "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
-        },
-    )
+    cfg = image_folder_audit(tmp_path, [{"name": "r18", "plugin": "timm", "model": "resnet18", "weights": "random", "img_size": 32}])
+    root = tmp_path / "val"
     new = write_image_folder(tmp_path / "new", per_class=1, size=32, seed=7) / SYNSETS[0] / f"{SYNSETS[0]}_0.png"
     r = explain_image(cfg, str(new))
     assert r.source == "file" and r.label_source == "predicted" and r.random_weights

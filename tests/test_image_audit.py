@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from sing_audit.cli import main
@@ -84,24 +83,10 @@ def test_two_timm_backbones_and_open_clip_end_to_end_then_cache(tmp_path, image_
 
 def _mixed_config(tmp_path, root, on_bad_image):
     """timm backbone on images + a precomputed target aligned by image ids."""
-    ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(4)]
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "t.npz",
-        image_embeddings=rng.normal(size=(len(ids), 8)).astype(np.float32),
-        text_embeddings=rng.normal(size=(1000, 8)).astype(np.float32),
-        image_ids=np.array(ids),
-    )
-    return write_config(
-        tmp_path,
-        {
-            "output": "out",
-            "dataset": {"plugin": "image_folder", "root": str(root), "on_bad_image": on_bad_image},
-            "target": {"plugin": "precomputed", "path": "t.npz"},
-            "backbones": [{"name": "r18", "plugin": "timm", "model": "resnet18", "weights": "random", "img_size": 32}],
-            "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
-        },
-    )
+    from .conftest import image_folder_audit
+
+    r18 = {"name": "r18", "plugin": "timm", "model": "resnet18", "weights": "random", "img_size": 32}
+    return image_folder_audit(tmp_path, [r18], root=root, dataset={"on_bad_image": on_bad_image})
 
 
 @pytest.fixture

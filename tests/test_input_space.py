@@ -270,29 +270,14 @@ def test_options_reject_unknown_keys():
 def test_input_probes_run_from_a_config(tmp_path):
     """The runner hands the loaded ViT and its images to probes that need them."""
     from sing_audit.cli import main
-    from sing_audit.synthetic import SYNSETS, write_image_folder
 
-    from .conftest import write_config
+    from .conftest import image_folder_audit
 
-    root = write_image_folder(tmp_path / "val", per_class=2, size=32)
-    ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(2)]
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "t.npz",
-        image_embeddings=rng.normal(size=(len(ids), 8)).astype(np.float32),
-        text_embeddings=rng.normal(size=(1000, 8)).astype(np.float32),
-        image_ids=np.array(ids),
-    )
-    cfg = write_config(
+    cfg = image_folder_audit(
         tmp_path,
-        {
-            "output": "out",
-            "dataset": {"plugin": "image_folder", "root": str(root)},
-            "target": {"plugin": "precomputed", "path": "t.npz"},
-            "backbones": [{"name": "vit", "plugin": "timm", "model": "vit_tiny_patch16_224", "weights": "random", "img_size": 32}],
-            "probes": ["null_removal", {"plugin": "patch_embed_null", "max_images": 2, "examples": 1}],
-            "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
-        },
+        [{"name": "vit", "plugin": "timm", "model": "vit_tiny_patch16_224", "weights": "random", "img_size": 32}],
+        per_class=2,
+        probes=["null_removal", {"plugin": "patch_embed_null", "max_images": 2, "examples": 1}],
     )
     assert main(["run", str(cfg)]) == 0
     import json

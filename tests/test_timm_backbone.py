@@ -375,30 +375,11 @@ def test_hub_folder_runs_an_audit_end_to_end(vit_files, tmp_path, capsys):
     import shutil
 
     from sing_audit.cli import main
-    from sing_audit.synthetic import SYNSETS, write_image_folder
 
-    from .conftest import write_config
+    from .conftest import image_folder_audit
 
     shutil.copytree(vit_files / "hub_safetensors", tmp_path / "models" / "vit")
-    root = write_image_folder(tmp_path / "val", per_class=4, size=32)
-    ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(4)]
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "t.npz",
-        image_embeddings=rng.normal(size=(len(ids), 8)).astype(np.float32),
-        text_embeddings=rng.normal(size=(1000, 8)).astype(np.float32),
-        image_ids=np.array(ids),
-    )
-    cfg = write_config(
-        tmp_path,
-        {
-            "output": "out",
-            "dataset": {"plugin": "image_folder", "root": str(root)},
-            "target": {"plugin": "precomputed", "path": "t.npz"},
-            "backbones": [{"name": "vit", "plugin": "timm", "model": "vit_tiny_patch16_224", "weights": "models/vit"}],
-            "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
-        },
-    )
+    cfg = image_folder_audit(tmp_path, [{"name": "vit", "plugin": "timm", "model": "vit_tiny_patch16_224", "weights": "models/vit"}])
     assert main(["run", str(cfg)]) == 0, capsys.readouterr().err
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     model = res["models"][0]

@@ -55,19 +55,9 @@ class OpenClipTarget(ImageTarget):
         @field_validator("templates")
         @classmethod
         def _check_templates(cls, v: list[str]) -> list[str]:
-            if not v:
-                raise ValueError("give at least one template, e.g. 'an image of a {}'")
-            for t in v:
-                if "{}" not in t:
-                    raise ValueError(f"template {t!r} has no '{{}}' where the class name goes")
-                try:
-                    t.format("x")
-                except (IndexError, KeyError, ValueError) as exc:
-                    raise ValueError(
-                        f"template {t!r} must contain exactly one '{{}}' and no other braces "
-                        f"(write literal braces as '{{{{' and '}}}}'): {exc}"
-                    ) from None
-            return v
+            from sing_audit.concepts import check_templates
+
+            return check_templates(v)
 
     plugin_name = "open_clip"
     #: prompts per forward pass of the text encoder
