@@ -460,3 +460,19 @@ def load_into(model: Any, state_dict: Mapping[str, Any], *, what: str) -> None:
         model.load_state_dict(dict(state_dict), strict=True)
     except RuntimeError as exc:
         raise WeightsError(f"weights for {what} could not be loaded: {exc}") from exc
+
+
+def weights_description(resolved: ResolvedWeights, digest: str | None, seed: int) -> dict[str, Any]:
+    """The weights part of a model plugin's ``describe()``, for cache keys and provenance.
+
+    Before ``load`` only a file's digest is known (hub and random weights get theirs from
+    the built model); random weights record the seed that makes them reproducible.
+    """
+    out: dict[str, Any] = {
+        "weights": resolved.as_dict(),
+        "weights_digest": digest or (file_digest(resolved.path) if resolved.kind == "file" else None),
+        "random_weights": resolved.kind == "random",
+    }
+    if resolved.kind == "random":
+        out["seed"] = seed
+    return out

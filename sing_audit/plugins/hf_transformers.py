@@ -38,6 +38,7 @@ from sing_audit.weights import (
     load_state_dict,
     resolve_weights,
     state_dict_digest,
+    weights_description,
 )
 
 __all__ = ["ProcessorTransform", "TransformersBackbone"]
@@ -303,16 +304,10 @@ class TransformersBackbone(HookedHeadBackbone):
             "revision": self.options.revision,
             "files": self._local_digests(),
             "head": self.options.head or "classifier",
-            "weights": w.as_dict(),
-            "weights_digest": self.weights_digest if self.weights_digest else (
-                file_digest(w.path) if w.kind == "file" else None
-            ),
-            "random_weights": w.kind == "random",
+            **weights_description(w, self.weights_digest, self.options.seed),
             "preprocessing": json.loads(json.dumps(_jsonable({"class": type(proc).__name__, **proc.to_dict()}))),
             "transformers_version": transformers.__version__,
         }
-        if w.kind == "random":
-            out["seed"] = self.options.seed
         return out
 
 

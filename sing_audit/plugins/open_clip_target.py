@@ -19,6 +19,7 @@ from sing_audit.weights import (
     load_state_dict,
     resolve_weights,
     state_dict_digest,
+    weights_description,
 )
 
 __all__ = ["OpenClipTarget"]
@@ -291,20 +292,14 @@ class OpenClipTarget(ImageTarget):
         out: dict[str, Any] = {
             "plugin": self.plugin_name,
             "model": self.options.model,
-            "weights": w.as_dict(),
+            **weights_description(w, self.weights_digest, self.options.seed),
             "resolved_tag": self.pretrained_tag if self.model is not None else self._expected_tag(w),
-            "weights_digest": self.weights_digest if self.weights_digest else (
-                file_digest(w.path) if w.kind == "file" else None
-            ),
-            "random_weights": w.kind == "random",
             "image_size": self.options.image_size,
             "quick_gelu": self.quick_gelu,
             "templates": list(self.templates),
             "preprocessing": self.preprocessing(),
             "open_clip_version": open_clip.__version__,
         }
-        if w.kind == "random":
-            out["seed"] = self.options.seed
         return out
 
 

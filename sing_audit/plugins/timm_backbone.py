@@ -46,6 +46,7 @@ from sing_audit.weights import (
     local_weights_hint,
     resolve_weights,
     state_dict_digest,
+    weights_description,
 )
 
 __all__ = ["TimmBackbone", "imagenet_class_info"]
@@ -599,12 +600,8 @@ class TimmBackbone(ImageBackbone):
         out: dict[str, Any] = {
             "plugin": self.plugin_name,
             "model": self.options.model,
-            "weights": w.as_dict(),
+            **weights_description(w, self.weights_digest, self.options.seed),
             "resolved_tag": self._resolved_tag,
-            "weights_digest": self.weights_digest if self.weights_digest else (
-                file_digest(w.path) if w.kind == "file" else None
-            ),
-            "random_weights": w.kind == "random",
             "img_size": self.options.img_size,
             "pretrained_cfg": self.pretrained_cfg_name(),
             "preprocessing": _jsonable(self.data_config()),
@@ -613,8 +610,6 @@ class TimmBackbone(ImageBackbone):
         folder = self._local_dir() or (w.folder if w.kind == "file" else None)
         if folder is not None and (folder / "config.json").is_file():
             out["config_digest"] = file_digest(folder / "config.json")
-        if w.kind == "random":
-            out["seed"] = self.options.seed
         return out
 
 

@@ -36,6 +36,7 @@ from sing_audit.weights import (
     load_state_dict,
     resolve_weights,
     state_dict_digest,
+    weights_description,
 )
 
 __all__ = ["HookedHeadBackbone", "TorchModuleBackbone", "find_head_layer", "import_factory", "linear_head_from"]
@@ -387,19 +388,13 @@ class TorchModuleBackbone(HookedHeadBackbone):
             "model": self.options.model,
             "kwargs": _jsonable(self.options.kwargs),
             "head": self.options.head,
-            "weights": w.as_dict(),
-            "weights_digest": self.weights_digest if self.weights_digest else (
-                file_digest(w.path) if w.kind == "file" else None
-            ),
-            "random_weights": w.kind == "random",
+            **weights_description(w, self.weights_digest, self.options.seed),
             "preprocessing": self.preprocessing(),
             "class_names": self.options.class_names,
             "package": _package_version(module_name),
             "factory_source": _source_digest(import_factory(self.options.model, self.options.base_dir)),
             "torch_version": torch.__version__,
         }
-        if w.kind == "random":
-            out["seed"] = self.options.seed
         return out
 
 
