@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ArrayStore", "PartialEntry", "atomic_write_bytes", "atomic_write_text", "content_key", "safe_child"]
+__all__ = ["ArrayStore", "PartialEntry", "atomic_write_bytes", "atomic_write_text", "content_key", "jsonable", "safe_child"]
 
 
 def content_key(*parts: Any) -> str:
@@ -49,6 +49,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def jsonable(value: Any, fallback=str) -> Any:
+    """``value`` as plain JSON data (dict keys as strings, tuples as lists, paths as
+    strings; anything else through ``fallback``), e.g. for a plugin's ``describe()``."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, fallback) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, fallback) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return fallback(value)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

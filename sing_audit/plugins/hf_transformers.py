@@ -24,9 +24,9 @@ from pydantic import Field
 from sing_audit.components import ModelOptions
 from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError
 from sing_audit.hookspecs import hookimpl
+from sing_audit.store import jsonable
 from sing_audit.plugins.torch_module import (
     HookedHeadBackbone,
-    _jsonable,
     find_head_layer,
 )
 from sing_audit.weights import (
@@ -305,7 +305,7 @@ class TransformersBackbone(HookedHeadBackbone):
             "files": self._local_digests(),
             "head": self.options.head or "classifier",
             **weights_description(w, self.weights_digest, self.options.seed),
-            "preprocessing": json.loads(json.dumps(_jsonable({"class": type(proc).__name__, **proc.to_dict()}))),
+            "preprocessing": json.loads(json.dumps(jsonable({"class": type(proc).__name__, **proc.to_dict()}, repr))),
             "transformers_version": transformers.__version__,
         }
         return out

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from sing_audit.components import DEFAULT_TEMPLATES, ImageTarget, ModelOptions
 from sing_audit.errors import ConfigError, WeightsError
 from sing_audit.hookspecs import hookimpl
+from sing_audit.store import jsonable
 from sing_audit.weights import (
     ResolvedWeights,
     file_digest,
@@ -27,14 +28,6 @@ __all__ = ["OpenClipTarget"]
 _SCHEMAS = ("hf-hub:", "local-dir:")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 class OpenClipTarget(ImageTarget):
@@ -283,7 +276,7 @@ class OpenClipTarget(ImageTarget):
         if self.model is None:
             return None
         cfg = getattr(getattr(self.model, "visual", None), "preprocess_cfg", None)
-        return _jsonable(dict(cfg)) if cfg else None
+        return jsonable(dict(cfg)) if cfg else None
 
     def describe(self) -> dict[str, Any]:
         import open_clip

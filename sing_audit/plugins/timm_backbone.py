@@ -35,6 +35,7 @@ from sing_audit.heads import (
     probe_shared_input,
 )
 from sing_audit.hookspecs import hookimpl
+from sing_audit.store import jsonable
 from sing_audit.weights import (
     ResolvedWeights,
     file_digest,
@@ -54,16 +55,6 @@ __all__ = ["TimmBackbone", "imagenet_class_info"]
 _SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 @functools.lru_cache(maxsize=8)
@@ -604,7 +595,7 @@ class TimmBackbone(ImageBackbone):
             "resolved_tag": self._resolved_tag,
             "img_size": self.options.img_size,
             "pretrained_cfg": self.pretrained_cfg_name(),
-            "preprocessing": _jsonable(self.data_config()),
+            "preprocessing": jsonable(self.data_config()),
             "timm_version": timm.__version__,
         }
         folder = self._local_dir() or (w.folder if w.kind == "file" else None)

@@ -29,6 +29,7 @@ from pydantic import Field
 from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
 from sing_audit.errors import ConfigError, HeadError, WeightsError
 from sing_audit.hookspecs import hookimpl
+from sing_audit.store import jsonable
 from sing_audit.weights import (
     ResolvedWeights,
     file_digest,
@@ -45,16 +46,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
 
 
 # --------------------------------------------------------------------------- heads
@@ -386,7 +377,7 @@ class TorchModuleBackbone(HookedHeadBackbone):
         out: dict[str, Any] = {
             "plugin": self.plugin_name,
             "model": self.options.model,
-            "kwargs": _jsonable(self.options.kwargs),
+            "kwargs": jsonable(self.options.kwargs, repr),
             "head": self.options.head,
             **weights_description(w, self.weights_digest, self.options.seed),
             "preprocessing": self.preprocessing(),
