@@ -51,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an audit and write results.json and the report")
     p.add_argument("config", type=Path, help="audit.yaml")
     p.add_argument("--force", action="store_true", help="write into an output folder that holds another audit")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="extract only slice I of N (0-based) into the store and stop, for job arrays; then `sing-audit merge`. "
+        "Under torchrun the shard comes from RANK/WORLD_SIZE and rank 0 merges and analyses by itself",
+    )
+    _add_override(p)
+
+    p = sub.add_parser(
+        "merge",
+        help="join the shards of `run --shard I/N` and run the analysis (exit codes as `run`)",
+        description="Join the shards that `sing-audit run CONFIG --shard I/N` extracted (all N of them must have "
+        "finished), atomically, then analyse and report exactly as `run` does. Nothing is extracted: a missing "
+        "shard is an error (exit 2) that names it.",
+    )
+    p.add_argument("config", type=Path, help="audit.yaml (the same one the shards ran)")
+    p.add_argument("--force", action="store_true", help="write into an output folder that holds another audit")
     _add_override(p)
 
     p = sub.add_parser("validate", help="check a config and its plugins' options without running")
@@ -129,9 +146,51 @@ def _print_error(kind: str, exc: BaseException) -> None:
 
 
 def _cmd_run(args) -> int:
+    from .shard import parse_shard, shard_from_env
+
+    shard = parse_shard(args.shard) if args.shard else shard_from_env()
+    if shard is None:
+        from .runner import run_audit
+
+        return _print_result(args, run_audit(args.config, force=args.force, overrides=args.override))
+    if shard.distributed:
+        return _run_distributed(args, shard)
+    report = _run_one_shard(args, shard)
+    print(
+        f"shard {shard}: rows {report.rows.start}–{report.rows.stop} of {report.n_images} extracted for "
+        f"{', '.join(report.components) or 'nothing (every input is precomputed)'}\n"
+        f"when all {shard.count} shards are done: sing-audit merge {args.config}"
+    )
+    return 0
+
+
+def _run_one_shard(args, shard):
+    from .runner import run_shard
+
+    return run_shard(args.config, shard, force=args.force, overrides=args.override)
+
+
+def _run_distributed(args, shard) -> int:
+    """A torchrun worker: extract this rank's shard, wait for all, rank 0 merges and analyses."""
+    from .config import load_config
+    from .runner import resolve_device, run_audit
+    from .shard import barrier_and_leave, init_distributed
+
+    init_distributed(resolve_device(load_config(args.config, args.override).run.device))
+    _run_one_shard(args, shard)
+    barrier_and_leave(keep=False)
+    if shard.index != 0:
+        return 0
+    return _print_result(args, run_audit(args.config, force=args.force, overrides=args.override, merge_only=True))
+
+
+def _cmd_merge(args) -> int:
     from .runner import run_audit
 
-    result = run_audit(args.config, force=args.force, overrides=args.override)
+    return _print_result(args, run_audit(args.config, force=args.force, overrides=args.override, merge_only=True))
+
+
+def _print_result(args, result) -> int:
     for m in result.models:
         ratio = "undefined (no null space)" if m.is_as_ratio is None else f"{m.is_as_ratio:.2f}"
         stamp = "  [RANDOM WEIGHTS]" if m.random_weights else ""
@@ -386,6 +445,7 @@ def _cmd_explain(args) -> int:
 
 COMMANDS = {
     "run": _cmd_run,
+    "merge": _cmd_merge,
     "validate": _cmd_validate,
     "schema": _cmd_schema,
     "plugins": _cmd_plugins,

@@ -151,6 +151,10 @@ class AuditConfig(_Strict):
     )
     nullspace: NullspaceConfig = Field(default_factory=NullspaceConfig)
     probes: list[str | ComponentSpec] = Field(default_factory=lambda: ["null_removal"])
+    visualizer: ComponentSpec | None = Field(
+        default=None,
+        description="renders the report's top images as original/equivalent picture pairs (e.g. plugin: unclip)",
+    )
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     run: RunSettings = Field(default_factory=RunSettings)
@@ -385,6 +389,7 @@ def config_schema(registry: Registry) -> dict:
     backbone = variants("backbone", {"name": {"type": "string"}})
     props["backbones"] = {"type": "array", "minItems": 1, "items": backbone}
     props["translator"] = variants("translator")
+    props["visualizer"] = {"anyOf": [variants("visualizer"), {"type": "null"}]}
     probe = variants("probe")
     props["probes"] = {"type": "array", "items": {"anyOf": [{"enum": registry.names("probe")}, probe]}}
     props["report"] = {

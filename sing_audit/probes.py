@@ -96,6 +96,9 @@ class Probe(abc.ABC):
     #: (``ctx.backbone`` and ``ctx.images``); the runner then loads the model even when
     #: the features come from the cache.
     needs_backbone: bool = False
+    #: True when the probe needs the target's own image encoder (``ctx.target`` loaded,
+    #: an ``ImageTarget``); the runner then loads it even when the embeddings are cached.
+    needs_target: bool = False
 
     @abc.abstractmethod
     def run(self, ctx: ProbeContext) -> ProbeOutput:

@@ -60,6 +60,7 @@ from .results import (
     TranslatorComparison,
 )
 from .stats import bootstrap_mean_ci, bootstrap_ratio_ci
+from .shard import Shard, merge_shards, shard_kind
 from .store import ArrayStore, atomic_write_text, content_key
 
 __all__ = ["run_audit", "Plan", "build_plan", "audit_identity"]
@@ -96,6 +97,7 @@ class Plan:
     probes: list[Component]
     reporters: dict[str, Component]
     source: str = "<config>"
+    visualizer: Component | None = None
 
 
 def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str, name: str | None = None) -> Component:
@@ -145,7 +147,12 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     for c in targets:
         if not isinstance(c.instance, (ImageTarget, EmbeddingTarget)):
             raise ConfigError(f"{source}: target {c.name}: plugin {c.plugin!r} does not build a target")
-    return Plan(cfg, registry, dataset, targets, backbones, translator, compared, probes, reporters, source)
+    visualizer = _build(registry, "visualizer", cfg.visualizer, "visualizer", cfg, source) if cfg.visualizer else None
+    if visualizer is not None:
+        from .visualize import check_visualizer
+
+        check_visualizer(visualizer, targets, source)
+    return Plan(cfg, registry, dataset, targets, backbones, translator, compared, probes, reporters, source, visualizer)
 
 
 def audit_identity(cfg: AuditConfig) -> str:
@@ -172,7 +179,7 @@ def prepare_output(out: Path, identity: str, force: bool) -> None:
                 f"output folder {out} holds a different audit (its dataset, targets or backbones differ); "
                 "choose another output, or pass --force to replace it"
             )
-    elif out.is_dir() and any(out.iterdir()) and not force:
+    elif out.is_dir() and not force and _foreign_files(out, marker):
         raise OutputFolderError(
             f"output folder {out} is not empty and holds no sing-audit run; choose an empty or new folder, "
             "or pass --force to write into it"
@@ -181,17 +188,24 @@ def prepare_output(out: Path, identity: str, force: bool) -> None:
     atomic_write_text(marker, json.dumps({"identity": identity, "tool": f"sing-audit {__version__}"}, indent=2))
 
 
+def _foreign_files(out: Path, marker: Path) -> bool:
+    """Whether ``out`` holds files of something other than a sing-audit run. Shards started
+    together race here: another one's marker (or its temporary file) is no foreign file."""
+    others = [p for p in out.iterdir() if not p.name.startswith(f".{MARKER}.")]
+    return bool(others) and not marker.is_file()
+
+
 @contextmanager
-def _file_log(out: Path):
+def _file_log(out: Path, name: str = "run.log"):
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logs / "run.log", encoding="utf-8")
+    handler = logging.FileHandler(logs / name, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     previous = log.level
     log.setLevel(logging.INFO)
     try:
-        yield logs / "run.log"
+        yield logs / name
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -230,8 +244,14 @@ class EmbeddingSource:
 
 
 class Runner:
-    def __init__(self, plan: Plan, force: bool = False):
+    """Runs one audit's stages. ``shard``: extract only that slice of the images into the
+    store's shard entries (see :mod:`sing_audit.shard`); ``merge_only``: never extract, join
+    the shards instead (``sing-audit merge``)."""
+
+    def __init__(self, plan: Plan, force: bool = False, shard=None, merge_only: bool = False):
         self.plan = plan
+        self.shard = shard
+        self.merge_only = merge_only
         self.cfg = plan.config
         self.out = self.cfg.output_dir
         self.store = ArrayStore(self.out / "cache")
@@ -276,6 +296,9 @@ class Runner:
     def get_device(self) -> str:
         if self.device is None:
             self.device = resolve_device(self.cfg.run.device)
+            local = getattr(self.shard, "local_rank", None)
+            if local is not None and self.device == "cuda":
+                self.device = f"cuda:{local}"  # one GPU per torchrun worker
         return self.device
 
     # ----------------------------------------------------------------- dataset
@@ -316,12 +339,22 @@ class Runner:
         from .store import PartialEntry
 
         run = self.cfg.run
+        records, shard_meta = self.records, {}
+        if self.shard is not None:
+            rows = self.shard.rows(len(self.records), run.batch_size)
+            records = self.records[rows.start : rows.stop]
+            kind, key = shard_kind(kind), self.shard.key(key)
+            shard_meta = {"shard_rows": [rows.start, rows.stop], "shard_total": len(self.records)}
+            if not records:  # more shards than batches: an empty shard still counts as done
+                arrays, meta = finish()
+                self.store.save(kind, key, {"values": np.zeros((0, 0), np.float32), "ok": np.zeros(0, bool), **arrays}, {**meta, **shard_meta})
+                return
         sink = PartialEntry(
-            self.store, kind, key, len(self.records), run.store_dtype,
-            {"batch_size": run.batch_size, "ids": content_key([r.image_id for r in self.records])},
+            self.store, kind, key, len(records), run.store_dtype,
+            {"batch_size": run.batch_size, "ids": content_key([r.image_id for r in records])},
         )
         extract(
-            self.records,
+            records,
             self.plan.dataset.instance,
             transform,
             forward,
@@ -335,11 +368,31 @@ class Runner:
             autocast=run.autocast,
         )
         arrays, meta = finish()
-        sink.finalize(arrays, meta)
+        sink.finalize(arrays, {**meta, **shard_meta})
+
+    def _cached_or_merged(self, kind: str, key: str, label: str):
+        """The entry ``key``: from the cache, or joined from a complete set of shards;
+        ``None`` when it must be extracted (an error under ``merge_only``)."""
+        hit = self.store.load(kind, key)
+        if hit is not None or self.shard is not None:
+            return hit
+        if merge_shards(self.store, kind, key, len(self.records), label):
+            return self.store.load(kind, key)
+        if self.merge_only:
+            raise DataError(
+                f"{label}: no shard was extracted for this audit (or the config, data or weights changed since); "
+                "run `sing-audit run CONFIG --shard i/N` for i = 0…N-1 first"
+            )
+        return None
+
+    def _shard_done(self, kind: str, key: str) -> bool:
+        return self.store.load(kind, key, mmap=True) is not None or (
+            self.store.load(shard_kind(kind), self.shard.key(key)) is not None
+        )
 
     # ----------------------------------------------------------------- targets
 
-    def load_target(self, comp) -> EmbeddingSource:
+    def load_target(self, comp) -> EmbeddingSource | None:
         t = comp.instance
         if isinstance(t, EmbeddingTarget):
             table = t.load_embeddings()
@@ -348,7 +401,16 @@ class Runner:
         # prompt templates shape text embeddings only: changing them keeps image embeddings
         image_desc = {k: v for k, v in desc.items() if k != "templates"}
         key = content_key("embeddings", image_desc, self._dataset_key(), *self._precision_key())
-        hit = self.store.load("embeddings", key)
+        if self.shard is not None:
+            if not self._shard_done("embeddings", key):
+                with self.stage("extract"):
+                    self.ensure_loaded(t)
+                    self._extract_to_store(
+                        "embeddings", key, t.transform(), t.encode_images, f"target {comp.name} (shard {self.shard})",
+                        finish=lambda: ({}, {"describe": t.describe()}),
+                    )
+            return None
+        hit = self._cached_or_merged("embeddings", key, f"target {comp.name}")
         if hit is None:
             with self.stage("extract"):
                 self.ensure_loaded(t)
@@ -405,7 +467,7 @@ class Runner:
 
     # ----------------------------------------------------------------- backbones
 
-    def load_backbone(self, comp) -> FeatureSource:
+    def load_backbone(self, comp) -> FeatureSource | None:
         b = comp.instance
         if isinstance(b, FeatureBackbone):
             head = b.head()
@@ -414,7 +476,9 @@ class Runner:
             return FeatureSource(comp.name, np.asarray(table.features), table.image_ids, None, table.labels, head, list(names), b.random_weights, b.describe())
         desc = b.describe()
         key = content_key("features", desc, self._dataset_key(), *self._precision_key())
-        hit = self.store.load("features", key)
+        if self.shard is not None and self._shard_done("features", key):
+            return None
+        hit = self._cached_or_merged("features", key, f"backbone {comp.name}")
         if hit is None:
             with self.stage("extract"):
                 self.ensure_loaded(b)
@@ -434,6 +498,8 @@ class Runner:
                 self._extract_to_store(
                     "features", key, b.transform(), b.features, f"backbone {comp.name}", finish=finish, check_first=check
                 )
+                if self.shard is not None:
+                    return None
                 hit = self.store.load("features", key)
         else:
             log.info("backbone %s: features from cache %s", comp.name, key)
@@ -747,6 +813,8 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         runner.ensure_loaded(fsrc.component)
         ctx.backbone = fsrc.component
         ctx.images = runner.image_loader(fsrc.component, mi.frows)
+    if any(p.instance.needs_target for p in runner.plan.probes) and isinstance(esrc.target, ImageTarget):
+        runner.ensure_loaded(esrc.target)
     columns: dict[str, np.ndarray] = {}
     probe_summaries: dict[str, dict[str, Any]] = {}
     scores = None
@@ -828,6 +896,11 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         weights_digest=fsrc.describe.get("weights_digest") or fsrc.describe.get("digest"),
     )
     result.top_images = _top_images(runner, ids, labels, fsrc.class_names, scores, cfg.report.top_images)
+    if runner.plan.visualizer is not None and result.top_images:
+        from .visualize import render_evidence
+
+        with runner.stage("visualizer"):
+            result.probes["renderings"] = render_evidence(runner, runner.plan.visualizer, ctx, result)
     result.policy_failures = policy_failures(result, cfg.policy)
     result.passed = not result.policy_failures
     result.summary = model_summary(result, cfg.policy)
@@ -959,8 +1032,50 @@ def _json_reporter(registry: Registry) -> Component:
     raise ConfigError("no installed reporter writes the json format (results.json)")
 
 
-def run_audit(config, *, force: bool = False, overrides: list[str] | None = None, registry: Registry | None = None) -> AuditResult:
-    """Run an audit end to end and write its files; return the typed result."""
+@dataclass
+class ShardReport:
+    """What ``run_shard`` extracted."""
+
+    shard: Shard
+    rows: range
+    n_images: int
+    components: list[str]
+    output: Path
+
+
+def run_shard(config, shard: Shard, *, force: bool = False, overrides: list[str] | None = None,
+              registry: Registry | None = None) -> ShardReport:
+    """Extract one shard's features and embeddings into the store (no analysis)."""
+    source = str(config) if isinstance(config, (str, Path)) else "<config>"
+    cfg = load_config(config, overrides)
+    plan = build_plan(cfg, registry or create_registry(), source)
+    out = cfg.output_dir
+    prepare_output(out, audit_identity(cfg), force)
+    with _file_log(out, f"shard-{shard.index}-of-{shard.count}.log"):
+        runner = Runner(plan, force=force, shard=shard)
+        runner.load_dataset()
+        names = []
+        for comp in plan.targets:
+            if isinstance(comp.instance, ImageTarget):
+                runner.load_target(comp)
+                names.append(f"target {comp.name}")
+        for comp in plan.backbones:
+            if isinstance(comp.instance, ImageBackbone):
+                runner.load_backbone(comp)
+                names.append(f"backbone {comp.name}")
+        n = len(runner.records) if runner.records is not None else 0
+        rows = shard.rows(n, cfg.run.batch_size)
+        log.info("shard %s: rows %d-%d of %d extracted for %s", shard, rows.start, rows.stop, n, ", ".join(names) or "nothing")
+    return ShardReport(shard, rows, n, names, out)
+
+
+def run_audit(config, *, force: bool = False, overrides: list[str] | None = None, registry: Registry | None = None,
+              merge_only: bool = False) -> AuditResult:
+    """Run an audit end to end and write its files; return the typed result.
+
+    ``merge_only``: join the shards extracted by ``run_shard`` instead of extracting
+    anything (``sing-audit merge``); a missing shard is a :class:`DataError`. Without it a
+    complete set of shards is joined too, and whatever is missing is extracted."""
     source = str(config) if isinstance(config, (str, Path)) else "<config>"
     cfg = load_config(config, overrides)
     registry = registry or create_registry()
@@ -970,7 +1085,7 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
     started = dt.datetime.now(dt.timezone.utc)
     with _file_log(out):
         log.info("sing-audit %s: audit %s into %s", __version__, cfg.name or source, out)
-        runner = Runner(plan, force=force)
+        runner = Runner(plan, force=force, merge_only=merge_only)
         runner.load_dataset()
         esources = [runner.load_target(t) for t in plan.targets]
         models: list[ModelResult] = []

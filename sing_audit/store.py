@@ -134,6 +134,10 @@ class ArrayStore:
             return None
         return arrays, meta.get("meta", {})
 
+    def remove(self, kind: str, key: str) -> None:
+        """Delete an entry (missing is fine)."""
+        shutil.rmtree(self._dir(kind, key), ignore_errors=True)
+
     def save(self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> None:
         """Write the entry atomically: arrays into a temporary folder, then rename."""
         final = self._dir(kind, key)

@@ -163,7 +163,7 @@ def write_image_folder(root: Path, per_class: int = 4, size: int = 48, seed: int
         d = root / synset
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            base = np.array([40 + 80 * k, 200 - 60 * k, 90 + 50 * i], dtype=np.uint8)
+            base = np.array([40 + 80 * k, 200 - 60 * k, (90 + 50 * i) % 256], dtype=np.uint8)
             img = Image.new("RGB", (size, size), tuple(int(x) for x in base))
             draw = ImageDraw.Draw(img)
             x0, y0 = (int(v) for v in rng.integers(0, size // 2, size=2))
