@@ -140,6 +140,20 @@ def test_file_roundtrip(fname, target, weight_file, images):
     assert loaded.describe()["weights"]["kind"] == "file"
 
 
+@pytest.mark.slow
+def test_eva02_file_roundtrip_at_native_size(tmp_path):
+    """EVA02 resizes its position embeddings with the image size, so its weights are saved
+    and loaded at the native 224 px, through the loader users hit."""
+    eva = _build(model="EVA02-B-16", weights="random")
+    save_file({k: v.detach().clone().contiguous() for k, v in eva.model.state_dict().items()}, str(tmp_path / "eva.safetensors"))
+    loaded = _build(model="EVA02-B-16", weights="eva.safetensors", base_dir=tmp_path)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    assert loaded.random_weights is False
+    assert torch.equal(loaded.encode_images(x), eva.encode_images(x))
+    np.testing.assert_array_equal(loaded.encode_text(["a dog"]), eva.encode_text(["a dog"]))
+    del eva, loaded
+
+
 def test_file_for_other_architecture(weight_file):
     t = OpenClipTarget({"model": "ViT-S-32", "weights": "clip.safetensors", "image_size": SIZE, "base_dir": weight_file})
     with pytest.raises(WeightsError, match="shape mismatch"):
