@@ -151,6 +151,21 @@ def test_junit_waived_class_is_skipped_with_its_reason(run_a, tmp_path):
     assert all("known, TICKET-7" in s.get("message") and "2999-01-01" in s.get("message") for s in skipped)
 
 
+def test_junit_flagged_classes_within_max_flagged_do_not_fail(run_a, tmp_path):
+    r = _result(run_a).model_copy(deep=True)
+    r.policy = {**r.policy, "max_flagged": 2}
+    leaky = r.model("leaky")
+    leaky.passed, leaky.policy_failures = True, []
+    [path] = JUnitReporter().write(r, tmp_path, "junit")
+    root = ET.parse(path).getroot()
+    assert (root.get("tests"), root.get("failures")) == ("4", "0")
+    outs = [c.find("system-out").text for c in root.iter("testcase") if c.get("name").startswith("class ")]
+    assert len(outs) == 2 and all("within the policy's max_flagged = 2" in o for o in outs)
+    r.policy["max_flagged"] = 1  # one more flagged class than allowed: both fail again
+    [path] = JUnitReporter().write(r, tmp_path, "junit")
+    assert ET.parse(path).getroot().get("failures") == "2"
+
+
 # --------------------------------------------------------------------------- summary.md
 
 

@@ -5,7 +5,8 @@ report RUN_DIR --format junit,markdown`` re-renders them from ``results.json``.
 
 - ``junit.xml``: one ``<testsuite>`` per model (``model@target``); in it one test case
   for the policy as a whole (a failure when the model fails the policy) and one per
-  flagged class (a failure with the reasons that flagged it; a waived class is
+  flagged class (a failure with the reasons that flagged it, unless the model's flagged
+  classes stay within ``policy.max_flagged``; a waived class is
   *skipped* with the waiver's reason and expiry). CI systems (GitHub, GitLab, Jenkins,
   Azure) show these as test results.
 - ``summary.md``: a short Markdown summary for a pull-request comment or a CI step
@@ -146,6 +147,10 @@ def render_junit(result) -> str:
                 expiry = f" (expires {c.waiver_expires})" if c.waiver_expires else ""
                 _el(case, "skipped", message=f"waived: {c.waiver_reason or 'no reason given'}{expiry}")
                 _el(case, "system-out", "\n".join([f"flagged but waived by a reviewer{expiry}: {c.waiver_reason}", *c.flag_reasons, figures]))
+            elif m.n_flagged <= int(result.policy.get("max_flagged", 0) or 0):
+                # within the policy's allowance: visible, but not a failed check
+                allowance = f"flagged, within the policy's max_flagged = {result.policy.get('max_flagged')}"
+                _el(case, "system-out", "\n".join([allowance, *c.flag_reasons, figures]))
             else:
                 counts["failures"] += 1
                 message = "; ".join(c.flag_reasons) or "flagged"
