@@ -52,6 +52,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.reporters",
     "sing_audit.plugins.report_sections",
     "sing_audit.plugins.ci_reporters",
+    "sing_audit.plugins.karlo",
+    "sing_audit.plugins.unclip",
 )
 
 #: component kind -> hook name

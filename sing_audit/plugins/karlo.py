@@ -1,0 +1,449 @@
+"""Karlo's own CLIP towers as an audit target, so the UnCLIP visualizer renders in its space.
+
+Karlo (``kakaobrain/karlo-v1-alpha-image-variations``, diffusers'
+``UnCLIPImageVariationPipeline``) decodes raw ``image_embeds`` of its
+``CLIPVisionModelWithProjection``. A translator fitted on exactly those embeddings maps
+classifier features into the space the decoder reads: that is what the ``karlo`` target
+gives. Text prompts go through the pipeline's ``CLIPTextModelWithProjection``
+(``text_embeds``).
+
+Where the components come from (a :class:`KarloSource`):
+
+- ``model``: a hub repository id (default Karlo's) or a local folder in the hub's layout
+  (``image_encoder/``, ``feature_extractor/``, ``text_encoder/``, ``tokenizer/``, and for
+  the visualizer ``decoder/``, ``text_proj/``, ``super_res_first/``, ``super_res_last/``,
+  ``decoder_scheduler/``, ``super_res_scheduler/``);
+- ``weights``: ``pretrained`` (the weights of ``model``), ``random`` (the architecture of
+  ``model`` with seeded random weights), a revision of the hub repository (a branch, tag
+  or commit), or a local folder in the hub's layout.
+
+Each component is loaded on its own from its subfolder. With ``HF_HUB_OFFLINE=1`` a hub
+repository that is not in the local cache is refused when the options are validated,
+with the way to point at a local folder; a hub failure at load time says the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from sing_audit.components import DEFAULT_TEMPLATES, ImageTarget, ModelOptions
+from sing_audit.errors import WeightsError
+from sing_audit.hookspecs import hookimpl
+from sing_audit.weights import (
+    file_digest,
+    hub_cached_file,
+    hub_offline,
+    state_dict_digest,
+)
+
+__all__ = [
+    "KARLO_REPO",
+    "PIPELINE_PARTS",
+    "TARGET_PARTS",
+    "KarloSource",
+    "KarloTarget",
+    "load_part",
+    "resolve_karlo_source",
+]
+
+KARLO_REPO = "kakaobrain/karlo-v1-alpha-image-variations"
+
+#: subfolders the target reads
+TARGET_PARTS: tuple[str, ...] = ("image_encoder", "feature_extractor", "text_encoder", "tokenizer")
+#: subfolders the whole image-variation pipeline reads
+PIPELINE_PARTS: tuple[str, ...] = TARGET_PARTS + (
+    "text_proj", "decoder", "super_res_first", "super_res_last", "decoder_scheduler", "super_res_scheduler",
+)
+
+#: the file that marks each subfolder as present (in a folder or the hub cache)
+_MARKER = {
+    "feature_extractor": "preprocessor_config.json",
+    "tokenizer": "tokenizer_config.json",
+    "decoder_scheduler": "scheduler_config.json",
+    "super_res_scheduler": "scheduler_config.json",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DIGEST_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model")
+
+
+def _marker(part: str) -> str:
+    return f"{part}/{_MARKER.get(part, 'config.json')}"
+
+
+def local_folder_hint(repo: str = KARLO_REPO) -> str:
+    """How to use Karlo without the hub (for error messages)."""
+    return (
+        f"download it on a machine with network access (huggingface-cli download {repo} --local-dir karlo) and "
+        "point at the folder: weights: <folder> (or model: <folder>); the folder keeps the hub's layout "
+        f"({', '.join(PIPELINE_PARTS)}); for a smoke test, weights: random builds the architecture of model "
+        "(a folder, or a cached repository) with seeded random weights (never a silent fallback)"
+    )
+
+
+@dataclass(frozen=True)
+class KarloSource:
+    """Where a Karlo pipeline's components come from.
+
+    ``kind`` is ``"folder"`` (``location`` an absolute folder) or ``"hub"`` (``location`` a
+    repository id, ``revision`` a branch/tag/commit or ``None``); ``random`` keeps only
+    the architecture (the configs) and draws the weights from ``seed``.
+    """
+
+    kind: str
+    location: str
+    revision: str | None = None
+    random: bool = False
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "location": self.location, "revision": self.revision, "random": self.random}
+        if self.random:
+            out["seed"] = self.seed
+        return out
+
+    def where(self, part: str) -> tuple[str, dict[str, Any]]:
+        """``(path_or_repo, from_pretrained keyword arguments)`` of one subfolder."""
+        if self.kind == "folder":
+            return str(Path(self.location) / part), {}
+        kw: dict[str, Any] = {"subfolder": part}
+        if self.revision:
+            kw["revision"] = self.revision
+        return self.location, kw
+
+    def local_part(self, part: str) -> Path | None:
+        """The subfolder on this machine (a folder, or the hub cache), or ``None``."""
+        if self.kind == "folder":
+            path = Path(self.location) / part
+            return path if path.is_dir() else None
+        found = hub_cached_file(self.location, _marker(part), self.revision)
+        return found.parent if found is not None else None
+
+    def check(self, parts: Sequence[str]) -> None:
+        """Refuse, before anything is built, a source that cannot provide ``parts``."""
+        if self.kind == "folder":
+            missing = [p for p in parts if not (Path(self.location) / _marker(p)).is_file()]
+            if missing:
+                raise WeightsError(
+                    f"Karlo folder {self.location} lacks {', '.join(_marker(p) for p in missing)}; a folder in the "
+                    f"hub's layout has one subfolder per component ({', '.join(parts)}): "
+                    + local_folder_hint()
+                )
+            return
+        if hub_offline():
+            missing = [p for p in parts if hub_cached_file(self.location, _marker(p), self.revision) is None]
+            if missing:
+                rev = f" at revision {self.revision!r}" if self.revision else ""
+                raise WeightsError(
+                    f"hub repository {self.location!r}{rev} is not in the local cache ({', '.join(missing)} missing) "
+                    "and HF_HUB_OFFLINE is set, so it cannot be fetched: " + local_folder_hint(self.location)
+                )
+
+    def hub_error(self, part: str, exc: Exception) -> WeightsError:
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        where = self.location if self.kind == "folder" else f"hub repository {self.location!r}"
+        return WeightsError(
+            f"the Karlo component {part!r} could not be loaded from {where} ({exc.__class__.__name__}: {detail}); "
+            + local_folder_hint(self.location if self.kind == "hub" else KARLO_REPO)
+        )
+
+
+def _folder(value: str, base_dir: Path | None, hub_ids: bool = True) -> Path | None:
+    """``value`` as a folder path when it looks like one (it need not exist), else ``None``.
+
+    ``hub_ids``: ``owner/name`` may be a hub repository id (for ``model``); otherwise only
+    a hub revision of the ``refs/...`` form is not a path (for ``weights``).
+    """
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (Path(base_dir) if base_dir is not None else Path.cwd()) / path
+    not_a_path = _HUB_ID.match(value) if hub_ids else value.startswith("refs/")
+    looks = value.startswith(("/", ".", "~", "\\")) or (("/" in value or os.sep in value) and not not_a_path)
+    try:
+        exists = path.is_dir()
+    except OSError:
+        exists = False
+    return path.resolve() if looks or exists else None
+
+
+def resolve_karlo_source(model: str, weights: str, base_dir: Path | None = None, seed: int = 0) -> KarloSource:
+    """Interpret the ``model`` and ``weights`` options (see the module docstring)."""
+    model, weights = model.strip(), weights.strip()
+    lowered = weights.lower()
+    if lowered not in ("pretrained", "random"):
+        folder = _folder(weights, base_dir, hub_ids=False)
+        if folder is not None:
+            if not folder.is_dir():
+                raise WeightsError(f"Karlo weights folder not found: {folder}; " + local_folder_hint())
+            return KarloSource("folder", str(folder))
+    folder = _folder(model, base_dir)
+    if folder is not None:
+        if not folder.is_dir():
+            raise WeightsError(f"Karlo model folder not found: {folder}; " + local_folder_hint())
+        if lowered not in ("pretrained", "random"):
+            raise WeightsError(
+                f"model is a local folder ({folder}), so weights: {weights!r} (a hub revision) cannot apply: "
+                "use weights: pretrained, random, or another folder"
+            )
+        return KarloSource("folder", str(folder), random=lowered == "random", seed=seed)
+    if not _HUB_ID.match(model):
+        raise WeightsError(
+            f"model {model!r} is neither a hub repository id (owner/name, e.g. {KARLO_REPO}) nor an existing folder"
+        )
+    revision = None if lowered in ("pretrained", "random") else weights
+    return KarloSource("hub", model, revision, random=lowered == "random", seed=seed)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _memo_digest(path: Path) -> str:
+    """:func:`file_digest`, remembered per (file, size, mtime) for the process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path)
+    return _DIGESTS[key]
+
+
+def parts_digest(source: KarloSource, parts: Sequence[str]) -> str | None:
+    """``"sha256:<hex>"`` over every weight and config file of ``parts``, or ``None`` when
+    a part is not on this machine yet (a hub repository not downloaded).
+
+    Files of a folder are hashed (once per process); files in the hub cache are named by
+    their blob, which is already a content hash, so nothing is read.
+    """
+    h = hashlib.sha256()
+    for part in parts:
+        folder = source.local_part(part)
+        if folder is None:
+            return None
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _DIGEST_SUFFIXES):
+            real = path.resolve()
+            token = f"blob:{real.name}" if source.kind == "hub" and real != path else _memo_digest(real)
+            h.update(f"{part}/{path.name}\0{token}\0".encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+def load_part(source: KarloSource, part: str, cls, *, config_cls=None):
+    """Load one component with ``cls.from_pretrained`` from its subfolder.
+
+    For ``source.random`` the architecture comes from the subfolder's config and the
+    weights are drawn from a seed derived from ``source.seed`` and the part's name;
+    ``config_cls`` builds the config (transformers models), diffusers models use
+    ``cls.load_config``. Any failure becomes a :class:`WeightsError` that says what to do.
+    """
+    import torch
+
+    location, kw = source.where(part)
+    try:
+        if not source.random or not hasattr(cls, "parameters"):
+            return cls.from_pretrained(location, **kw)
+        config = config_cls.from_pretrained(location, **kw) if config_cls is not None else cls.load_config(location, **kw)
+    except Exception as exc:  # hub, file and format errors alike: say how to fix it
+        raise source.hub_error(part, exc) from exc
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(source.seed + sum(part.encode()))
+        return cls(config) if config_cls is not None else cls.from_config(config)
+
+
+class KarloTarget(ImageTarget):
+    """Karlo's CLIP image and text towers: raw ``image_embeds`` and ``text_embeds``."""
+
+    class Options(ModelOptions):
+        model: str = Field(KARLO_REPO, min_length=1, description="hub repository id, or a local folder in the hub's layout")
+        weights: str = Field(
+            "pretrained", description="pretrained | random | <hub revision> | <local folder in the hub's layout>"
+        )
+        templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+
+        @field_validator("templates")
+        @classmethod
+        def _check_templates(cls, v: list[str]) -> list[str]:
+            from sing_audit.concepts import check_templates
+
+            return check_templates(v)
+
+    plugin_name = "karlo"
+    #: prompts per forward pass of the text encoder
+    text_batch_size: int = 256
+
+    def __init__(self, options: KarloTarget.Options | dict[str, Any]) -> None:
+        if not isinstance(options, self.Options):
+            options = self.Options.model_validate(options)
+        self.options = options
+        self.templates = tuple(options.templates)
+        self.source = resolve_karlo_source(options.model, options.weights, options.base_dir, options.seed)
+        self.source.check(TARGET_PARTS)
+        self.random_weights = self.source.random
+        self.image_encoder = None
+        self.text_encoder = None
+        self.tokenizer = None
+        self.processor = None
+        self.device = "cpu"
+        self.weights_digest: str | None = None
+
+    # ------------------------------------------------------------------ building
+
+    def load(self, device: str = "cpu") -> None:
+        from transformers import (
+            CLIPImageProcessor,
+            CLIPTextConfig,
+            CLIPTextModelWithProjection,
+            CLIPTokenizer,
+            CLIPVisionConfig,
+            CLIPVisionModelWithProjection,
+        )
+
+        src = self.source
+        self.image_encoder = load_part(src, "image_encoder", CLIPVisionModelWithProjection, config_cls=CLIPVisionConfig)
+        self.text_encoder = load_part(src, "text_encoder", CLIPTextModelWithProjection, config_cls=CLIPTextConfig)
+        self.tokenizer = load_part(src, "tokenizer", CLIPTokenizer)
+        self.processor = load_part(src, "feature_extractor", CLIPImageProcessor)
+        for m in (self.image_encoder, self.text_encoder):
+            m.eval()
+            m.to(device)
+        self.device = device
+        if src.random:
+            self.weights_digest = state_dict_digest(
+                {f"image_encoder.{k}": v for k, v in self.image_encoder.state_dict().items()}
+                | {f"text_encoder.{k}": v for k, v in self.text_encoder.state_dict().items()}
+            )
+        else:
+            self.weights_digest = parts_digest(src, TARGET_PARTS)
+
+    def _require_model(self):
+        if self.image_encoder is None:
+            raise RuntimeError(f"{type(self).__name__}: call load(device) before using the model")
+        return self.image_encoder
+
+    # ------------------------------------------------------------------ encoding
+
+    def transform(self) -> Callable[[Any], Any]:
+        self._require_model()
+        processor = self.processor
+
+        def transform(image):
+            return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+        return transform
+
+    def encode_images(self, images):
+        import torch
+
+        model = self._require_model()
+        dtype = next(model.parameters()).dtype
+        with torch.no_grad():
+            return model(pixel_values=images.to(self.device, dtype)).image_embeds
+
+    def preprocess_pixels(self, pixels):
+        """B×3×H×W float pixels in [0, 1] -> B×3×h×w model input (float64, on the CPU).
+
+        The feature extractor's steps on floats: shortest edge resized (bicubic,
+        antialiased; torch's kernel, not PIL's, so values differ from :meth:`transform`
+        by interpolation round-off), centre crop, ``rescale_factor`` relative to 8-bit
+        pixels, normalisation. No quantisation, no clamping.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        p = self.processor
+        x = torch.as_tensor(pixels)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"pixels must be B×3×H×W, got shape {tuple(x.shape)}")
+        x = x.detach().to("cpu", torch.float64)
+        if p.do_resize:
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            size = p.size
+            if "shortest_edge" in size:
+                s = int(size["shortest_edge"])
+                short, long = (h, w) if h <= w else (w, h)
+                new_long = int(s * long / short)
+                out = (s, new_long) if h <= w else (new_long, s)
+            else:
+                out = (int(size["height"]), int(size["width"]))
+            if out != (h, w):
+                mode = "bicubic" if int(p.resample) == 3 else "bilinear"
+                x = F.interpolate(x, size=out, mode=mode, align_corners=False, antialias=True)
+        if p.do_center_crop:
+            th, tw = int(p.crop_size["height"]), int(p.crop_size["width"])
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            if th > h or tw > w:
+                x = F.pad(x, ((tw - w) // 2 if tw > w else 0, (tw - w + 1) // 2 if tw > w else 0,
+                              (th - h) // 2 if th > h else 0, (th - h + 1) // 2 if th > h else 0))
+                h, w = int(x.shape[-2]), int(x.shape[-1])
+            top, left = (h - th) // 2, (w - tw) // 2
+            x = x[..., top:top + th, left:left + tw]
+        if p.do_rescale:
+            x = x * (float(p.rescale_factor) * 255.0)
+        if p.do_normalize:
+            mean = torch.as_tensor(p.image_mean, dtype=torch.float64)[None, :, None, None]
+            std = torch.as_tensor(p.image_std, dtype=torch.float64)[None, :, None, None]
+            x = (x - mean) / std
+        return x
+
+    def encode_pixels(self, pixels):
+        """B×3×H×W float pixels in [0, 1] -> B×n raw image embeddings (see :meth:`preprocess_pixels`)."""
+        import torch
+
+        model = self._require_model()
+        x = self.preprocess_pixels(pixels)
+        dtype = next(model.parameters()).dtype
+        with torch.no_grad():
+            return model(pixel_values=x.to(self.device, dtype)).image_embeds
+
+    def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        self._require_model()
+        prompts = [str(p) for p in prompts]
+        if not prompts:
+            return np.zeros((0, self.embedding_dim()), dtype=np.float64)
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), self.text_batch_size):
+                tokens = self.tokenizer(
+                    prompts[start : start + self.text_batch_size],
+                    padding="max_length",
+                    max_length=self.tokenizer.model_max_length,
+                    truncation=True,
+                    return_tensors="pt",
+                )
+                # as the pipeline does: token ids only (the causal mask hides the padding)
+                emb = self.text_encoder(tokens.input_ids.to(self.device)).text_embeds
+                chunks.append(emb.to("cpu", torch.float64).numpy())
+        return np.concatenate(chunks, axis=0)
+
+    def embedding_dim(self) -> int:
+        return int(self._require_model().config.projection_dim)
+
+    # ------------------------------------------------------------------ provenance
+
+    def describe(self) -> dict[str, Any]:
+        import transformers
+
+        digest = self.weights_digest
+        if digest is None and not self.source.random:
+            digest = parts_digest(self.source, TARGET_PARTS)
+        return {
+            "plugin": self.plugin_name,
+            "model": self.options.model,
+            "source": self.source.as_dict(),
+            "weights_digest": digest,
+            "random_weights": self.source.random,
+            "templates": list(self.templates),
+            "transformers_version": transformers.__version__,
+        }
+
+
+@hookimpl
+def register_targets(register):
+    register("karlo", KarloTarget)
