@@ -49,6 +49,7 @@ ZOO = [
     Arch("deit3_large", "deit3_large_patch16_224.fb_in22k_ft_in1k", 32, 1024, 24, "Linear", slow=True),
     Arch("eva02_large", "eva02_large_patch14_448.mim_m38m_ft_in22k_in1k", 28, 1024, 24, "Linear", slow=True),
     Arch("vit_base", "vit_base_patch16_224.augreg2_in21k_ft_in1k", 32, 768, 0, "Linear", slow=True),
+    Arch("vit_large", "vit_large_patch16_224.augreg_in21k_ft_in1k", 32, 1024, 24, "Linear", slow=True),
     Arch("vit_small", "vit_small_patch16_224.augreg_in21k_ft_in1k", 32, 384, 0, "Linear"),
     # beyond the paper: heads that are folded rather than read as one Linear
     Arch(
