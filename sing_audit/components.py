@@ -273,6 +273,24 @@ class ImageTarget(Target):
     def encode_images(self, images):
         """B×C×H×W tensor -> B×n tensor of raw image embeddings."""
 
+    def encode_pixels(self, pixels):
+        """B×3×H×W float tensor of pixels in [0, 1] (any H×W) -> B×n tensor of raw image embeddings.
+
+        The target's own preprocessing (resize, crop, normalisation), applied to float
+        tensors: no 8-bit quantisation, no clamping, so an image that differs from another
+        by a tiny float perturbation is embedded with that perturbation intact. The
+        input-space probes use it to score equivalent images with the target's real image
+        encoder. Call :meth:`load` first.
+
+        The default raises :class:`~sing_audit.errors.DataError`: a target that can embed
+        float pixels overrides it.
+        """
+        raise DataError(
+            f"target {type(self).__name__} cannot embed float pixel tensors (it does not implement "
+            "ImageTarget.encode_pixels), so equivalent images cannot be scored with its image encoder; "
+            "use a target that does (open_clip), or leave the equivalent-image semantics out"
+        )
+
 
 @dataclass
 class EmbeddingTable:

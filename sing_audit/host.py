@@ -54,6 +54,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.plugins.ci_reporters",
     "sing_audit.plugins.karlo",
     "sing_audit.plugins.unclip",
+    "sing_audit.plugins.input_sections",
 )
 
 #: component kind -> hook name

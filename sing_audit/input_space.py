@@ -22,6 +22,9 @@ centre-cropped, ``(pixel − mean) / std``):
    norm grows; compared with a norm-matched random control.
 4. **Embedding matching** (Salman et al.): :func:`match_embeddings` moves x by gradient
    descent until its embedding matches a target image's, pixels kept in range.
+5. **Semantics of equivalent images**: :func:`equivalent_image_scores` turns a
+   vision-language target's embeddings of original and equivalent images into IS and AS
+   (no translator: the target's own image encoder sees both images).
 
 Where null spaces live: the patch embedding acts on normalised inputs, so perturbations
 are built in normalised space and mapped to pixels through the per-channel ``std``
@@ -44,6 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .nullspace import split_head
+from .scores import angles
 
 __all__ = [
     "PatchNullSpace",
@@ -71,9 +75,11 @@ __all__ = [
     "JacobianResult",
     "run_jacobian",
     "EncoderNoiseResult",
+    "add_after_patch_embed",
     "optimise_encoder_noise",
     "EmbeddingMatchResult",
     "match_embeddings",
+    "equivalent_image_scores",
 ]
 
 
@@ -638,8 +644,9 @@ class EncoderNoiseResult:
 
 
 @contextlib.contextmanager
-def _add_after_patch_embed(model, noise_ref: list) -> Iterator[None]:
-    """Add ``noise_ref[0]`` (a tensor or None) to the patch-embedding output while active."""
+def add_after_patch_embed(model, noise_ref: list) -> Iterator[None]:
+    """Add ``noise_ref[0]`` (a tensor or None; broadcast over the batch) to the output of
+    ``model.patch_embed`` while active; the hook is removed on exit."""
 
     def hook(_module, _inp, out):
         n = noise_ref[0]
@@ -712,10 +719,10 @@ def optimise_encoder_noise(
     accepted_r = 0.0
     rounds: list[dict] = []
     try:
-        with _add_after_patch_embed(model, ref), torch.no_grad():
+        with add_after_patch_embed(model, ref), torch.no_grad():
             base_fit = model(x_fit).double()
             base_hold = model(x_hold).double() if n_hold else None
-        with _add_after_patch_embed(model, ref):
+        with add_after_patch_embed(model, ref):
             r = float(start_norm)
             opt = torch.optim.Adam([u], lr=lr)
             for _ in range(max_rounds):
@@ -863,3 +870,29 @@ def match_embeddings(
         converged=done.cpu().numpy(), pred_source=pred_s.cpu().numpy(), pred_target=pred_t.cpu().numpy(),
         pred_matched=pred_m.cpu().numpy(),
     )
+
+
+# =========================================================================== 5. semantics of equivalent images
+
+
+def equivalent_image_scores(
+    original: np.ndarray, equivalent: np.ndarray, text: np.ndarray, index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """IS and AS of equivalent images, measured with a target's *real* image encoder.
+
+    The input-space counterpart of SING's feature-space scores: ``original`` and
+    ``equivalent`` (N×n each) are the target's raw embeddings of an image and of its
+    equivalent (an image the classifier cannot tell apart from it), ``text`` (K×n) the
+    class prompt embeddings and ``index`` (N) the prompt of each image. No translator is
+    involved. Returns ``IS = angle(z, z')`` and ``AS = angle(z, t) − angle(z', t)``
+    (degrees, float64, stable near 0°; positive AS: the equivalent image is closer to the
+    prompt). Identical embeddings give exactly 0 for both.
+    """
+    z = np.asarray(original, dtype=np.float64)
+    ze = np.asarray(equivalent, dtype=np.float64)
+    if z.shape != ze.shape or z.ndim != 2:
+        raise ValueError(f"original and equivalent embeddings must both be N×n, got {z.shape} and {ze.shape}")
+    t = np.asarray(text, dtype=np.float64)[np.asarray(index, dtype=np.int64)]
+    if t.shape != z.shape:
+        raise ValueError(f"prompt embeddings {t.shape} do not match image embeddings {z.shape}")
+    return angles(z, ze), angles(z, t) - angles(ze, t)

@@ -285,3 +285,203 @@ def test_input_probes_run_from_a_config(tmp_path):
     summary = json.loads((tmp_path / "out" / "results.json").read_text())["models"][0]["probes"]["patch_embed_null"]
     assert summary["null_dim"] == 576 and summary["n_images"] == 2
     assert summary["null_drift"]["max"] < 1e-5 < summary["control_drift"]["mean"]
+
+
+# --------------------------------------------------------------------------- 5. semantics of equivalent images
+
+
+def test_equivalent_image_scores_known_answers():
+    z = np.array([[1.0, 0.0], [3.0, 4.0]])
+    text = np.array([[1.0, 1.0], [0.0, 1.0]]) / np.array([[np.sqrt(2)], [1.0]])
+    # identical embeddings: exactly zero, whatever the prompt
+    is_, as_ = S.equivalent_image_scores(z, z.copy(), text, np.array([0, 1]))
+    assert np.array_equal(is_, np.zeros(2)) and np.array_equal(as_, np.zeros(2))
+    # (1,0) -> (0,1): 90° apart; toward (1,1) both are 45° away (AS 0), toward (0,1) AS = 90 − 0
+    is_, as_ = S.equivalent_image_scores(np.array([[1.0, 0.0]] * 2), np.array([[0.0, 2.0]] * 2), text, np.array([0, 1]))
+    assert is_ == pytest.approx([90.0, 90.0], abs=1e-12) and as_ == pytest.approx([0.0, 90.0], abs=1e-12)
+    # tiny angles stay resolved in float64 (arccos would return 0 here)
+    e = 1e-9
+    is_, _ = S.equivalent_image_scores(np.array([[1.0, 0.0]]), np.array([[1.0, e]]), text, np.array([0]))
+    assert is_[0] == pytest.approx(np.degrees(e), rel=1e-6)
+    with pytest.raises(ValueError):
+        S.equivalent_image_scores(z, z[:1], text, np.array([0, 1]))
+
+
+class _PixelTarget:
+    """An ImageTarget whose image encoder is a fixed linear map of the float pixels."""
+
+    @staticmethod
+    def make(dim=5, size=32, seed=0, encode=True):
+        from sing_audit.components import ImageTarget
+
+        proj = torch.as_tensor(np.random.default_rng(seed).normal(size=(3 * size * size, dim)))
+
+        class T(ImageTarget):
+            seen: list = []
+
+            def describe(self):
+                return {"plugin": "pixel-linear"}
+
+            def load(self, device):
+                pass
+
+            def transform(self):
+                return None
+
+            def encode_images(self, images):
+                raise AssertionError("encode_pixels must be used")
+
+            if encode:
+                def encode_pixels(self, pixels):
+                    self.seen.append(pixels.clone())
+                    return pixels.reshape(pixels.shape[0], -1).double() @ proj
+
+        return T(), proj
+
+
+def _sem_ctx(model, images, target, dim=5, classes=2):
+    ctx = _Ctx(model, images)
+    ctx.target = target
+    ctx.target_name = "pix"
+    text = np.random.default_rng(1).normal(size=(classes, dim))
+    ctx.class_text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    return ctx
+
+
+def test_semantics_of_patch_null_equivalents_match_a_hand_computation(tiny):
+    target, proj = _PixelTarget.make()
+    x = _images(4)
+    ctx = _sem_ctx(tiny, x, target)
+    probe = P.PatchEmbedNullProbe(P.PatchEmbedNullProbe.Options(max_images=3, examples=1))
+    assert probe.needs_target is True
+    out = probe.run(ctx)
+    sem = out.summary["target_semantics"]
+    assert sem["scored"] is True and sem["target"] == "pix" and sem["n_images"] == 3
+    # pixels handed to the target: float, unclamped x·std + mean of the backbone's input
+    rows = np.array([0, 2, 3])
+    orig_pix = S.to_pixels(x[rows].double().numpy(), MEAN, STD)
+    assert torch.equal(target.seen[0], torch.as_tensor(orig_pix))
+    assert target.seen[1].dtype == torch.float64 and not torch.equal(target.seen[0], target.seen[1])
+    # equivalent pixels differ from the original only by the null perturbation (no 8-bit rounding)
+    diff = target.seen[1].numpy() - orig_pix
+    assert np.abs(diff * 255 - np.round(diff * 255)).max() > 1e-3
+    z0, z1 = orig_pix.reshape(3, -1) @ proj.numpy(), target.seen[1].numpy().reshape(3, -1) @ proj.numpy()
+    t = ctx.class_text[ctx.labels[rows]]
+    want_is = S.angles(z0, z1)
+    want_as = S.angles(z0, t) - S.angles(z1, t)
+    got = sem["images"]
+    assert [g["image_id"] for g in got] == ["img0", "img2", "img3"]
+    assert [g["image_score"] for g in got] == pytest.approx(want_is, abs=1e-9)
+    assert [g["attribute_score"] for g in got] == pytest.approx(want_as, abs=1e-9)
+    assert sem["is_mean"] == pytest.approx(want_is.mean()) and sem["as_abs_mean"] == pytest.approx(np.abs(want_as).mean())
+    assert sem["is_mean"] > 0
+    assert np.isnan(out.per_image["target_is"][1]) and out.per_image["target_is"][rows] == pytest.approx(want_is)
+    assert out.summary["quantised_exact"] <= 1.0
+
+
+def test_no_null_space_gives_exactly_zero_is_and_as():
+    """ViT-B/16 has no patch-embedding null space: the equivalent image is the original."""
+    model = _vit("vit_base_patch16_224", img_size=16, depth=1)
+    target, _ = _PixelTarget.make(size=16)
+    x = _images(2, size=16)
+    out = P.PatchEmbedNullProbe(P.PatchEmbedNullProbe.Options(examples=0)).run(_sem_ctx(model, x, target))
+    sem = out.summary["target_semantics"]
+    assert out.summary["null_dim"] == 0 and sem["scored"]
+    assert [g["image_score"] for g in sem["images"]] == [0.0, 0.0]
+    assert [g["attribute_score"] for g in sem["images"]] == [0.0, 0.0]
+
+
+def test_semantics_are_skipped_with_a_reason_never_failing(tiny):
+    from sing_audit.components import EmbeddingTarget
+
+    class Pre(EmbeddingTarget):
+        def describe(self):
+            return {}
+
+        def load_embeddings(self):
+            raise AssertionError
+
+    probe = P.PatchEmbedNullProbe(P.PatchEmbedNullProbe.Options(max_images=1, examples=0))
+    x = _images(2)
+    sem = probe.run(_sem_ctx(tiny, x, Pre())).summary["target_semantics"]
+    assert sem["scored"] is False and "no image encoder" in sem["reason"]
+    no_pixels, _ = _PixelTarget.make(encode=False)
+    sem = probe.run(_sem_ctx(tiny, x, no_pixels)).summary["target_semantics"]
+    assert sem["scored"] is False and "encode_pixels" in sem["reason"] and "T" in sem["reason"]
+    sem = probe.run(_Ctx(tiny, x)).summary["target_semantics"]
+    assert sem["scored"] is False and sem["reason"]
+    # switched off: no target needed, nothing recorded
+    off = P.PatchEmbedNullProbe(P.PatchEmbedNullProbe.Options(max_images=1, examples=0, target_semantics=False))
+    assert off.needs_target is False and off.run(_Ctx(tiny, x)).summary["target_semantics"] is None
+    assert P.EncoderNullProbe().needs_target is False and P.JacobianProbe().needs_target is False
+
+
+def test_semantics_of_matched_images(tiny):
+    target, proj = _PixelTarget.make()
+    x = _images(2, seed=3)
+    ctx = _sem_ctx(tiny, x, target)
+    probe = P.EmbeddingMatchProbe(P.EmbeddingMatchProbe.Options(steps=5, lr=0.02, max_pairs=2))
+    assert probe.needs_target
+    out = probe.run(ctx)
+    sem = out.summary["target_semantics"]
+    assert sem["scored"] and sem["n_images"] == 2 and sem["is_mean"] > 0
+    # AS toward the other image's class prompt: labels are 0, 1 and images are paired across
+    z0 = target.seen[0].numpy().reshape(2, -1) @ proj.numpy()
+    z1 = target.seen[1].numpy().reshape(2, -1) @ proj.numpy()
+    t_other = ctx.class_text[[1, 0]]
+    want = S.angles(z0, t_other) - S.angles(z1, t_other)
+    assert [g["attribute_score_other"] for g in sem["images"]] == pytest.approx(want, abs=1e-9)
+    assert sem["as_other_mean"] == pytest.approx(want.mean())
+
+
+def test_default_encode_pixels_is_a_clear_error():
+    from sing_audit.errors import DataError
+
+    t, _ = _PixelTarget.make(encode=False)
+    with pytest.raises(DataError, match="T cannot embed float pixel tensors"):
+        t.encode_pixels(torch.zeros(1, 3, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_target(tmp_path_factory):
+    open_clip = pytest.importorskip("open_clip")
+    import json
+
+    from .test_image_audit import TINY_CLIP
+
+    path = tmp_path_factory.mktemp("clipcfg") / "sing-tiny-clip-px.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(path)
+    from sing_audit.plugins.open_clip_target import OpenClipTarget
+
+    t = OpenClipTarget({"model": "sing-tiny-clip-px", "weights": "random"})
+    t.load("cpu")
+    return t
+
+
+def test_open_clip_encode_pixels_is_its_own_preprocessing_on_floats(tiny_clip_target):
+    from PIL import Image
+
+    t = tiny_clip_target
+    rng = np.random.default_rng(0)
+    # at the model's size nothing is resampled: exactly transform() of the 8-bit image
+    arr = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    pix = torch.as_tensor(arr).permute(2, 0, 1)[None].double() / 255.0
+    ref = t.transform()(Image.fromarray(arr)).double()
+    assert torch.allclose(t.preprocess_pixels(pix)[0], ref, atol=1e-6)
+    z_ref = t.encode_images(ref[None].float())
+    z = t.encode_pixels(pix)
+    assert z.shape == z_ref.shape == (1, 64) and torch.allclose(z, z_ref, atol=1e-5)
+    # other sizes: resized and centre-cropped like the PIL pipeline (antialiased bicubic)
+    for h, w in ((96, 80), (50, 70)):
+        arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        pix = torch.as_tensor(arr).permute(2, 0, 1)[None].double() / 255.0
+        got = t.preprocess_pixels(pix)[0]
+        ref = t.transform()(Image.fromarray(arr)).double()
+        assert got.shape == ref.shape == (3, 64, 64)
+        assert (got - ref).abs().mean() < 0.02
+    # float perturbations far below one 8-bit step are not rounded away
+    tiny_step = pix + 1e-4
+    assert (t.preprocess_pixels(tiny_step) - t.preprocess_pixels(pix)).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="B×3×H×W"):
+        t.preprocess_pixels(torch.zeros(3, 8, 8))

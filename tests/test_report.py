@@ -47,7 +47,10 @@ XSS = "<img src=x onerror=alert(1)>"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 PDFTOPPM = shutil.which("pdftoppm")
 PDFTOTEXT = shutil.which("pdftotext")
-BUILTIN_KEYS = ["verdict", "models", "classes", "concepts", "steering", "trust", "images", "provenance"]
+BUILTIN_KEYS = ["verdict", "models", "classes", "concepts", "steering", "trust", "images", "input_space", "provenance"]
+#: sections that appear only when their probes ran
+CONDITIONAL_KEYS = {"input_space"}
+SECTION_MODULES = {"input_space": "sing_audit.plugins.input_sections"}
 
 
 @pytest.fixture(autouse=True)
@@ -288,7 +291,8 @@ def test_builtin_sections_are_registered_section_plugins():
     names = [n for n in registry.names("reporter") if n.startswith("section:")]
     assert sorted(names) == sorted(f"section:{k}" for k in BUILTIN_KEYS)
     for name in names:
-        assert registry.get("reporter", name).plugin == "sing_audit.plugins.report_sections"
+        key = name.split(":", 1)[1]
+        assert registry.get("reporter", name).plugin == SECTION_MODULES.get(key, "sing_audit.plugins.report_sections")
 
 
 def test_a_section_name_is_not_a_report_format(synthetic_config):
@@ -672,7 +676,7 @@ def test_five_models_thousand_classes_stay_under_five_megabytes(tmp_path, record
     assert "could not be rendered" not in page
     assert_self_contained(page)
     for key in BUILTIN_KEYS:
-        assert f'id="section-{key}"' in page, key
+        assert (f'id="section-{key}"' in page) != (key in CONDITIONAL_KEYS), key
     # every class of every model is in the screen table; thumbnails are embedded
     assert page.count('<tr class="flagged">') >= 5
     assert page.count("<td>class 0999 espresso <span") == 5

@@ -18,6 +18,21 @@ optional context attributes (the runner is to fill them; until then ``run`` rais
 
 Each probe also has an entry point on a model and a batch directly (``run_on``), used by
 the tests and usable from Python without an audit.
+
+**Semantics of equivalent images** (issue 7, item 5). ``patch_embed_null`` and
+``embedding_match`` produce equivalent images (the classifier cannot tell them from the
+original, or sees another image in them). When the audit's target is an
+:class:`~sing_audit.components.ImageTarget`, they set ``needs_target`` (the runner loads
+``ctx.target``) and score every original/equivalent pair with the target's own image
+encoder through :meth:`~sing_audit.components.ImageTarget.encode_pixels`: both images are
+mapped from the backbone's normalised input back to float pixels (``x·std + mean``, not
+clamped, not rounded) and embedded; IS is the angle between the two embeddings and AS the
+change of angle toward the image's class prompt (``ctx.class_text``), see
+:func:`sing_audit.input_space.equivalent_image_scores`. The summary's
+``target_semantics`` holds them; with a precomputed (embedding-only) target, or one that
+cannot embed float pixels, it says why nothing was scored instead of failing.
+``encoder_null`` is not scored: its noise lives after the patch embedding, so it has no
+image the target could see.
 """
 
 from __future__ import annotations
@@ -30,8 +45,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from sing_audit import input_space as S
-from sing_audit.components import PluginOptions
-from sing_audit.errors import ConfigError
+from sing_audit.components import ImageTarget, PluginOptions
+from sing_audit.errors import ConfigError, SingAuditError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.probes import Probe, ProbeContext, ProbeOutput
 
@@ -42,6 +57,9 @@ __all__ = [
     "EmbeddingMatchProbe",
     "context_inputs",
     "png_base64",
+    "TargetSemantics",
+    "EquivalentImageScore",
+    "score_equivalent_images",
 ]
 
 
@@ -114,6 +132,119 @@ def _ids(ctx: ProbeContext, rows: np.ndarray) -> list[str]:
     return [ids[r] if r < len(ids) else str(int(r)) for r in rows]
 
 
+# --------------------------------------------------------------------------- semantics of equivalent images
+
+
+class EquivalentImageScore(BaseModel):
+    """One original/equivalent pair scored by the target's image encoder (degrees)."""
+
+    image_id: str
+    label: int
+    #: angle between the target's embeddings of the original and the equivalent image
+    image_score: float
+    #: angle(original, class prompt) − angle(equivalent, class prompt); > 0: closer to the prompt
+    attribute_score: float
+    #: embedding_match only: the same toward the class prompt of the image it was matched to
+    attribute_score_other: float | None = None
+
+
+class TargetSemantics(BaseModel):
+    """IS/AS of equivalent images under the target's real image encoder (no translator).
+
+    ``scored`` false: nothing was measured and ``reason`` says why (no target, a
+    precomputed target without an image encoder, a target that cannot embed float pixels).
+    Means are over the scored images; ``as_abs_mean`` is the mean of |AS|.
+    """
+
+    target: str | None
+    scored: bool
+    reason: str | None = None
+    n_images: int = 0
+    is_mean: float | None = None
+    is_max: float | None = None
+    as_mean: float | None = None
+    as_abs_mean: float | None = None
+    #: embedding_match only: mean AS toward the class prompt of the matched-to image
+    as_other_mean: float | None = None
+    images: list[EquivalentImageScore] = Field(default_factory=list)
+
+
+def _skip(target_name, reason: str):
+    return TargetSemantics(target=target_name, scored=False, reason=reason), None, None
+
+
+def score_equivalent_images(
+    ctx,
+    original,
+    equivalent,
+    mean,
+    std,
+    rows: np.ndarray,
+    ids: list[str],
+    *,
+    other_rows: np.ndarray | None = None,
+    batch: int = 16,
+) -> tuple[TargetSemantics, np.ndarray | None, np.ndarray | None]:
+    """Score original/equivalent pairs (normalised N×C×H×W, the backbone's input) with ``ctx.target``.
+
+    Returns the typed summary and the per-image IS and AS (``None`` when not scored).
+    Pixels handed to the target: ``x·std + mean`` in float64, neither clamped nor
+    quantised. Prompts: ``ctx.class_text[ctx.labels[rows]]`` (and ``other_rows`` for the
+    second prompt of embedding matching). Never raises for a target that cannot do it.
+    """
+    import torch
+
+    target = getattr(ctx, "target", None)
+    name = getattr(ctx, "target_name", None) or (type(target).__name__ if target is not None else None)
+    if target is None:
+        return _skip(name, "no target in the probe context")
+    if not isinstance(target, ImageTarget):
+        return _skip(name, f"target {name!r} has no image encoder (precomputed embeddings): equivalent images cannot be embedded")
+    text = getattr(ctx, "class_text", None)
+    labels = np.asarray(getattr(ctx, "labels", np.zeros(0)), dtype=np.int64)
+    if text is None or np.asarray(text).ndim != 2:
+        return _skip(name, "the probe context has no class prompt embeddings (ctx.class_text)")
+    text = np.asarray(text, dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.int64)
+    index = labels[rows] if labels.size else np.full(rows.size, -1)
+    if rows.size == 0 or index.min() < 0 or index.max() >= text.shape[0]:
+        return _skip(name, "image labels do not index the class prompts")
+    other = labels[np.asarray(other_rows, dtype=np.int64)] if other_rows is not None else None
+    x0 = S.to_pixels(_numpy(original), mean, std)
+    x1 = S.to_pixels(_numpy(equivalent), mean, std)
+    try:
+        z0, z1 = [], []
+        for s in range(0, x0.shape[0], batch):
+            z0.append(_numpy(target.encode_pixels(torch.as_tensor(x0[s:s + batch]))))
+            z1.append(_numpy(target.encode_pixels(torch.as_tensor(x1[s:s + batch]))))
+    except (SingAuditError, RuntimeError, NotImplementedError, ValueError) as exc:
+        return _skip(name, f"target {name!r} could not embed the images: {exc}")
+    z0, z1 = np.concatenate(z0), np.concatenate(z1)
+    if z0.shape[1] != text.shape[1]:
+        return _skip(name, f"target image embeddings ({z0.shape[1]}) and class prompts ({text.shape[1]}) differ in width")
+    is_, as_ = S.equivalent_image_scores(z0, z1, text, index)
+    as_o = S.equivalent_image_scores(z0, z1, text, other)[1] if other is not None else None
+    summary = TargetSemantics(
+        target=name, scored=True, n_images=int(is_.size),
+        is_mean=_f(is_.mean()), is_max=_f(is_.max()), as_mean=_f(as_.mean()), as_abs_mean=_f(np.abs(as_).mean()),
+        as_other_mean=_f(as_o.mean()) if as_o is not None else None,
+        images=[
+            EquivalentImageScore(
+                image_id=ids[i], label=int(index[i]), image_score=float(is_[i]), attribute_score=float(as_[i]),
+                attribute_score_other=float(as_o[i]) if as_o is not None else None,
+            )
+            for i in range(is_.size)
+        ],
+    )
+    return summary, is_, as_
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().to("cpu").double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
 # --------------------------------------------------------------------------- 1. patch-embedding null space
 
 
@@ -143,10 +274,14 @@ class PatchEmbedNullSummary(BaseModel):
     quantised_drift: Stat
     quantised_agreement: float
     original_quantised_drift: Stat
+    #: share of images whose 8-bit rendered equivalent still keeps the relative logit change ≤ tolerance
+    quantised_exact: float
     #: null drift ≤ tolerance on every image (the exact check)
     exact: bool
     tolerance: float
     examples: list[EquivalentImage]
+    #: IS/AS of the equivalent images under the target's image encoder (item 5)
+    target_semantics: TargetSemantics | None = None
 
 
 class PatchEmbedNullProbe(Probe):
@@ -162,9 +297,11 @@ class PatchEmbedNullProbe(Probe):
         examples: int = Field(2, ge=0, description="equivalent images rendered into the summary")
         tolerance: float = Field(1e-5, gt=0, description="relative logit change allowed for the exactness check")
         seed: int = 0
+        target_semantics: bool = Field(True, description="score equivalent images with the target's image encoder")
 
     def __init__(self, options: "PatchEmbedNullProbe.Options | None" = None):
         self.options = options or self.Options()
+        self.needs_target = bool(self.options.target_semantics)
 
     def run_on(self, model, images, mean, std) -> tuple[S.PatchNullResult, PatchEmbedNullSummary]:
         o = self.options
@@ -194,23 +331,29 @@ class PatchEmbedNullProbe(Probe):
             control_drift=_stats(res.control_drift), control_agreement=float(res.control_agreement.mean()),
             quantised_drift=_stats(res.quantised_drift), quantised_agreement=float(res.quantised_agreement.mean()),
             original_quantised_drift=_stats(res.original_quantised_drift),
+            quantised_exact=float(np.mean(res.quantised_drift <= o.tolerance)) if res.quantised_drift.size else 0.0,
             exact=bool(np.all(res.null_drift <= o.tolerance)), tolerance=o.tolerance, examples=examples,
         )
 
     def run(self, ctx: ProbeContext) -> ProbeOutput:
         model, rows, x, mean, std = context_inputs(ctx, "patch_embed_null", self.options.max_images)
         res, _ = self.run_on(model, x, mean, std)
-        summary = self.summarise(res, _ids(ctx, rows))
+        ids = _ids(ctx, rows)
+        summary = self.summarise(res, ids)
         n = int(ctx.features.shape[0])
-        return ProbeOutput(
-            per_image={
-                "null_drift": _column(n, rows, res.null_drift),
-                "control_drift": _column(n, rows, res.control_drift),
-                "quantised_drift": _column(n, rows, res.quantised_drift),
-                "pixel_l2": _column(n, rows, res.pixel_l2),
-            },
-            summary=summary.model_dump(mode="json"),
-        )
+        per_image = {
+            "null_drift": _column(n, rows, res.null_drift),
+            "control_drift": _column(n, rows, res.control_drift),
+            "quantised_drift": _column(n, rows, res.quantised_drift),
+            "pixel_l2": _column(n, rows, res.pixel_l2),
+        }
+        if self.options.target_semantics:
+            sem, is_, as_ = score_equivalent_images(ctx, x, res.equivalent, mean, std, rows, ids)
+            summary.target_semantics = sem
+            if is_ is not None:
+                per_image["target_is"] = _column(n, rows, is_)
+                per_image["target_as"] = _column(n, rows, as_)
+        return ProbeOutput(per_image=per_image, summary=summary.model_dump(mode="json"))
 
 
 # --------------------------------------------------------------------------- 2. Jacobian spectrum
@@ -370,6 +513,9 @@ class EmbeddingMatchSummary(BaseModel):
     takes_target_class: float
     keeps_source_class: float
     pairs: list[dict[str, Any]]
+    #: IS/AS of matched images under the target's image encoder (item 5): AS toward the
+    #: source's class prompt, ``as_other_mean`` toward the matched-to image's class prompt
+    target_semantics: TargetSemantics | None = None
 
 
 class EmbeddingMatchProbe(Probe):
@@ -383,9 +529,11 @@ class EmbeddingMatchProbe(Probe):
         distance_tol: float = Field(0.05, gt=0, description="stop when ‖f(x')−f(t)‖/‖f(t)‖ ≤ this ...")
         cosine_tol: float = Field(0.99, gt=-1, le=1, description="... and cos(f(x'), f(t)) ≥ this")
         max_pairs: int = Field(4, ge=1)
+        target_semantics: bool = Field(True, description="score matched images with the target's image encoder")
 
     def __init__(self, options: "EmbeddingMatchProbe.Options | None" = None):
         self.options = options or self.Options()
+        self.needs_target = bool(self.options.target_semantics)
 
     @staticmethod
     def pair_targets(labels: np.ndarray) -> np.ndarray:
@@ -442,13 +590,17 @@ class EmbeddingMatchProbe(Probe):
         for i, pair in enumerate(summary.pairs):
             pair["source"], pair["target"] = ids[i], ids[int(tgt[i])]
         n = int(ctx.features.shape[0])
-        return ProbeOutput(
-            per_image={
-                "pixel_l2": _column(n, rows, res.pixel_l2),
-                "distance_after": _column(n, rows, res.distance_after),
-            },
-            summary=summary.model_dump(mode="json"),
-        )
+        per_image = {
+            "pixel_l2": _column(n, rows, res.pixel_l2),
+            "distance_after": _column(n, rows, res.distance_after),
+        }
+        if o.target_semantics:
+            sem, is_, as_ = score_equivalent_images(ctx, x, res.matched, mean, std, rows, ids, other_rows=rows[tgt])
+            summary.target_semantics = sem
+            if is_ is not None:
+                per_image["target_is"] = _column(n, rows, is_)
+                per_image["target_as"] = _column(n, rows, as_)
+        return ProbeOutput(per_image=per_image, summary=summary.model_dump(mode="json"))
 
 
 @hookimpl

@@ -237,6 +237,90 @@ class OpenClipTarget(ImageTarget):
         with torch.no_grad():
             return model.encode_image(images.to(self.device))
 
+    def preprocess_pixels(self, pixels):
+        """B×3×H×W float pixels in [0, 1] -> the normalised B×3×S×S input of the image encoder.
+
+        Follows the model's ``preprocess_cfg`` (what :meth:`transform` does to a PIL image):
+        ``resize_mode`` ``shortest`` (resize the short side, centre-crop), ``longest``
+        (resize the long side, centre-pad with ``fill_color``) or ``squash``, with the
+        configured interpolation (antialiased, as PIL resizes), then ``(x − mean) / std``.
+        Computed in float64 on float tensors: nothing is rounded to 8 bits or clamped, so
+        bicubic overshoot stays (PIL would clip it). An image already at the model's size
+        is not resampled, and then this equals ``transform()`` of its 8-bit rendering
+        exactly (up to float rounding).
+        """
+        import torch
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        model = self._require_model()
+        cfg = dict(getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {})
+        size = cfg.get("size", getattr(getattr(model, "visual", None), "image_size", 224))
+        th, tw = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[-2]), int(size[-1]))
+        mean = cfg.get("mean") or (0.48145466, 0.4578275, 0.40821073)
+        std = cfg.get("std") or (0.26862954, 0.26130258, 0.27577711)
+        mean = tuple(mean) if isinstance(mean, (list, tuple)) else (float(mean),) * 3
+        std = tuple(std) if isinstance(std, (list, tuple)) else (float(std),) * 3
+        mode = cfg.get("resize_mode") or "shortest"
+        interp = InterpolationMode.BILINEAR if cfg.get("interpolation") == "bilinear" else InterpolationMode.BICUBIC
+        fill = cfg.get("fill_color", 0) or 0
+
+        x = torch.as_tensor(pixels)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"pixels must be B×3×H×W, got shape {tuple(x.shape)}")
+        x = x.detach().to("cpu", torch.float64)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+
+        def resize(img, out_hw):
+            if [int(out_hw[0]), int(out_hw[1])] == [img.shape[-2], img.shape[-1]]:
+                return img
+            return TF.resize(img, [int(out_hw[0]), int(out_hw[1])], interpolation=interp, antialias=True)
+
+        if mode == "squash":
+            x = resize(x, (th, tw))
+        elif mode == "longest":
+            ratio = max(h / th, w / tw)
+            x = resize(x, (round(h / ratio), round(w / ratio)))
+            x = self._crop_or_pad(x, th, tw, float(fill if not isinstance(fill, (list, tuple)) else fill[0]) / 255.0)
+        elif mode == "shortest":
+            if th == tw:
+                short, long = (h, w) if h <= w else (w, h)
+                new_long = int(th * long / short)  # torchvision's Resize(int) rounding
+                x = resize(x, (th, new_long) if h <= w else (new_long, th))
+            else:
+                ratio = min(h / th, w / tw)
+                x = resize(x, (round(h / ratio), round(w / ratio)))
+            x = self._crop_or_pad(x, th, tw, 0.0)
+        else:
+            raise ValueError(f"open_clip resize_mode {mode!r} is not supported by encode_pixels")
+        m = torch.as_tensor(mean, dtype=torch.float64)[None, :, None, None]
+        s = torch.as_tensor(std, dtype=torch.float64)[None, :, None, None]
+        return (x - m) / s
+
+    @staticmethod
+    def _crop_or_pad(x, th: int, tw: int, fill: float):
+        """Centre crop (and pad with ``fill`` where smaller), as open_clip's ``center_crop_or_pad``."""
+        import torch
+
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if th > h or tw > w:
+            left, top = (tw - w) // 2 if tw > w else 0, (th - h) // 2 if th > h else 0
+            right, bottom = (tw - w + 1) // 2 if tw > w else 0, (th - h + 1) // 2 if th > h else 0
+            x = torch.nn.functional.pad(x, (left, right, top, bottom), value=fill)
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+        top, left = round((h - th) / 2.0), round((w - tw) / 2.0)
+        return x[..., top:top + th, left:left + tw]
+
+    def encode_pixels(self, pixels):
+        """B×3×H×W float pixels in [0, 1] -> B×n raw image embeddings (see :meth:`preprocess_pixels`)."""
+        import torch
+
+        model = self._require_model()
+        x = self.preprocess_pixels(pixels)
+        dtype = next(model.parameters()).dtype
+        with torch.no_grad():
+            return model.encode_image(x.to(self.device, dtype))
+
     def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
         import torch
 
