@@ -354,6 +354,9 @@ class Reporter(abc.ABC):
 
     #: format names this reporter answers to in ``report.formats``
     formats: ClassVar[tuple[str, ...]] = ()
+    #: the run's plugin registry, set by the runner (``None``: a fresh one where needed),
+    #: so components registered in-process (``run_audit(registry=...)``) are seen
+    registry: Any = None
 
     @abc.abstractmethod
     def write(self, result, output_dir: Path, fmt: str) -> list[Path]:

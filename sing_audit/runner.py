@@ -135,6 +135,7 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
             raise ConfigError(f"{source}: report.formats[{i}]: unknown format {fmt!r}{suggest(fmt, list(available))}")
         reg = available[fmt]
         reporters[fmt] = Component("reporter", fmt, reg.name, reg.package, reg.factory(), None)
+        reporters[fmt].instance.registry = registry
     needs_images = [c for c in backbones + targets if isinstance(c.instance, (ImageBackbone, ImageTarget))]
     if needs_images and dataset is None:
         raise ConfigError(

@@ -77,7 +77,7 @@ class HtmlReporter(Reporter):
         from sing_audit.report import render_report
 
         path = Path(output_dir) / "report.html"
-        atomic_write_text(path, render_report(result, Path(output_dir), medium="screen"))
+        atomic_write_text(path, render_report(result, Path(output_dir), medium="screen", registry=self.registry))
         return [path]
 
 
@@ -96,7 +96,7 @@ class PdfReporter(Reporter):
         from sing_audit.report import render_pdf
 
         path = Path(output_dir) / "report.pdf"
-        atomic_write_bytes(path, render_pdf(result, Path(output_dir)))
+        atomic_write_bytes(path, render_pdf(result, Path(output_dir), registry=self.registry))
         return [path]
 
 
