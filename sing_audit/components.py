@@ -46,6 +46,7 @@ __all__ = [
     "Translator",
     "Reporter",
     "DEFAULT_TEMPLATES",
+    "TextTargetOptions",
 ]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("an image of a {}",)
@@ -72,6 +73,19 @@ class ModelOptions(PluginOptions):
         if not v:
             raise ValueError("must not be empty")
         return v
+
+
+class TextTargetOptions(ModelOptions):
+    """Model options of a target with a text encoder: plus the class prompt templates."""
+
+    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+
+    @field_validator("templates")
+    @classmethod
+    def _check_templates(cls, v: list[str]) -> list[str]:
+        from .concepts import check_templates
+
+        return check_templates(v)
 
 
 # --------------------------------------------------------------------------- datasets

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from sing_audit.components import DEFAULT_TEMPLATES, ImageTarget, ModelOptions
+from sing_audit.components import ImageTarget, TextTargetOptions
 from sing_audit.errors import WeightsError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.weights import (
@@ -258,19 +258,11 @@ def load_part(source: KarloSource, part: str, cls, *, config_cls=None):
 class KarloTarget(ImageTarget):
     """Karlo's CLIP image and text towers: raw ``image_embeds`` and ``text_embeds``."""
 
-    class Options(ModelOptions):
+    class Options(TextTargetOptions):
         model: str = Field(KARLO_REPO, min_length=1, description="hub repository id, or a local folder in the hub's layout")
         weights: str = Field(
             "pretrained", description="pretrained | random | <hub revision> | <local folder in the hub's layout>"
         )
-        templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-
-        @field_validator("templates")
-        @classmethod
-        def _check_templates(cls, v: list[str]) -> list[str]:
-            from sing_audit.concepts import check_templates
-
-            return check_templates(v)
 
     plugin_name = "karlo"
     #: prompts per forward pass of the text encoder

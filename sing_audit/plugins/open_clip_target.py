@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from sing_audit.components import DEFAULT_TEMPLATES, ImageTarget, ModelOptions
+from sing_audit.components import ImageTarget, TextTargetOptions
 from sing_audit.errors import ConfigError, WeightsError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.store import jsonable
@@ -40,18 +40,10 @@ class OpenClipTarget(ImageTarget):
     Files and random weights use the preprocessing of the model's first pretrained tag.
     """
 
-    class Options(ModelOptions):
+    class Options(TextTargetOptions):
         model: str = Field(min_length=1, description="open_clip model name (ViT-B-32, EVA02-B-16, hf-hub:org/repo)")
         weights: str = Field("pretrained", description="pretrained | random | <pretrained tag> | <local file>")
-        templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
         image_size: int | None = Field(None, ge=8, description="force the image size (e.g. for small tests)")
-
-        @field_validator("templates")
-        @classmethod
-        def _check_templates(cls, v: list[str]) -> list[str]:
-            from sing_audit.concepts import check_templates
-
-            return check_templates(v)
 
     plugin_name = "open_clip"
     #: prompts per forward pass of the text encoder
