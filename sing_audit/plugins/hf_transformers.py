@@ -72,19 +72,10 @@ class TransformersBackbone(HookedHeadBackbone):
     plugin_name = "transformers"
 
     def __init__(self, options: TransformersBackbone.Options | dict[str, Any]) -> None:
-        if not isinstance(options, self.Options):
-            options = self.Options.model_validate(options)
-        self.options = options
-        self.model = None
-        self.head_module = None
-        self.head_affine = None
-        self.head_path = options.head or "classifier"
-        self.device = "cpu"
-        self.weights_digest: str | None = None
-        self._resolved: ResolvedWeights | None = None
+        super().__init__(options)
+        self.head_path = self.options.head or "classifier"
         self._processor = None
         self._folder_digests: dict[str, str] | None = None
-        self.random_weights = options.weights.strip().lower() == "random"
         self.validate()
 
     def validate(self) -> None:

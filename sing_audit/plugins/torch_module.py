@@ -110,6 +110,15 @@ class HookedHeadBackbone(ImageBackbone):
     head_path: str | None = None
     device = "cpu"
 
+    def __init__(self, options) -> None:
+        """Validate ``options`` with the subclass's ``Options``; nothing is built yet."""
+        if not isinstance(options, self.Options):
+            options = self.Options.model_validate(options)
+        self.options = options
+        self.weights_digest: str | None = None
+        self._resolved: ResolvedWeights | None = None
+        self.random_weights = options.weights.strip().lower() == "random"
+
     def _require_model(self):
         if self.model is None:
             raise RuntimeError(f"{type(self).__name__}: call load(device) before using the model")
@@ -263,17 +272,8 @@ class TorchModuleBackbone(HookedHeadBackbone):
     plugin_name = "torch_module"
 
     def __init__(self, options: TorchModuleBackbone.Options | dict[str, Any]) -> None:
-        if not isinstance(options, self.Options):
-            options = self.Options.model_validate(options)
-        self.options = options
-        self.model = None
-        self.head_module = None
-        self.head_affine = None
-        self.head_path = options.head
-        self.device = "cpu"
-        self.weights_digest: str | None = None
-        self._resolved: ResolvedWeights | None = None
-        self.random_weights = options.weights.strip().lower() == "random"
+        super().__init__(options)
+        self.head_path = self.options.head
         self.validate()
 
     def validate(self) -> None:
