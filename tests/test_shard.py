@@ -172,8 +172,20 @@ def _env() -> dict:
     return env
 
 
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, image_root):
+    """The reference for the multi-process tests: one process with their environment
+    (torchrun sets OMP_NUM_THREADS=1, and BLAS sums depend on the thread count)."""
+    tmp = tmp_path_factory.mktemp("single-process")
+    cfg = image_folder_audit(tmp, BACKBONES, root=image_root, run=RUN, per_class=5)
+    proc = subprocess.run([sys.executable, "-m", "sing_audit", "run", str(cfg)], env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, tmp / "out"
+
+
 @pytest.mark.slow
-def test_two_shard_processes_at_once_then_merge(tmp_path, image_root, single_run):
+def test_two_shard_processes_at_once_then_merge(tmp_path, image_root, single_process):
     cfg = image_folder_audit(tmp_path, BACKBONES, root=image_root, run=RUN, per_class=5)
     procs = [
         subprocess.Popen([sys.executable, "-m", "sing_audit", "run", str(cfg), "--shard", f"{i}/2"], env=_env(),
@@ -183,24 +195,26 @@ def test_two_shard_processes_at_once_then_merge(tmp_path, image_root, single_run
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
-    code, single = single_run
+    code, single = single_process
     merged = subprocess.run([sys.executable, "-m", "sing_audit", "merge", str(cfg)], env=_env(), capture_output=True,
                             text=True, timeout=600)
     assert merged.returncode == code, merged.stderr
+    np.testing.assert_array_equal(features(tmp_path / "out"), features(single))
     assert comparable(tmp_path / "out") == comparable(single)
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_with_gloo(tmp_path, image_root, single_run):
+def test_torchrun_two_ranks_with_gloo(tmp_path, image_root, single_process):
     cfg = image_folder_audit(tmp_path, BACKBONES, root=image_root, run=RUN, per_class=5)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sing_audit",
          "run", str(cfg)],
         env=_env(), capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )
-    code, single = single_run
+    code, single = single_process
     logs = sorted(p.name for p in (tmp_path / "out" / "logs").iterdir())
     assert logs == ["run.log", "shard-0-of-2.log", "shard-1-of-2.log"], proc.stderr
+    np.testing.assert_array_equal(features(tmp_path / "out"), features(single))
     assert comparable(tmp_path / "out") == comparable(single), proc.stderr
     # torchrun passes on a worker's exit code: rank 0 exits like `run` (1 when the policy fails)
     assert (proc.returncode == 0) == (code == 0), proc.stderr
