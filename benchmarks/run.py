@@ -1,15 +1,19 @@
 """sing-audit benchmarks: ratios measured in one run on one machine (not timed tests).
 
-    python benchmarks/run.py OUT.json [--scale small|issue|full]
+    python benchmarks/run.py OUT.json [--scale tiny|small|issue|full] [--only ...]
 
 Prints a table and writes every measurement as JSON to OUT.json. Scales:
 
-- ``small`` (default): analysis at N=10,000; growth at N=2,000 and 10,000;
-- ``issue``: analysis at N=50,000 (the issue's goal); growth at 10,000 and 50,000;
-- ``full``: as ``issue`` plus growth at N=200,000.
+- ``tiny``: analysis at N=2,000; growth at 1k, 2k; 96 images for extraction (a smoke test);
+- ``small`` (default): analysis at N=10,000; growth at 2k, 10k; LOO at 2k;
+- ``issue``: the issue's sizes: analysis at N=50,000; growth at 10k, 50k, 200k with a fixed α;
+  α by leave-one-out at 10k; extraction with resnet50 at 224 px on 256 images;
+- ``full``: as ``issue`` plus α by leave-one-out at 50k.
 
 m=2048 features, n=768 embedding dimensions and c=1000 classes at every scale.
-Analysis and growth each run in a fresh subprocess so peak memory is per measurement.
+Analysis and growth each run in a fresh subprocess so peak memory is per measurement:
+``tracemalloc`` peak over the analysis (numpy reports its buffers to it), and the
+process's peak RSS.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a source checkout runs without installing
+
 M, NDIM, C = 2048, 768, 1000
 FIXED_ALPHA = 100.0
 SCALES = {
-    "tiny": {"analysis": 2_000, "growth": [1_000, 2_000], "images": 96},
-    "small": {"analysis": 10_000, "growth": [2_000, 10_000], "images": 384},
-    "issue": {"analysis": 50_000, "growth": [10_000, 50_000], "images": 768},
-    "full": {"analysis": 50_000, "growth": [10_000, 50_000, 200_000], "images": 768},
+    "tiny": {"analysis": 2_000, "growth": [1_000, 2_000], "loo": [1_000], "images": 96, "model": "resnet18", "px": 96},
+    "small": {"analysis": 10_000, "growth": [2_000, 10_000], "loo": [2_000], "images": 128, "model": "resnet18", "px": 224},
+    "issue": {"analysis": 50_000, "growth": [10_000, 50_000, 200_000], "loo": [10_000], "images": 256, "model": "resnet50", "px": 224},
+    "full": {"analysis": 50_000, "growth": [10_000, 50_000, 200_000], "loo": [10_000, 50_000], "images": 256, "model": "resnet50", "px": 224},
 }
 
 
@@ -118,11 +124,17 @@ def ours(folder: Path, translator: dict | None = None) -> dict:
     runner = Runner(plan)
     fsrc = runner.load_backbone(plan.backbones[0])
     esrc = runner.load_target(plan.targets[0])
+    import tracemalloc
+
     rss0 = _maxrss_mb()
+    tracemalloc.start()
     start = time.perf_counter()
     result, per_image = analyse(runner, fsrc, esrc)
     seconds = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
     return {
+        "analysis_peak_alloc_mb": peak / 2**20,
         "seconds": seconds,
         "stages": dict(runner.stage_seconds),
         "alpha": result.fidelity.params.get("alpha"),
@@ -176,19 +188,37 @@ def plain(folder: Path, folds: np.ndarray, alphas: list[float]) -> dict:
     return {"seconds": time.perf_counter() - start, "is": is_, "as": as_own, "as_contrast": contrast}
 
 
-def child_analysis(n: int, compare: bool) -> dict:
+def _chunked_null_energy_patch() -> None:
+    """What-if for ``--only growth-chunked``: ``analyse()``'s model-level null energy read in
+    row chunks (today it converts all features to float64 at once: the analysis' peak)."""
+    from sing_audit import nullspace, runner
+    from sing_audit.probes import row_chunks
+
+    def chunked(features, sub):
+        return np.concatenate([nullspace.null_energy(features[r], sub) for r in row_chunks(features.shape[0])])
+
+    runner.null_energy = chunked
+
+
+def child_analysis(n: int, mode: str) -> dict:
+    """``compare``: fixed α, ours and the plain way; ``fixed``: ours, fixed α; ``loo``: ours,
+    α by LOO; ``chunked``: as ``fixed`` with :func:`_chunked_null_energy_patch`."""
+    if mode == "chunked":
+        _chunked_null_energy_patch()
     with tempfile.TemporaryDirectory(prefix="sing-bench-") as tmp:
         folder = Path(tmp)
         sizes = synthetic(n, folder)
         rss_start = _maxrss_mb()
-        # compare: a fixed α on both sides (the plain way has no LOO search); growth: α by LOO
-        mine = ours(folder, {"plugin": "linear", "alpha": FIXED_ALPHA} if compare else None)
+        mine = ours(folder, {"plugin": "linear", "alpha": FIXED_ALPHA} if mode in ("compare", "fixed", "chunked") else None)
         out = {
-            "n": n, "m": M, "n_embed": NDIM, "c": C, **sizes, "alpha_mode": "fixed" if compare else "loo",
+            "n": n, "m": M, "n_embed": NDIM, "c": C, **sizes, "alpha_mode": "loo" if mode == "loo" else "fixed", "mode": mode,
             "seconds": mine["seconds"], "stages": mine["stages"],
+            "analysis_peak_alloc_mb": mine["analysis_peak_alloc_mb"],
             "peak_rss_mb": _maxrss_mb(), "rss_before_analysis_mb": rss_start,
         }
-        if compare:
+        if mode == "loo":
+            out["alphas"] = mine["alpha"]
+        if mode == "compare":
             ref = plain(folder, mine["folds"], [FIXED_ALPHA] * (int(mine["folds"].max()) + 1))
             out["plain_seconds"] = ref["seconds"]
             out["max_abs_diff_deg"] = {
@@ -201,7 +231,7 @@ def child_analysis(n: int, compare: bool) -> dict:
 # --------------------------------------------------------------------------- steering
 
 
-def bench_steering(n: int = 10_000, k: int = 1_000, autograd_prompts: int = 10) -> dict:
+def bench_steering(n: int = 10_000, k: int = 1_000, autograd_prompts: int = 4) -> dict:
     import tracemalloc
 
     import torch
@@ -267,7 +297,34 @@ def bench_steering(n: int = 10_000, k: int = 1_000, autograd_prompts: int = 10) 
 # --------------------------------------------------------------------------- extraction, warm rerun
 
 
-def bench_extraction(n_images: int, size: int = 96, batch: int = 32) -> dict:
+class _TimingLog:
+    """Collects the ``extraction_timing`` that :func:`sing_audit.extraction.extract` logs."""
+
+    def __init__(self):
+        import logging
+
+        self.records: list[dict] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: self.records.append(record.extraction_timing) if hasattr(record, "extraction_timing") else None
+        self.handler = handler
+        logger = logging.getLogger("sing_audit")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+    def close(self):
+        import logging
+
+        logging.getLogger("sing_audit").removeHandler(self.handler)
+
+
+def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name: str = "resnet18", workers: tuple = (0,)) -> dict:
+    """Audit extraction against a bare ``model(x)`` loop; warm rerun against the cold run.
+
+    Images are 256×256 JPEGs (random pixels), resized/cropped to ``size`` by the model's
+    transform. On CPU the "device" is the same CPU that decodes, so "compute idle" is the
+    share of extraction wall time the consumer waits for the next batch (decode, transform
+    and collate when ``num_workers`` is 0).
+    """
     import torch
 
     from sing_audit.synthetic import SYNSETS
@@ -278,12 +335,13 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32) -> dict:
 
         per_class = max(1, n_images // len(SYNSETS))
         root = tmp / "val"
+        src_px = max(size, 256)
         for s in SYNSETS:
             (root / s).mkdir(parents=True)
             for i in range(per_class):
-                pixels = np.random.default_rng(i).integers(0, 255, size=(size, size, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / s / f"{s}_{i}.png")
-        ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(per_class)]
+                pixels = np.random.default_rng(i).integers(0, 255, size=(src_px, src_px, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / s / f"{s}_{i}.jpg", quality=90)
+        ids = [f"{s}/{s}_{i}.jpg" for s in SYNSETS for i in range(per_class)]
         rng = np.random.default_rng(0)
         np.savez(
             tmp / "t.npz",
@@ -291,26 +349,31 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32) -> dict:
             text_embeddings=rng.normal(size=(1000, 64)).astype(np.float32),
             image_ids=np.array(ids),
         )
-        cfg = {
-            "output": str(tmp / "out"),
-            "dataset": {"plugin": "image_folder", "root": str(root)},
-            "target": {"plugin": "precomputed", "path": str(tmp / "t.npz")},
-            "backbones": [{"name": "r18", "plugin": "timm", "model": "resnet18", "weights": "random", "img_size": size}],
-            "report": {"formats": ["json"]},
-            "run": {"device": "cpu", "batch_size": batch, "folds": 2, "bootstrap": 100},
-        }
-        (tmp / "audit.yaml").write_text(json.dumps(cfg))
+
+        def config(out: str, num_workers: int) -> Path:
+            cfg = {
+                "output": str(tmp / out),
+                "dataset": {"plugin": "image_folder", "root": str(root)},
+                "target": {"plugin": "precomputed", "path": str(tmp / "t.npz")},
+                "backbones": [{"name": "m", "plugin": "timm", "model": model_name, "weights": "random", "img_size": size}],
+                "report": {"formats": ["json"]},
+                "run": {"device": "cpu", "batch_size": batch, "folds": 2, "bootstrap": 100, "num_workers": num_workers},
+            }
+            path = tmp / f"{out}.yaml"
+            path.write_text(json.dumps(cfg))
+            return path
+
         from sing_audit.config import load_config
         from sing_audit.host import create_registry
         from sing_audit.runner import Runner, build_plan, run_audit
 
-        plan = build_plan(load_config(tmp / "audit.yaml"), create_registry())
+        timing_log = _TimingLog()
+        plan = build_plan(load_config(config("out0", workers[0])), create_registry())
         runner = Runner(plan)
         runner.load_dataset()
         comp = plan.backbones[0]
         runner.ensure_loaded(comp.instance)
         bb = comp.instance
-        model = bb.model
         transform = bb.transform()
         ds = plan.dataset.instance
         # the same batches, decoded once, for the bare loop
@@ -318,36 +381,48 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32) -> dict:
         tensors = [transform(ds.open(r)) for r in runner.records]
         decode = time.perf_counter() - start
         batches = [torch.stack(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]
-        with torch.inference_mode():
-            model(batches[0])  # warm-up, as the audit's first batch is warm after the check
-            start = time.perf_counter()
-            for x in batches:
-                model(x)
-            bare = time.perf_counter() - start
-        start = time.perf_counter()
-        runner.load_backbone(comp)
-        audit = time.perf_counter() - start
-        # again, to see the spread of the noisy machine
-        with torch.inference_mode():
-            start = time.perf_counter()
-            for x in batches:
-                model(x)
-            bare2 = time.perf_counter() - start
-        bare = min(bare, bare2)
+        del tensors
 
-        import shutil
+        def bare_loop() -> float:
+            with torch.inference_mode():
+                start = time.perf_counter()
+                for x in batches:
+                    bb.features(x)
+                return time.perf_counter() - start
 
-        shutil.rmtree(tmp / "out")
+        with torch.inference_mode():
+            bb.features(batches[0])  # warm-up, as the audit's first batch is warm after the check
+        bares = [bare_loop()]
+        audits = {}
+        for w in workers:
+            plan_w = build_plan(load_config(config(f"out{w}", w)), create_registry())
+            runner_w = Runner(plan_w)
+            runner_w.load_dataset()
+            plan_w.backbones[0].instance = bb  # the same loaded model (and threads)
+            runner_w._loaded.add(id(bb))
+            start = time.perf_counter()
+            runner_w.load_backbone(plan_w.backbones[0])
+            audits[w] = {"seconds": time.perf_counter() - start, "timing": timing_log.records[-1] if timing_log.records else {}}
+            bares.append(bare_loop())  # interleaved, to see the spread of the noisy machine
+        bare = float(np.median(bares))
+
         start = time.perf_counter()
-        run_audit(tmp / "audit.yaml")
+        run_audit(config("cold", workers[0]))
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        run_audit(tmp / "audit.yaml")
+        run_audit(config("cold", workers[0]))
         warm = time.perf_counter() - start
+        timing_log.close()
+        w0 = audits[workers[0]]
         return {
-            "images": len(ids), "image_px": size, "batch": batch, "model": "timm resnet18 (random init)",
-            "bare_seconds": bare, "audit_extraction_seconds": audit, "decode_transform_seconds": decode,
-            "overhead_ratio": audit / bare, "decode_share_of_bare": decode / bare,
+            "images": len(ids), "image_px": size, "batch": batch, "model": f"timm {model_name} (random init)",
+            "torch_threads": torch.get_num_threads(),
+            "bare_seconds": bare, "bare_runs": bares, "decode_transform_seconds": decode,
+            "audit_extraction_seconds": w0["seconds"], "overhead_ratio": w0["seconds"] / bare,
+            "decode_share_of_bare": decode / bare,
+            "timing": w0["timing"],
+            "compute_idle_share": w0["timing"].get("compute_idle_share"),
+            "by_workers": {str(w): {"seconds": a["seconds"], "overhead_ratio": a["seconds"] / bare, **a["timing"]} for w, a in audits.items()},
             "cold_run_seconds": cold, "warm_run_seconds": warm, "warm_over_cold": warm / cold,
         }
 
@@ -421,7 +496,10 @@ def table(res: dict) -> str:
     x = res.get("extraction", {})
     if "overhead_ratio" in x:
         rows.append(("extraction ÷ bare model(x) loop", f"{x['overhead_ratio']:.2f}", "≤ 1.10",
-                     f"{x['images']} images {x['image_px']}px, batch {x['batch']}: {x['audit_extraction_seconds']:.2f}s vs {x['bare_seconds']:.2f}s; decode+transform {x['decode_transform_seconds']:.2f}s"))
+                     f"{x['model']}, {x['images']} images {x['image_px']}px, batch {x['batch']}, num_workers 0: {x['audit_extraction_seconds']:.1f}s vs {x['bare_seconds']:.1f}s (median of {len(x['bare_runs'])}); decode+transform {x['decode_transform_seconds']:.1f}s"))
+        for w, v in x.get("by_workers", {}).items():
+            rows.append((f"  compute idle (CPU waits for data), num_workers {w}", f"{100 * v.get('compute_idle_share', float('nan')):.1f}%", "",
+                         f"wait {v.get('wait_seconds', 0):.1f}s, forward {v.get('forward_seconds', 0):.1f}s, store writes {v.get('write_seconds', 0):.2f}s of {v.get('total_seconds', 0):.1f}s; ÷ bare {v['overhead_ratio']:.2f}"))
         rows.append(("warm rerun ÷ cold run", f"{x['warm_over_cold']:.3f}", "≤ 0.05",
                      f"{x['warm_run_seconds']:.2f}s vs {x['cold_run_seconds']:.2f}s"))
     a = res.get("analysis", {})
@@ -432,12 +510,15 @@ def table(res: dict) -> str:
         rows.append(("plain numpy/sklearn ÷ ours (same α)", f"{a['plain_seconds'] / core:.2f}×", "≥ 1×",
                      f"plain {a['plain_seconds']:.1f}s; ours translator+probes {core:.1f}s"))
         rows.append(("max |ours − plain| (IS, AS, contrast)", ", ".join(f"{v:.1e}" for v in a["max_abs_diff_deg"].values()), "≤ 1e-5", "degrees"))
-    for g in res.get("growth", []):
-        if "seconds" in g:
-            rows.append((f"growth N={g['n']:,} (α by LOO, all stages)", f"{g['seconds']:.1f}s", "linear",
-                         f"peak RSS {g['peak_rss_mb']:.0f} MB (before analysis {g['rss_before_analysis_mb']:.0f} MB; features {g['features_mb']:.0f} MB float32)"))
-        else:
-            rows.append((f"growth N={g.get('n')}", "error", "", g.get("error", "")[-200:]))
+    for key, what in (("growth", "fixed α"), ("growth_chunked", "fixed α, chunked null energy (what-if)"), ("loo", "α by LOO")):
+        for g in res.get(key, []):
+            if "seconds" in g:
+                st = g["stages"]
+                rows.append((f"{'LOO' if key == 'loo' else 'growth'} N={g['n']:,} ({what}, all stages)", f"{g['seconds']:.1f}s", "linear" if key == "growth" else "",
+                             (f"translator {st.get('translator', 0):.1f}s, probes {st.get('probes', 0):.1f}s; analysis peak alloc {g['analysis_peak_alloc_mb']:.0f} MB"
+                              f" = {g['analysis_peak_alloc_mb'] / g['features_mb']:.2f}× the features ({g['features_mb']:.0f} MB float32); peak RSS {g['peak_rss_mb']:.0f} MB")))
+            else:
+                rows.append((f"{key} N={g.get('n')}", "error", "", g.get("error", "")[-200:]))
     s = res.get("steering", {})
     if s:
         rows.append((f"steering {s['prompts']:,} prompts × {s['n']:,} features", f"{s['closed_seconds']:.1f}s", "",
@@ -452,31 +533,54 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _progress(res: dict, out: Path) -> None:
+    """Write what is measured so far (a long run that is stopped keeps its numbers)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".partial.json").write_text(json.dumps(res, indent=2, default=float))
+    print(table(res), flush=True)
+
+
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, n = sys.argv[2], int(sys.argv[3])
-        print(json.dumps(child_analysis(n, compare=(kind == "compare")), default=float))
+        print(json.dumps(child_analysis(n, kind), default=float))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="where to write the JSON")
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--only", action="append", default=[], help="extraction, analysis, growth, steering, report")
+    p.add_argument("--only", action="append", default=[], help="extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report")
+    p.add_argument("--workers", default="0,2", help="num_workers values for the extraction idle measurement")
     args = p.parse_args(argv)
     sc = SCALES[args.scale]
-    want = set(args.only) or {"extraction", "analysis", "growth", "steering", "report"}
+    want = set(args.only) or {"extraction", "analysis", "growth", "loo", "steering", "report"}
     res: dict = {"scale": args.scale, "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     if "report" in want:
         res["report"] = bench_report()
     if "steering" in want:
         res["steering"] = bench_steering()
+        _progress(res, args.out)
     if "extraction" in want:
-        res["extraction"] = bench_extraction(sc["images"])
+        workers = tuple(int(w) for w in args.workers.split(","))
+        res["extraction"] = bench_extraction(sc["images"], size=sc["px"], model_name=sc["model"], workers=workers)
+        _progress(res, args.out)
     if "analysis" in want:
         res["analysis"] = _child(["compare", str(sc["analysis"])])
+        _progress(res, args.out)
     if "growth" in want:
         res["growth"] = []
         for n in sc["growth"]:
-            res["growth"].append(_child(["loo", str(n)]) | {"n": n})
+            res["growth"].append(_child(["fixed", str(n)]) | {"n": n})
+            _progress(res, args.out)
+    if "growth-chunked" in want:
+        res["growth_chunked"] = []
+        for n in sc["growth"]:
+            res["growth_chunked"].append(_child(["chunked", str(n)]) | {"n": n})
+            _progress(res, args.out)
+    if "loo" in want:
+        res["loo"] = []
+        for n in sc["loo"]:
+            res["loo"].append(_child(["loo", str(n)]) | {"n": n})
+            _progress(res, args.out)
     text = table(res)
     print(f"machine: {res['machine']}")
     print(text)

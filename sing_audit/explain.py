@@ -131,12 +131,12 @@ def explain_image(
         pos = None
     if pos is not None:
         source = "dataset"
-        f = mi.feats[pos : pos + 1]
+        f = np.asarray(mi.feats[pos : pos + 1], dtype=np.float64)  # stored rows are float32/float16
         fold = int(mi.primary.folds[pos])
         translators, folds = mi.primary.translators, np.array([fold])
         how = f"held-out fold {fold} of {len(translators)}"
         t_f = mi.primary.translated[pos : pos + 1]
-        emb = mi.emb[pos : pos + 1]
+        emb = np.asarray(mi.emb[pos : pos + 1], dtype=np.float64)
         true_label = int(mi.labels[pos]) if mi.labels_source == "labels" else None
     else:
         path = Path(image).expanduser()

@@ -130,8 +130,12 @@ def extract(
 ) -> Extracted:
     """Run ``forward`` (B×C×H×W tensor -> B×d tensor) over every record, streaming batches.
 
-    :param check_first: called once with the first batch tensor (e.g. to check that
-        features and head reproduce the model's logits).
+    :param check_first: called once with the first images of the first batch (e.g. to
+        check that features and head reproduce the model's logits); with ``features=`` their
+        rows of the batch's output too when it has ``accepts_features = True``.
+
+    The extra ``timing`` (also logged) splits the wall time into waiting for data (the
+    device idles), forward and store writes.
     :param sink: a :class:`~sing_audit.store.PartialEntry`: rows go straight into its
         memory-mapped files, committed every ``chunk_images`` images (whole batches), and
         extraction starts after its last committed row. Without a sink rows are kept in
@@ -166,8 +170,22 @@ def extract(
     ok = np.zeros(len(records), dtype=bool)
     checked = check_first is None
     done = start
+    # where the time goes: waiting for the next batch (decode, transform, collate; the
+    # device idles), in forward (up to the copy back), and the rest (store writes, commits)
+    timing = {"wait_seconds": 0.0, "forward_seconds": 0.0, "write_seconds": 0.0, "batches": 0, "images": 0}
+    batches = iter(tqdm(loader, desc=label, unit="batch", disable=None, leave=False))
+    started = time.perf_counter()
     with torch.inference_mode(), autocast_context(device, autocast):
-        for b, (idx, good, bad, x) in enumerate(tqdm(loader, desc=label, unit="batch", disable=None, leave=False)):
+        b = -1
+        while True:
+            t0 = time.perf_counter()
+            try:
+                idx, good, bad, x = next(batches)
+            except StopIteration:
+                timing["wait_seconds"] += time.perf_counter() - t0
+                break
+            t1 = time.perf_counter()
+            b += 1
             good = [start + i for i in good]
             bad = [start + i for i in bad]
             for i in bad:
@@ -175,11 +193,14 @@ def extract(
             out = None
             if x is not None:
                 x = x.to(device, non_blocking=True)
+                features = forward(x)
                 if not checked:
-                    check_first(x[:CHECK_IMAGES])  # a few images suffice: keeps the check's forwards small
+                    # a few images suffice, and their features are the batch's: one small forward
+                    _check(check_first, x[:CHECK_IMAGES], features[:CHECK_IMAGES])
                     checked = True
-                out = forward(x).float().cpu().numpy()
+                out = features.float().cpu().numpy()
                 out = out.reshape(out.shape[0], -1)
+            t2 = time.perf_counter()
             done += len(idx)
             if sink is not None:
                 sink.write(good, out, bad)
@@ -190,22 +211,44 @@ def extract(
                     values = np.zeros((len(records), out.shape[1]), dtype=np.float32)
                 values[good] = out
                 ok[good] = True
+            timing["wait_seconds"] += t1 - t0
+            timing["forward_seconds"] += t2 - t1
+            timing["write_seconds"] += time.perf_counter() - t2
+            timing["batches"] += 1
+            timing["images"] += len(idx)
             if throttle:
                 time.sleep(throttle)
+    timing["total_seconds"] = time.perf_counter() - started
+    if timing["batches"]:
+        timing["compute_idle_share"] = timing["wait_seconds"] / max(timing["total_seconds"], 1e-12)
+        log.info(
+            "%s: %d images in %.2fs: %.2fs waiting for data (compute idle %.1f%%), %.2fs forward, %.2fs writing",
+            label, timing["images"], timing["total_seconds"], timing["wait_seconds"],
+            100 * timing["compute_idle_share"], timing["forward_seconds"], timing["write_seconds"],
+            extra={"extraction_timing": dict(timing, label=label, device=device)},
+        )
     if sink is not None:
         values, ok = sink.values, sink.ok
         if values is None or not np.asarray(ok).any():
             raise DataError(f"{label}: no image of the dataset could be read ({len(records)} tried)")
     if values is None:
         raise DataError(f"{label}: no image of the dataset could be read ({len(records)} tried)")
-    return Extracted(values=values, ok=ok, extra={})
+    return Extracted(values=values, ok=ok, extra={"timing": timing})
+
+
+def _check(check_first: Callable, x, features) -> None:
+    """Call ``check_first`` with the batch's own features when it accepts them."""
+    if getattr(check_first, "accepts_features", False):
+        check_first(x, features=features)
+    else:
+        check_first(x)
 
 
 def check_head_reproduces_logits(features_fn: Callable, logits_fn: Callable, weight, bias, name: str) -> Callable:
     """A ``check_first`` that verifies ``features @ Wᵀ + b`` equals the model's logits."""
 
-    def check(x) -> None:
-        f = features_fn(x).double().cpu().numpy()
+    def check(x, features=None) -> None:
+        f = (features_fn(x) if features is None else features).double().cpu().numpy()
         f = f.reshape(f.shape[0], -1)
         logits = logits_fn(x).double().cpu().numpy()
         if f.shape[1] != weight.shape[1]:
@@ -224,4 +267,5 @@ def check_head_reproduces_logits(features_fn: Callable, logits_fn: Callable, wei
                 "(it may normalise its input, as cosine classifiers do), so it has no meaningful null space"
             )
 
+    check.accepts_features = True  # extract() passes the first images' features: no second forward
     return check

@@ -611,7 +611,9 @@ def cross_fit(runner: Runner, comp, features: np.ndarray, embeddings: np.ndarray
             except Exception:  # noqa: BLE001 - a corrupt or stale file is refitted
                 log.warning("translator state %s unreadable; refitting", path)
         if not loaded:
-            t.fit(np.asarray(features[train], dtype=np.float64), np.asarray(embeddings[train], dtype=np.float64), labels[train])
+            # the training rows in their stored dtype (translators convert to float64 as they read;
+            # the linear one a row chunk at a time): no float64 copy of the features
+            t.fit(np.asarray(features[train]), np.asarray(embeddings[train], dtype=np.float64), labels[train])
             state = t.state()
             if state:
                 meta = {"key": key, "fold": str(k), "plugin": comp.plugin, "info": json.dumps(t.info(), default=str)}
@@ -647,14 +649,18 @@ def fit_family(runner: Runner, comp, feats, emb, labels, key_parts, sub: HeadSub
 
     folds, translators = cross_fit(runner, comp, feats, emb, labels, key_parts)
     translated = np.empty((feats.shape[0], emb.shape[1]))
-    for k, t in enumerate(translators):
-        rows = folds == k
-        out = t.predict(feats[rows])
-        if out.ndim != 2 or out.shape[1] != emb.shape[1]:
-            raise DataError(
-                f"translator {comp.plugin} outputs {out.shape[-1]} dimensions but target {target_name} has {emb.shape[1]}"
-            )
-        translated[rows] = out
+    for chunk in row_chunks(feats.shape[0]):  # held-out T(f), a row chunk at a time
+        f = np.asarray(feats[chunk])
+        fold_rows = folds[chunk]
+        part = translated[chunk]
+        for k in np.unique(fold_rows):
+            sel = fold_rows == k
+            out = translators[k].predict(f[sel])
+            if out.ndim != 2 or out.shape[1] != emb.shape[1]:
+                raise DataError(
+                    f"translator {comp.plugin} outputs {out.shape[-1]} dimensions but target {target_name} has {emb.shape[1]}"
+                )
+            part[sel] = out
     normalized = bool(getattr(translators[0], "normalized_targets", False))
     fid = fidelity_figures(translated, unit_rows(emb) if normalized else emb)
     maps = [t.linear_map() for t in translators]
@@ -706,8 +712,8 @@ def _compare_family(runner: Runner, comp, feats, emb, labels, key_parts, sub, ta
 class ModelInputs:
     """One backbone under one target, aligned and checked, with its primary translator."""
 
-    feats: np.ndarray
-    emb: np.ndarray
+    feats: np.ndarray  # N×m stored rows (float32/float16, possibly memory-mapped): read in chunks
+    emb: np.ndarray  # N×n stored rows, as feats
     frows: np.ndarray
     ids: list[str] | None
     labels: np.ndarray
@@ -720,30 +726,72 @@ class ModelInputs:
     primary: "CrossFitted"
 
 
+def _aligned_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]`` without a copy when ``rows`` is a contiguous range (the usual case:
+    every image is valid); otherwise a copy in the stored dtype (never float64)."""
+    rows = np.asarray(rows)
+    if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
+        return values[int(rows[0]) : int(rows[-1]) + 1]
+    return np.asarray(values[rows])
+
+
+def _predicted_classes(feats: np.ndarray, head: LinearHead) -> np.ndarray:
+    """``argmax(f Wᵀ + b)`` per row, in float64, one row chunk at a time (N)."""
+    weight_t = np.asarray(head.weight, dtype=np.float64).T
+    bias = np.asarray(head.bias, dtype=np.float64)
+    out = np.empty(feats.shape[0], dtype=np.int64)
+    for rows in row_chunks(feats.shape[0]):
+        out[rows] = np.argmax(np.asarray(feats[rows], dtype=np.float64) @ weight_t + bias, axis=1)
+    return out
+
+
+def _head_subspaces(runner: Runner, head: LinearHead, label: str) -> HeadSubspaces:
+    """``split_head`` under the configured rule, cached in the store by the weight's bytes
+    (a c×m SVD in float64 costs seconds; a rerun with nothing changed reads it back)."""
+    import hashlib
+
+    ns = runner.cfg.nullspace
+    weight = np.ascontiguousarray(head.weight)
+    params = {"rule": ns.rule, "rtol": ns.rtol, "weight_eps": head.weight_eps, "keep": ns.keep, "rank": ns.rank, "null_fraction": ns.null_fraction}
+    key = content_key("subspaces", hashlib.sha256(weight.tobytes()).hexdigest(), weight.dtype.str, weight.shape, params)
+    hit = runner.store.load("subspaces", key, mmap=False)
+    if hit is not None:
+        arrays, meta = hit
+        return HeadSubspaces(
+            principal=arrays["principal"], null=arrays["null"], singular_values=arrays["singular_values"],
+            rule=meta["rule"], rank=int(meta["rank"]), tolerance=meta["tolerance"],
+        )
+    try:
+        sub = split_head(
+            head.weight, ns.rule, rtol=ns.rtol, weight_eps=head.weight_eps, keep=ns.keep, rank=ns.rank,
+            null_fraction=ns.null_fraction,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"nullspace: {label}: {exc}") from exc
+    runner.store.save(
+        "subspaces", key, {"principal": sub.principal, "null": sub.null, "singular_values": sub.singular_values},
+        {"rule": sub.rule, "rank": sub.rank, "tolerance": sub.tolerance},
+    )
+    return sub
+
+
 def prepare_model(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> ModelInputs:
     """Align, check, split the head, embed the class prompts and cross-fit the translator."""
-    cfg = runner.cfg
     frows, erows, ids = _align(fsrc, esrc)
     if frows.size == 0:
         raise DataError(f"backbone {fsrc.name} and target {esrc.name} share no image")
-    feats = np.asarray(fsrc.features[frows], dtype=np.float64)
-    emb = np.asarray(esrc.embeddings[erows], dtype=np.float64)
+    # the stored rows as they are (memory-mapped float32/float16): every consumer reads
+    # them in row chunks converted to float64, so no float64 copy of all features exists
+    feats = _aligned_rows(fsrc.features, frows)
+    emb = _aligned_rows(esrc.embeddings, erows)
     head = fsrc.head
     label = f"backbone {fsrc.name}"
     _check_finite(feats, f"{label}: features", ids)
     _check_finite(emb, f"target {esrc.name}: image embeddings", ids)
     if feats.shape[1] != head.num_features:
         raise DataError(f"{label}: features have {feats.shape[1]} dimensions but the head expects {head.num_features}")
-    ns = cfg.nullspace
-    try:
-        sub: HeadSubspaces = split_head(
-            head.weight, ns.rule, rtol=ns.rtol, weight_eps=head.weight_eps, keep=ns.keep, rank=ns.rank,
-            null_fraction=ns.null_fraction,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"nullspace: {label}: {exc}") from exc
-    logits = feats @ head.weight.T + head.bias
-    predicted = np.argmax(logits, axis=1)
+    sub = _head_subspaces(runner, head, label)
+    predicted = _predicted_classes(feats, head)
     if fsrc.labels is not None:
         labels = np.asarray(fsrc.labels)[frows]
         if labels.min() < 0 or labels.max() >= head.num_classes:
@@ -857,7 +905,8 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         null_dim=sub.null_dim,
         num_features=sub.num_features,
         num_classes=head.num_classes,
-        null_energy=float(np.mean(null_energy(feats, sub))),
+        # row chunks: null_energy works in float64, which must not copy every feature at once
+        null_energy=float(np.mean(np.concatenate([null_energy(feats[r], sub) for r in row_chunks(feats.shape[0])]))),
         n_images=int(feats.shape[0]),
         labels_source=labels_source,
         is_mean=is_mean,

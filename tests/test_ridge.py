@@ -244,3 +244,123 @@ def test_tied_loo_errors_pick_the_first_alpha_like_ridgecv():
     assert sol.alpha == 0.1 == RidgeCV(alphas=grid).fit(x, z).alpha_
     np.testing.assert_allclose(sol.coef, 0.0, atol=1e-12)
     np.testing.assert_allclose(sol.intercept, z.mean(axis=0))
+
+
+# --------------------------------------------------------------------------- the N×N (dual) leave-one-out path
+
+
+@SETTINGS
+@given(
+    seed=seeds,
+    shape=st.sampled_from([(4, 9), (10, 30), (17, 18), (25, 60), (3, 5)]),  # N < m: the dual path
+    k=st.integers(1, 4),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+)
+def test_dual_loo_equals_primal_loo(seed, shape, k, scale):
+    """For N < m, the N×N path gives the m×m path's LOO errors, α and map (to 1e-8)."""
+    from sing_audit import ridge
+
+    n, m = shape
+    x, z = _problem(seed, n, m, k)
+    x = x * scale
+    dual = fit_ridge(x, z)
+    original = ridge._use_dual
+    ridge._use_dual = lambda n_samples, n_features: False
+    try:
+        primal = fit_ridge(x, z)
+    finally:
+        ridge._use_dual = original
+    # the default grid scales with the Gram's trace, summed from either spectrum (equal to rounding)
+    grid_d, grid_p = sorted(dual.loo_mse), sorted(primal.loo_mse)
+    np.testing.assert_allclose(grid_d, grid_p, rtol=1e-10)
+    np.testing.assert_allclose([dual.loo_mse[a] for a in grid_d], [primal.loo_mse[a] for a in grid_p], rtol=1e-8, atol=1e-12)
+    if grid_d.index(dual.alpha) != grid_p.index(primal.alpha):  # legitimate only on a near-tie
+        assert dual.loo_mse[dual.alpha] == pytest.approx(primal.loo_mse[primal.alpha], rel=1e-8)
+        return
+    cscale = max(1.0, np.abs(primal.coef).max())
+    np.testing.assert_allclose(dual.coef, primal.coef, rtol=0, atol=1e-8 * cscale)
+    np.testing.assert_allclose(dual.intercept, primal.intercept, rtol=0, atol=1e-8 * max(1.0, np.abs(primal.intercept).max()))
+
+
+@SETTINGS
+@given(seed=seeds, shape=st.sampled_from([(6, 11), (12, 40), (30, 31)]))
+def test_dual_loo_matches_sklearn_ridgecv(seed, shape):
+    n, m = shape
+    x, z = _problem(seed, n, m, 3, noise=1.0)
+    grid = np.logspace(-3, 3, 7)
+    sol = fit_ridge(x, z, alphas=grid)
+    ref = RidgeCV(alphas=grid, store_cv_results=True).fit(x, z)
+    ref_loo = ref.cv_results_.mean(axis=(0, 1))
+    np.testing.assert_allclose([sol.loo_mse[float(a)] for a in grid], ref_loo, rtol=1e-8)
+    if sol.alpha == ref.alpha_:
+        np.testing.assert_allclose(sol.coef, ref.coef_, rtol=0, atol=1e-8 * max(1.0, np.abs(ref.coef_).max()))
+
+
+def test_ridge_reads_float32_memory_maps_in_chunks(tmp_path, monkeypatch):
+    """Features may be a memory-mapped float32 array; chunked reads give the in-memory fit."""
+    from sing_audit import ridge
+
+    x, z = _problem(7, 300, 20, 3)
+    path = tmp_path / "f.npy"
+    np.save(path, x.astype(np.float32))
+    mapped = np.load(path, mmap_mode="r")
+    monkeypatch.setattr(ridge, "FIT_CHUNK_ROWS", 64)
+    for kw in ({"alpha": 2.0}, {}):
+        a = fit_ridge(mapped, z, **kw)
+        b = fit_ridge(x.astype(np.float32).astype(np.float64), z, **kw)
+        np.testing.assert_allclose(a.coef, b.coef, rtol=0, atol=1e-10 * max(1.0, np.abs(b.coef).max()))
+        assert a.alpha == b.alpha
+
+
+@SETTINGS
+@given(
+    seed=seeds,
+    n=st.integers(6, 200),
+    n_classes=st.integers(1, 12),
+    k=st.integers(2, 6),
+    data=st.data(),
+)
+def test_folds_equal_sklearn_splitters(seed, n, n_classes, k, data):
+    """cross_fit_folds is StratifiedKFold / KFold(shuffle=True, random_state=seed), without importing them."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if n < k:
+        return
+    labels = np.asarray(data.draw(st.lists(st.integers(0, n_classes - 1), min_size=n, max_size=n)))
+    labels = np.where(np.arange(n) < n_classes, np.arange(n) % n_classes, labels)  # class 0 … present
+    ref_unlabelled = np.empty(n, dtype=np.int64)
+    for i, (_, test) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros((n, 1)))):
+        ref_unlabelled[test] = i
+    np.testing.assert_array_equal(cross_fit_folds(None, n, k, seed), ref_unlabelled)
+    if np.bincount(labels).max() < k:
+        return  # the round-robin branch (StratifiedKFold refuses such data)
+    ref = np.empty(n, dtype=np.int64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros((n, 1)), labels))
+    for i, (_, test) in enumerate(splits):
+        ref[test] = i
+    np.testing.assert_array_equal(cross_fit_folds(labels, n, k, seed), ref)
+    # labels of another type (strings), same grouping: same folds
+    np.testing.assert_array_equal(cross_fit_folds(np.array([f"c{v:02d}" for v in labels]), n, k, seed), ref)
+
+
+@SETTINGS
+@given(seed=seeds, shape=st.sampled_from([(4, 9), (10, 30), (17, 18), (25, 60)]), alpha=st.sampled_from([1e-3, 1.0, 300.0]))
+def test_dual_fixed_alpha_equals_primal(seed, shape, alpha):
+    from sing_audit import ridge
+
+    n, m = shape
+    x, z = _problem(seed, n, m, 3)
+    dual = fit_ridge(x, z, alpha=alpha)
+    original = ridge._use_dual
+    ridge._use_dual = lambda n_samples, n_features: False
+    try:
+        primal = fit_ridge(x, z, alpha=alpha)
+    finally:
+        ridge._use_dual = original
+    scale = max(1.0, np.abs(primal.coef).max())
+    np.testing.assert_allclose(dual.coef, primal.coef, rtol=0, atol=1e-8 * scale)
+    np.testing.assert_allclose(dual.intercept, primal.intercept, rtol=0, atol=1e-8 * max(1.0, np.abs(primal.intercept).max()))
