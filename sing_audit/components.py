@@ -343,6 +343,13 @@ class Translator(abc.ABC):
     def predict(self, features: np.ndarray) -> np.ndarray:
         """N×m -> N×n (float64)."""
 
+    def fit_folds(self, features: np.ndarray, targets: np.ndarray, folds: np.ndarray,
+                  groups: np.ndarray | None = None) -> list[Translator] | None:
+        """Optional: one fitted translator per fold k (trained on the rows with ``folds != k``),
+        all at once, when the family can share work between folds. ``None``: the runner
+        fits fold by fold with :meth:`fit`."""
+        return None
+
     def linear_map(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(A, c)`` with ``T(f) = A f + c`` (A is n×m), or ``None`` when not affine."""
         return None

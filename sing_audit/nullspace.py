@@ -18,6 +18,7 @@ __all__ = [
     "remove_null",
     "null_energy",
     "logit_drift",
+    "drift_from",
 ]
 
 RankRule = Literal["rank", "energy", "fixed", "fraction"]
@@ -168,8 +169,12 @@ def logit_drift(weight: np.ndarray, bias: np.ndarray, features: np.ndarray, chan
     b = np.asarray(bias, dtype=np.float64)
     f = np.asarray(features, dtype=np.float64)
     g = np.asarray(changed, dtype=np.float64)
-    before = f @ w.T + b
-    delta = (f - g) @ w.T
+    return drift_from(f @ w.T + b, (f - g) @ w.T)
+
+
+def drift_from(before: np.ndarray, delta: np.ndarray) -> LogitDrift:
+    """:class:`LogitDrift` from the logits ``before`` (N×c, with bias) and the change
+    ``delta = W f − W f̃`` (N×c), however they were computed."""
     scale = np.linalg.norm(before, axis=-1)
     rel = np.divide(np.linalg.norm(delta, axis=-1), scale, out=np.zeros_like(scale), where=scale > 0)
     return LogitDrift(relative=rel, agreement=np.argmax(before, -1) == np.argmax(before - delta, -1))

@@ -20,7 +20,7 @@ import numpy as np
 #: rows of features read (as float64) at a time while fitting
 FIT_CHUNK_ROWS = 8192
 
-__all__ = ["RidgeSolution", "fit_ridge", "default_alpha_grid", "cross_fit_folds"]
+__all__ = ["RidgeSolution", "fit_ridge", "fit_ridge_folds", "default_alpha_grid", "cross_fit_folds"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,61 @@ def fit_ridge(
     coef = coef.T
     intercept = z_mean - coef @ x_mean
     return RidgeSolution(coef=np.ascontiguousarray(coef), intercept=intercept, alpha=float(alpha), loo_mse=loo)
+
+
+def fit_ridge_folds(features: np.ndarray, targets: np.ndarray, folds: np.ndarray, alpha: float) -> list[RidgeSolution]:
+    """Cross-fitting with a fixed α > 0: the solution of :func:`fit_ridge` on the rows
+    with ``folds != k``, for every fold k, from one pass over the rows.
+
+    Each fold's sums (Σx, Σz, Σxxᵀ, Σxzᵀ over rows shifted by the overall mean, so
+    centring later cancels little) are taken once; the training set of fold k is the
+    total minus fold k. That is N·m² Gram work for all K folds instead of (K−1)·N·m²,
+    and K·m² memory. The caller ensures every training set has N_k ≥ m rows (the primal
+    case; see :func:`fit_ridge` for N < m).
+    """
+    import scipy.linalg
+
+    if not alpha > 0:
+        raise ValueError(f"fit_ridge_folds needs a fixed alpha > 0, got {alpha}")
+    x = features if isinstance(features, np.ndarray) else np.asarray(features)
+    z = np.asarray(targets, dtype=np.float64)
+    folds = np.asarray(folds, dtype=np.int64)
+    n_samples, m = x.shape
+    k_folds = int(folds.max()) + 1
+    chunks = _row_slices(n_samples)
+
+    def rows(sl):
+        return np.asarray(x[sl], dtype=np.float64)
+
+    shift = np.sum([rows(sl).sum(axis=0) for sl in chunks], axis=0) / n_samples
+    zshift = z.mean(axis=0)
+    count = np.bincount(folds, minlength=k_folds)
+    sx = np.zeros((k_folds, m))
+    sz = np.zeros((k_folds, z.shape[1]))
+    xx = np.zeros((k_folds, m, m))
+    xz = np.zeros((k_folds, m, z.shape[1]))
+    for sl in chunks:
+        xs, zs, fk = rows(sl) - shift, z[sl] - zshift, folds[sl]
+        for k in np.unique(fk):
+            sel = fk == k
+            a, b = xs[sel], zs[sel]
+            sx[k] += a.sum(axis=0)
+            sz[k] += b.sum(axis=0)
+            xx[k] += a.T @ a
+            xz[k] += a.T @ b
+    out = []
+    tot_sx, tot_sz, tot_xx, tot_xz = sx.sum(axis=0), sz.sum(axis=0), xx.sum(axis=0), xz.sum(axis=0)
+    for k in range(k_folds):
+        n_k = n_samples - count[k]
+        mean_x = (tot_sx - sx[k]) / n_k
+        mean_z = (tot_sz - sz[k]) / n_k
+        gram = tot_xx - xx[k] - n_k * np.outer(mean_x, mean_x)
+        cross = tot_xz - xz[k] - n_k * np.outer(mean_x, mean_z)
+        gram[np.diag_indices(m)] += alpha
+        coef = scipy.linalg.solve(gram, cross, assume_a="pos", overwrite_a=True).T
+        intercept = (mean_z + zshift) - coef @ (mean_x + shift)
+        out.append(RidgeSolution(coef=np.ascontiguousarray(coef), intercept=intercept, alpha=float(alpha)))
+    return out
 
 
 def _use_dual(n_samples: int, n_features: int) -> bool:

@@ -599,9 +599,14 @@ def cross_fit(runner: Runner, comp, features: np.ndarray, embeddings: np.ndarray
     key = content_key("translator", key_parts, comp.plugin, comp.options.model_dump(mode="json") if comp.options else None, cfg.run.folds, cfg.run.seed)
     translators = []
     root = runner.out / "cache"
+    factory = runner.plan.registry.get("translator", comp.plugin).factory
+    together = None
+    if not all(_translator_state_path(root, key, k).is_file() for k in range(cfg.run.folds)):
+        # every fold at once where the family shares work between folds (e.g. ridge sums)
+        together = factory(comp.options).fit_folds(features, np.asarray(embeddings, dtype=np.float64), folds, labels)
     for k in range(cfg.run.folds):
         train = folds != k
-        t = runner.plan.registry.get("translator", comp.plugin).factory(comp.options)
+        t = together[k] if together is not None else factory(comp.options)
         path = _translator_state_path(root, key, k)
         loaded = False
         if path.is_file():
@@ -611,9 +616,10 @@ def cross_fit(runner: Runner, comp, features: np.ndarray, embeddings: np.ndarray
             except Exception:  # noqa: BLE001 - a corrupt or stale file is refitted
                 log.warning("translator state %s unreadable; refitting", path)
         if not loaded:
-            # the training rows in their stored dtype (translators convert to float64 as they read;
-            # the linear one a row chunk at a time): no float64 copy of the features
-            t.fit(np.asarray(features[train]), np.asarray(embeddings[train], dtype=np.float64), labels[train])
+            if together is None:
+                # the training rows in their stored dtype (translators convert to float64 as they read;
+                # the linear one a row chunk at a time): no float64 copy of the features
+                t.fit(np.asarray(features[train]), np.asarray(embeddings[train], dtype=np.float64), labels[train])
             state = t.state()
             if state:
                 meta = {"key": key, "fold": str(k), "plugin": comp.plugin, "info": json.dumps(t.info(), default=str)}

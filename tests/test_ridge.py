@@ -364,3 +364,52 @@ def test_dual_fixed_alpha_equals_primal(seed, shape, alpha):
     scale = max(1.0, np.abs(primal.coef).max())
     np.testing.assert_allclose(dual.coef, primal.coef, rtol=0, atol=1e-8 * scale)
     np.testing.assert_allclose(dual.intercept, primal.intercept, rtol=0, atol=1e-8 * max(1.0, np.abs(primal.intercept).max()))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    shape=st.sampled_from([(60, 5, 3), (200, 20, 7), (90, 12, 1)]),
+    k=st.integers(2, 5),
+    alpha=st.floats(1e-3, 1e3),
+    offset=st.sampled_from([0.0, 50.0, 1e4]),
+)
+def test_fold_sums_equal_one_fit_per_fold(seed, shape, k, alpha, offset):
+    """Every fold from per-fold sums = fit_ridge on that fold's training rows, also for
+    features far from the origin (where uncentred sums could cancel)."""
+    from sing_audit.ridge import fit_ridge_folds
+
+    rng = np.random.default_rng(seed)
+    n, m, q = shape
+    x = rng.normal(size=(n, m)) + offset * rng.normal(size=m)
+    z = x @ rng.normal(size=(m, q)) + rng.normal(size=(n, q))
+    folds = cross_fit_folds(None, n, k, seed)
+    together = fit_ridge_folds(x.astype(np.float32), z, folds, alpha)
+    assert len(together) == k
+    for fold, sol in enumerate(together):
+        one = fit_ridge(x.astype(np.float32)[folds != fold], z[folds != fold], alpha=alpha)
+        scale = 1.0 + np.abs(one.coef).max()
+        np.testing.assert_allclose(sol.coef, one.coef, rtol=0, atol=1e-8 * scale)
+        np.testing.assert_allclose(sol.predict(x), one.predict(x), rtol=1e-8, atol=1e-8 * (1 + np.abs(z).max()))
+
+
+def test_fold_sums_refuse_cross_validated_alpha():
+    from sing_audit.ridge import fit_ridge_folds
+
+    with pytest.raises(ValueError, match="alpha > 0"):
+        fit_ridge_folds(np.ones((4, 2)), np.ones((4, 1)), np.array([0, 0, 1, 1]), 0.0)
+
+
+def test_linear_translator_fits_folds_together_only_where_it_pays():
+    from sing_audit.plugins.linear_translator import LinearTranslator
+
+    rng = np.random.default_rng(0)
+    x, z = rng.normal(size=(100, 8)), rng.normal(size=(100, 3))
+    folds = cross_fit_folds(None, 100, 4, 0)
+    fixed = LinearTranslator(LinearTranslator.Options(alpha=0.5))
+    fitted = fixed.fit_folds(x, z, folds)
+    assert len(fitted) == 4
+    alone = LinearTranslator(LinearTranslator.Options(alpha=0.5)).fit(x[folds != 2], z[folds != 2])
+    np.testing.assert_allclose(fitted[2].predict(x), alone.predict(x), rtol=1e-9, atol=1e-12)
+    assert LinearTranslator(LinearTranslator.Options()).fit_folds(x, z, folds) is None  # α by LOO
+    assert fixed.fit_folds(x[:, :8].repeat(20, axis=1), z, folds) is None  # fewer rows than features

@@ -207,3 +207,22 @@ def test_attribute_contrast_common_drift_cancels():
 def test_attribute_contrast_single_prompt_is_nan():
     got = attribute_contrast(np.array([[1.0], [2.0]]), np.array([0, 0]))
     assert got.shape == (2,) and np.isnan(got).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(2, 40),
+    n=st.integers(1, 30),
+    seed=st.integers(0, 2**16),
+    ties=st.booleans(),
+)
+def test_attribute_contrast_equals_nanmedian_of_the_other_prompts(k, n, seed, ties):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, k))
+    if ties:
+        a = np.round(a, 1)  # repeated values: the median's middle pair may tie
+    idx = rng.integers(0, k, n)
+    others = a.copy()
+    others[np.arange(n), idx] = np.nan
+    expected = a[np.arange(n), idx] - np.nanmedian(others, axis=1)
+    np.testing.assert_array_equal(attribute_contrast(a, idx), expected)

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from sing_audit.components import PluginOptions, Translator
 from sing_audit.hookspecs import hookimpl
-from sing_audit.ridge import fit_ridge
+from sing_audit.ridge import fit_ridge, fit_ridge_folds
 from sing_audit.scores import unit_rows
 
 
@@ -43,6 +43,24 @@ class LinearTranslator(Translator):
         self.intercept_ = sol.intercept
         self.alpha_ = sol.alpha
         return self
+
+    def fit_folds(self, features, targets, folds, groups=None) -> list[LinearTranslator] | None:
+        """With a fixed α every fold comes from one pass of per-fold sums
+        (:func:`~sing_audit.ridge.fit_ridge_folds`); α by leave-one-out, or a training set
+        with fewer rows than features, fits fold by fold."""
+        folds = np.asarray(folds)
+        if self.options.alpha == "cv" or not float(self.options.alpha) > 0 or folds.size == 0:
+            return None
+        smallest = folds.size - int(np.bincount(folds).max())
+        if smallest < np.shape(features)[1]:
+            return None
+        z = unit_rows(targets) if self.options.normalize_targets else np.asarray(targets, dtype=np.float64)
+        out = []
+        for sol in fit_ridge_folds(features, z, folds, float(self.options.alpha)):
+            t = type(self)(self.options)
+            t.coef_, t.intercept_, t.alpha_ = sol.coef, sol.intercept, sol.alpha
+            out.append(t)
+        return out
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
