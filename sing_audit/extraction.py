@@ -36,6 +36,20 @@ def resolve_device(name: str) -> str:
         from .errors import ConfigError
 
         raise ConfigError(f"run.device is {name!r} but no CUDA device is available; use device: auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        from .errors import ConfigError
+
+        raise ConfigError("run.device is 'mps' but no Apple GPU (MPS) is available; use device: auto or cpu")
+    if name.startswith("cuda:"):
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            from .errors import ConfigError
+
+            raise ConfigError(f"run.device is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif name not in ("cpu", "cuda", "mps"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"run.device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
     return name
 
 

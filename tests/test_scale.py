@@ -154,3 +154,25 @@ def test_store_dtype_float16_and_autocast_on_cpu(tmp_path, caplog):
     values = next((tmp_path / "out" / "cache" / "features").glob("*/values.npy"))
     assert np.load(values, mmap_mode="r").dtype == np.float16
     assert "ignored on cpu" in (tmp_path / "out" / "logs" / "run.log").read_text()
+
+
+def test_device_names_are_checked_against_the_machine(monkeypatch):
+    import torch
+
+    from sing_audit.errors import ConfigError
+    from sing_audit.extraction import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    for name, message in (("cuda", "no CUDA device"), ("cuda:1", "no CUDA device"), ("mps", "no Apple GPU"), ("tpu", "must be auto")):
+        with pytest.raises(ConfigError, match=message):
+            resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ConfigError, match="2 CUDA device"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == "mps" and resolve_device("mps") == "mps"
