@@ -37,6 +37,7 @@ the head's real input (VGG's 4096-d pre-logits MLP output, not its 512-d
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,6 +201,7 @@ def affine_of(module) -> Affine:
     from torch import nn
 
     name = type(module).__name__
+    _register_timm_folders()
     for mtype, folder in _FOLDERS:
         if isinstance(module, mtype):
             return folder(module)
@@ -274,16 +276,24 @@ def _levit_norm_linear(module) -> Affine:
     return _compose(parts, "NormLinear(BatchNorm1d+Linear)")
 
 
+_TIMM_FOLDERS = False
+
+
 def _register_timm_folders() -> None:
+    """Teach :func:`affine_of` timm's own head modules — once timm is imported: a module
+    of timm cannot exist before that, and importing timm costs seconds that commands
+    without a timm model (``plugins``, ``report``, precomputed audits) should not pay.
+    Appended, so a user's registration for the same type still wins."""
+    global _TIMM_FOLDERS
+    if _TIMM_FOLDERS or "timm" not in sys.modules:
+        return
+    _TIMM_FOLDERS = True
     try:
         from timm.models.levit import NormLinear as LevitNormLinear
     except ImportError:  # pragma: no cover - timm is a dependency
         return
     # timm 1.0.x: ``forward(x) = self.linear(self.drop(self.bn(x)))``
-    register_head_folder(LevitNormLinear, _levit_norm_linear)
-
-
-_register_timm_folders()
+    _FOLDERS.append((LevitNormLinear, _levit_norm_linear))
 
 
 # --------------------------------------------------------------------------- whole heads
