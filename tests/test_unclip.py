@@ -340,3 +340,15 @@ def test_run_renders_pairs_into_the_run_folder_and_the_report(tmp_path, karlo_di
     assert main(["run", str(cfg)]) in (0, 1)
     again = json.loads((out / "results.json").read_text())["models"][0]["probes"]["renderings"]
     assert again["images"] == renderings["images"]
+
+
+def test_karlo_transform_survives_pickling_for_spawned_workers(target):
+    """DataLoader workers started by spawn (macOS, Windows) receive the transform pickled."""
+    import pickle
+
+    import torch
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    again = pickle.loads(pickle.dumps(target.transform()))
+    assert torch.equal(again(image), target.transform()(image))

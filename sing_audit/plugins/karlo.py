@@ -255,6 +255,17 @@ def load_part(source: KarloSource, part: str, cls, *, config_cls=None):
         return cls(config) if config_cls is not None else cls.from_config(config)
 
 
+class ProcessorTransform:
+    """PIL image -> C×H×W tensor through a ``CLIPImageProcessor``; a class rather than a
+    closure so DataLoader workers started by *spawn* (macOS, Windows) can pickle it."""
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+
+    def __call__(self, image):
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
 class KarloTarget(ImageTarget):
     """Karlo's CLIP image and text towers: raw ``image_embeds`` and ``text_embeds``."""
 
@@ -321,12 +332,7 @@ class KarloTarget(ImageTarget):
 
     def transform(self) -> Callable[[Any], Any]:
         self._require_model()
-        processor = self.processor
-
-        def transform(image):
-            return processor(images=image, return_tensors="pt")["pixel_values"][0]
-
-        return transform
+        return ProcessorTransform(self.processor)
 
     def encode_images(self, images):
         import torch
