@@ -38,6 +38,7 @@ from pydantic import Field
 from sing_audit.components import ImageTarget, TextTargetOptions
 from sing_audit.errors import WeightsError
 from sing_audit.hookspecs import hookimpl
+from sing_audit.plugins.hf_transformers import ProcessorTransform
 from sing_audit.weights import (
     file_digest,
     hub_cached_file,
@@ -255,17 +256,6 @@ def load_part(source: KarloSource, part: str, cls, *, config_cls=None):
         return cls(config) if config_cls is not None else cls.from_config(config)
 
 
-class ProcessorTransform:
-    """PIL image -> C×H×W tensor through a ``CLIPImageProcessor``; a class rather than a
-    closure so DataLoader workers started by *spawn* (macOS, Windows) can pickle it."""
-
-    def __init__(self, processor) -> None:
-        self.processor = processor
-
-    def __call__(self, image):
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
-
-
 class KarloTarget(ImageTarget):
     """Karlo's CLIP image and text towers: raw ``image_embeds`` and ``text_embeds``."""
 
@@ -332,6 +322,7 @@ class KarloTarget(ImageTarget):
 
     def transform(self) -> Callable[[Any], Any]:
         self._require_model()
+        # a class, not a closure: DataLoader workers started by spawn (macOS, Windows) pickle it
         return ProcessorTransform(self.processor)
 
     def encode_images(self, images):
