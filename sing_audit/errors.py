@@ -28,6 +28,7 @@ __all__ = [
     "HeadError",
     "OutputFolderError",
     "PluginError",
+    "exception_summary",
 ]
 
 
@@ -61,3 +62,10 @@ class OutputFolderError(BadInputError):
 
 class PluginError(SingAuditError):
     """A plugin failed to import or registered a name that is already taken."""
+
+
+def exception_summary(exc: BaseException) -> str:
+    """``"ClassName: first line of the message"`` (at most 300 characters of it), for
+    error messages that wrap a library's exception."""
+    text = str(exc).strip()
+    return f"{exc.__class__.__name__}: {text.splitlines()[0][:300]}" if text else exc.__class__.__name__

@@ -59,8 +59,8 @@ from .results import (
     SanityFigures,
     TranslatorComparison,
 )
-from .stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from .shard import Shard, merge_shards, shard_kind
+from .stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from .store import ArrayStore, atomic_write_text, content_key
 
 __all__ = ["run_audit", "Plan", "build_plan", "audit_identity"]

@@ -53,7 +53,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
-from sing_audit.errors import ConfigError, HeadError, WeightsError
+from sing_audit.errors import ConfigError, HeadError, WeightsError, exception_summary
 from sing_audit.hookspecs import hookimpl
 from sing_audit.weights import (
     ResolvedWeights,
@@ -560,10 +560,9 @@ class DinoViTBackbone(ImageBackbone):
             try:
                 model = timm.create_model(name, pretrained=True, **kwargs)
             except Exception as exc:
-                detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
                 raise WeightsError(
                     f"the pretrained weights of timm model {name!r} could not be fetched or loaded "
-                    f"({exc.__class__.__name__}: {detail}); without network access, download them elsewhere and "
+                    f"({exception_summary(exc)}); without network access, download them elsewhere and "
                     "set weights: <local file>, or set weights: random for a smoke test (never a silent fallback)"
                 ) from exc
         elif w.kind == "file":

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import Field
 
 from sing_audit.components import ModelOptions
-from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError
+from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError, exception_summary
 from sing_audit.hookspecs import hookimpl
 from sing_audit.store import jsonable
 from sing_audit.plugins.torch_module import (
@@ -54,11 +54,6 @@ class ProcessorTransform:
 
     def __call__(self, image):
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else exc.__class__.__name__
 
 
 class TransformersBackbone(HookedHeadBackbone):
@@ -169,10 +164,10 @@ class TransformersBackbone(HookedHeadBackbone):
     def _hub_error(self, what: str, exc: Exception) -> Exception:
         folder = self.folder()
         if folder is not None:
-            return WeightsError(f"the {what} of the model folder {folder} could not be read ({_short(exc)})")
+            return WeightsError(f"the {what} of the model folder {folder} could not be read ({exception_summary(exc)})")
         return WeightsError(
             f"the {what} of hub model {self.options.model!r} could not be fetched or loaded ({exc.__class__.__name__}: "
-            f"{_short(exc)}); without network access, save the model elsewhere with save_pretrained (model and image "
+            f"{exception_summary(exc)}); without network access, save the model elsewhere with save_pretrained (model and image "
             "processor) and set model: <that folder>; weights: random is only for smoke tests"
         )
 
@@ -204,7 +199,7 @@ class TransformersBackbone(HookedHeadBackbone):
                     torch.manual_seed(self.options.seed)
                     model = AutoModelForImageClassification.from_config(config)
             except ValueError as exc:
-                raise ConfigError(f"{self.options.model!r} is not an image classifier transformers knows: {_short(exc)}") from exc
+                raise ConfigError(f"{self.options.model!r} is not an image classifier transformers knows: {exception_summary(exc)}") from exc
             if w.kind == "file":
                 load_into(model, load_state_dict(w.path), what=f"transformers model {self.options.model!r} from {w.path}")
         if device == "cpu" and model.dtype in (torch.float16, torch.bfloat16):

@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from sing_audit.components import ImageTarget, TextTargetOptions
-from sing_audit.errors import WeightsError
+from sing_audit.errors import WeightsError, exception_summary
 from sing_audit.hookspecs import hookimpl
 from sing_audit.plugins.hf_transformers import ProcessorTransform
 from sing_audit.weights import (
@@ -149,10 +149,9 @@ class KarloSource:
                 )
 
     def hub_error(self, part: str, exc: Exception) -> WeightsError:
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         where = self.location if self.kind == "folder" else f"hub repository {self.location!r}"
         return WeightsError(
-            f"the Karlo component {part!r} could not be loaded from {where} ({exc.__class__.__name__}: {detail}); "
+            f"the Karlo component {part!r} could not be loaded from {where} ({exception_summary(exc)}); "
             + local_folder_hint(self.location if self.kind == "hub" else KARLO_REPO)
         )
 

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from sing_audit.components import ImageTarget, TextTargetOptions
-from sing_audit.errors import ConfigError, WeightsError
+from sing_audit.errors import ConfigError, WeightsError, exception_summary
 from sing_audit.hookspecs import hookimpl
 from sing_audit.store import jsonable
 from sing_audit.weights import (
@@ -93,10 +93,9 @@ class OpenClipTarget(ImageTarget):
         return [] if self._has_schema() else list(open_clip.list_pretrained_tags_by_model(self.options.model))
 
     def _hub_error(self, what: str, exc: Exception) -> WeightsError:
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         return WeightsError(
             f"the pretrained weights of open_clip model {what} could not be fetched or loaded "
-            f"({exc.__class__.__name__}: {detail}); without network access, download them elsewhere and set "
+            f"({exception_summary(exc)}); without network access, download them elsewhere and set "
             "weights: <local file>, or set weights: random for a smoke test (never a silent fallback)"
         )
 
@@ -203,10 +202,9 @@ class OpenClipTarget(ImageTarget):
         try:
             return open_clip.get_tokenizer(self.options.model)
         except Exception as exc:
-            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise WeightsError(
                 f"the tokenizer of open_clip model {self.options.model!r} could not be loaded "
-                f"({exc.__class__.__name__}: {detail}); it is fetched from the hub on first use: run once with "
+                f"({exception_summary(exc)}); it is fetched from the hub on first use: run once with "
                 "network access to cache it (or set HF_HOME to a folder that has it), or use a model with the "
                 "built-in CLIP tokenizer"
             ) from exc

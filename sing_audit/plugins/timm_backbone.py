@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import Field
 
 from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
-from sing_audit.errors import ConfigError, HeadError, WeightsError
+from sing_audit.errors import ConfigError, HeadError, WeightsError, exception_summary
 from sing_audit.heads import (
     FoldedHead,
     fold_head,
@@ -361,18 +361,16 @@ class TimmBackbone(ImageBackbone):
             raise
         except Exception as exc:
             if name.startswith(("hf-hub:", "hf_hub:")):
-                detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
                 raise WeightsError(
-                    f"the configuration of hub model {name!r} could not be fetched ({exc.__class__.__name__}: "
-                    f"{detail}); without network access use the plain timm architecture name instead"
+                    f"the configuration of hub model {name!r} could not be fetched ({exception_summary(exc)}); "
+                    "without network access use the plain timm architecture name instead"
                 ) from exc
             raise
 
     def _hub_error(self, name: str, exc: Exception) -> WeightsError:
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         return WeightsError(
             f"the pretrained weights of timm model {name!r} could not be fetched or loaded "
-            f"({exc.__class__.__name__}: {detail}); without network access, download them elsewhere and set "
+            f"({exception_summary(exc)}); without network access, download them elsewhere and set "
             "weights: <local file> (or a hub-layout folder), or set weights: random for a smoke test "
             "(never a silent fallback)"
         )
