@@ -380,13 +380,7 @@ class KarloTarget(ImageTarget):
 
     def encode_pixels(self, pixels):
         """B×3×H×W float pixels in [0, 1] -> B×n raw image embeddings (see :meth:`preprocess_pixels`)."""
-        import torch
-
-        model = self._require_model()
-        x = self.preprocess_pixels(pixels)
-        dtype = next(model.parameters()).dtype
-        with torch.no_grad():
-            return model(pixel_values=x.to(self.device, dtype)).image_embeds
+        return self.encode_images(self.preprocess_pixels(pixels))
 
     def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
         import torch

@@ -224,8 +224,9 @@ class OpenClipTarget(ImageTarget):
         import torch
 
         model = self._require_model()
+        dtype = next(model.parameters()).dtype
         with torch.no_grad():
-            return model.encode_image(images.to(self.device))
+            return model.encode_image(images.to(self.device, dtype))
 
     def preprocess_pixels(self, pixels):
         """B×3×H×W float pixels in [0, 1] -> the normalised B×3×S×S input of the image encoder.
@@ -303,13 +304,7 @@ class OpenClipTarget(ImageTarget):
 
     def encode_pixels(self, pixels):
         """B×3×H×W float pixels in [0, 1] -> B×n raw image embeddings (see :meth:`preprocess_pixels`)."""
-        import torch
-
-        model = self._require_model()
-        x = self.preprocess_pixels(pixels)
-        dtype = next(model.parameters()).dtype
-        with torch.no_grad():
-            return model.encode_image(x.to(self.device, dtype))
+        return self.encode_images(self.preprocess_pixels(pixels))
 
     def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
         import torch
