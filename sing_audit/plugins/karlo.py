@@ -52,6 +52,7 @@ __all__ = [
     "TARGET_PARTS",
     "KarloSource",
     "KarloTarget",
+    "load_clip_parts",
     "load_part",
     "resolve_karlo_source",
 ]
@@ -255,6 +256,26 @@ def load_part(source: KarloSource, part: str, cls, *, config_cls=None):
         return cls(config) if config_cls is not None else cls.from_config(config)
 
 
+def load_clip_parts(source: KarloSource) -> dict[str, Any]:
+    """Karlo's CLIP side (:data:`TARGET_PARTS`): image and text encoders, tokenizer,
+    image processor, keyed by subfolder — what the target uses and the pipeline shares."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    return {
+        "image_encoder": load_part(source, "image_encoder", CLIPVisionModelWithProjection, config_cls=CLIPVisionConfig),
+        "feature_extractor": load_part(source, "feature_extractor", CLIPImageProcessor),
+        "text_encoder": load_part(source, "text_encoder", CLIPTextModelWithProjection, config_cls=CLIPTextConfig),
+        "tokenizer": load_part(source, "tokenizer", CLIPTokenizer),
+    }
+
+
 class KarloTarget(ImageTarget):
     """Karlo's CLIP image and text towers: raw ``image_embeds`` and ``text_embeds``."""
 
@@ -286,20 +307,10 @@ class KarloTarget(ImageTarget):
     # ------------------------------------------------------------------ building
 
     def load(self, device: str = "cpu") -> None:
-        from transformers import (
-            CLIPImageProcessor,
-            CLIPTextConfig,
-            CLIPTextModelWithProjection,
-            CLIPTokenizer,
-            CLIPVisionConfig,
-            CLIPVisionModelWithProjection,
-        )
-
         src = self.source
-        self.image_encoder = load_part(src, "image_encoder", CLIPVisionModelWithProjection, config_cls=CLIPVisionConfig)
-        self.text_encoder = load_part(src, "text_encoder", CLIPTextModelWithProjection, config_cls=CLIPTextConfig)
-        self.tokenizer = load_part(src, "tokenizer", CLIPTokenizer)
-        self.processor = load_part(src, "feature_extractor", CLIPImageProcessor)
+        parts = load_clip_parts(src)
+        self.image_encoder, self.text_encoder = parts["image_encoder"], parts["text_encoder"]
+        self.tokenizer, self.processor = parts["tokenizer"], parts["feature_extractor"]
         for m in (self.image_encoder, self.text_encoder):
             m.eval()
             m.to(device)

@@ -26,9 +26,11 @@ from pydantic import Field
 from sing_audit.errors import WeightsError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.plugins.karlo import (
+    KARLO_REPO,
     PIPELINE_PARTS,
     KarloSource,
     KarloTarget,
+    load_clip_parts,
     load_part,
     parts_digest,
     resolve_karlo_source,
@@ -65,7 +67,7 @@ class UnclipVisualizer(Visualizer):
         self.explicit = options.model is not None or options.weights is not None
         if self.explicit:
             self.source = resolve_karlo_source(
-                options.model or KarloTarget.Options.model_fields["model"].default,
+                options.model or KARLO_REPO,
                 options.weights or "pretrained",
                 options.base_dir,
                 options.seed,
@@ -110,14 +112,6 @@ class UnclipVisualizer(Visualizer):
     def load(self, device: str = "cpu") -> None:
         import torch
         from diffusers import UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
-        from transformers import (
-            CLIPImageProcessor,
-            CLIPTextConfig,
-            CLIPTextModelWithProjection,
-            CLIPTokenizer,
-            CLIPVisionConfig,
-            CLIPVisionModelWithProjection,
-        )
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the pipeline lives under diffusers' deprecated pipelines
@@ -130,10 +124,7 @@ class UnclipVisualizer(Visualizer):
 
         src = self._require_source()
         parts = {
-            "image_encoder": load_part(src, "image_encoder", CLIPVisionModelWithProjection, config_cls=CLIPVisionConfig),
-            "feature_extractor": load_part(src, "feature_extractor", CLIPImageProcessor),
-            "text_encoder": load_part(src, "text_encoder", CLIPTextModelWithProjection, config_cls=CLIPTextConfig),
-            "tokenizer": load_part(src, "tokenizer", CLIPTokenizer),
+            **load_clip_parts(src),
             "text_proj": load_part(src, "text_proj", UnCLIPTextProjModel),
             "decoder": load_part(src, "decoder", UNet2DConditionModel),
             "super_res_first": load_part(src, "super_res_first", UNet2DModel),
