@@ -61,7 +61,7 @@ from .results import (
 )
 from .shard import Shard, merge_shards, shard_kind
 from .stats import bootstrap_mean_ci, bootstrap_ratio_ci
-from .store import ArrayStore, atomic_write_text, content_key
+from .store import ArrayStore, atomic_write_text, content_key, slug
 
 __all__ = ["run_audit", "Plan", "build_plan", "audit_identity"]
 
@@ -387,7 +387,7 @@ class Runner:
         return None
 
     def _shard_done(self, kind: str, key: str) -> bool:
-        return self.store.load(kind, key, mmap=True) is not None or (
+        return self.store.load(kind, key) is not None or (
             self.store.load(shard_kind(kind), self.shard.key(key)) is not None
         )
 
@@ -1054,10 +1054,6 @@ def _csv_safe(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
-
-
 def _versions() -> dict[str, str]:
     out = {"sing-audit": __version__, "python": platform.python_version()}
     for dist in ("torch", "torchvision", "timm", "open_clip_torch", "numpy", "scikit-learn", "pydantic", "pluggy", "safetensors"):
@@ -1151,7 +1147,7 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
             fsrc = runner.load_backbone(comp)
             for esrc in esources:
                 result, per_image = analyse(runner, fsrc, esrc)
-                rel = f"models/{_slug(result.name)}__{_slug(result.target)}/images.csv"
+                rel = f"models/{slug(result.name)}__{slug(result.target)}/images.csv"
                 atomic_write_text(out / rel, _csv_text(per_image))
                 result.files["images_csv"] = rel
                 abs_as[(result.name, result.target)] = np.abs(np.asarray(per_image["as"], dtype=np.float64))

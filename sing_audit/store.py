@@ -90,6 +90,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def slug(text: str) -> str:
+    """``text`` as one path component: letters, digits and ``._-`` kept, the rest ``_``."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
 def safe_child(root: Path, relative: str) -> Path:
     """``root / relative``, refusing anything that would land outside ``root``."""
     root = Path(root).resolve()

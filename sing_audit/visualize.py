@@ -27,7 +27,7 @@ from pydantic import Field
 from .components import PluginOptions
 from .errors import ConfigError
 from .nullspace import remove_null
-from .store import atomic_write_bytes, content_key, safe_child
+from .store import atomic_write_bytes, content_key, safe_child, slug
 
 __all__ = ["Visualizer", "VisualizerOptions", "check_visualizer", "match_norms", "pair_seed", "render_evidence"]
 
@@ -121,10 +121,6 @@ def match_norms(equivalent: np.ndarray, original: np.ndarray) -> np.ndarray:
     return eq * scale
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-@" else "_" for c in text)[:120] or "_"
-
-
 def _png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -166,7 +162,7 @@ def render_evidence(runner, component, ctx, result) -> dict[str, Any]:
     seeds = [pair_seed(runner.cfg.run.seed, ev.image_id) for ev in evidence]
 
     describe = vis.describe()
-    folder = f"{RENDER_DIR}/{_slug(f'{ctx.model_name}@{ctx.target_name}')}"
+    folder = f"{RENDER_DIR}/{slug(ctx.model_name)}@{slug(ctx.target_name)}"
     out_root = runner.out
     names = []
     for i, ev in enumerate(evidence):
