@@ -13,7 +13,7 @@ import numpy as np
 from .config import PolicyConfig
 from .results import ClassResult, Fidelity, Interval, ModelComparison, ModelResult, TargetAgreement
 from .scores import unit_rows
-from .stats import MeanCI, bootstrap_mean_ci, robust_outliers
+from .stats import MIN_OUTLIER_VALUES, MeanCI, bootstrap_mean_ci, robust_outliers
 
 __all__ = [
     "class_results",
@@ -21,8 +21,13 @@ __all__ = [
     "fidelity_figures",
     "zero_shot_accuracy",
     "ratio",
+    "not_assessed_reasons",
     "policy_failures",
+    "judge_model",
+    "flagged_count",
     "model_summary",
+    "audit_passed",
+    "verdict_text",
     "target_agreement",
     "compare_models",
 ]
@@ -73,33 +78,40 @@ class PolicyOutcome:
     n_flagged: int
     n_waived: int
     n_outliers: int
+    #: classes with at least ``policy.min_images`` images: the ones the policy can judge
+    n_judged: int
     flagged_names: list[str]
+    #: whether outliers were looked for (at least MIN_OUTLIER_VALUES judged classes)
+    outliers_computed: bool
     passed: bool
 
 
 def apply_policy(
     model_name: str, classes: list[ClassResult], policy: PolicyConfig, today: dt.date | None = None
 ) -> PolicyOutcome:
-    """Flag classes by DESIGN.md's rule, mark outliers, apply waivers (in place).
+    """Flag classes by the policy's rule, mark outliers, apply waivers (in place).
 
-    Flagged: at least ``min_images`` images and the lower bound of the 95% interval of
-    mean |AS| above ``as_threshold``. Outliers (robust z-score of mean |AS| among classes
-    with enough images) are marked apart and never count toward ``max_flagged``.
+    Judged: at least ``min_images`` images. Flagged: judged and the lower bound of the
+    95% interval of mean |AS| above ``as_threshold``. A flagged class counts toward
+    ``max_flagged`` unless an active waiver covers it. Outliers (robust z-score of mean
+    |AS| above ``outlier_z`` among the judged classes, looked for only with at least
+    :data:`~sing_audit.stats.MIN_OUTLIER_VALUES` of them) are marked for information: being
+    an outlier neither flags a class nor exempts a flagged one.
     """
     today = today or dt.date.today()
     for c in classes:  # applying the policy twice gives the same answer
         c.flagged = c.outlier = c.waived = False
         c.flag_reasons = []
         c.waiver_reason = c.waiver_expires = None
-    eligible = [c for c in classes if c.n >= policy.min_images]
-    values = np.array([c.as_abs_mean if c.as_abs_mean is not None else np.nan for c in eligible])
-    for c, is_out in zip(eligible, robust_outliers(values, policy.outlier_z)):
+    judged = [c for c in classes if c.n >= policy.min_images]
+    values = np.array([c.as_abs_mean if c.as_abs_mean is not None else np.nan for c in judged])
+    for c, is_out in zip(judged, robust_outliers(values, policy.outlier_z)):
         c.outlier = bool(is_out)
     n_flagged = n_waived = 0
     names = []
-    for c in classes:
+    for c in judged:
         low = c.as_abs_ci.low
-        if c.n >= policy.min_images and low is not None and low > policy.as_threshold:
+        if low is not None and low > policy.as_threshold:
             c.flagged = True
             c.flag_reasons.append(
                 f"mean |AS| {c.as_abs_mean:.2f}° (95% CI {low:.2f}–{c.as_abs_ci.high:.2f}°) over {c.n} images: "
@@ -120,7 +132,9 @@ def apply_policy(
         n_flagged=n_flagged,
         n_waived=n_waived,
         n_outliers=sum(c.outlier for c in classes),
+        n_judged=len(judged),
         flagged_names=names,
+        outliers_computed=int(np.isfinite(values).sum()) >= MIN_OUTLIER_VALUES,
         passed=n_flagged <= policy.max_flagged,
     )
 
@@ -163,63 +177,134 @@ def ratio(is_mean: float | None, as_abs_mean: float | None, null_dim: int) -> fl
     return float(is_mean / as_abs_mean)
 
 
-def fidelity_model(fig: dict[str, float], folds: int, translator: str, params: dict, null_energy: float | None, normalized: bool) -> Fidelity:
-    return Fidelity(folds=folds, translator=translator, params=params, null_energy=null_energy, normalized_targets=normalized, **fig)
+def not_assessed_reasons(m: ModelResult, policy: PolicyConfig) -> list[str]:
+    """Why nothing about ``m`` can be judged (empty: it can be). A model with a reason
+    is *not assessed*: it neither passes nor fails on its numbers.
+
+    - no class has ``min_images`` images: no class can be flagged, so a pass would be vacuous;
+    - null dimension 0: null removal changes nothing, every AS and IS is 0 by construction;
+    - translator fidelity below ``min_fidelity``: the map the scores rest on does not
+      explain the target space, so its angles say nothing.
+    """
+    out = []
+    if m.n_judged == 0:
+        out.append(f"{m.n_judged} of {len(m.classes)} classes have ≥ {policy.min_images} images")
+    if m.null_dim == 0:
+        if m.rank_rule == "rank":
+            out.append(
+                f"null dimension 0 under rule {m.rank_rule}: this head has no exact null space; "
+                "rule energy or fraction audits an approximate one"
+            )
+        else:
+            out.append(
+                f"null dimension 0 under rule {m.rank_rule}: the rule keeps every direction, so null removal "
+                "changes nothing; keep less (e.g. a lower energy or rank, or rule fraction)"
+            )
+    cos = m.fidelity.cosine
+    if policy.min_fidelity is not None and (cos is None or cos < policy.min_fidelity):
+        floor = f"{policy.min_fidelity:g}"
+        digits = max(2, len(floor.partition(".")[2]))  # enough digits to see the value is below the floor
+        shown = "n/a" if cos is None else f"{cos:.{digits}f}"
+        out.append(f"translator fidelity {shown} below the floor {floor}")
+    return out
 
 
 def policy_failures(m: ModelResult, policy: PolicyConfig) -> list[str]:
-    """Every reason ``m`` fails the policy (empty: it passes)."""
+    """Every reason an assessed model ``m`` fails the policy (empty: it passes)."""
     out = []
     if m.n_flagged > policy.max_flagged:
         out.append(
-            f"{m.n_flagged} flagged class(es) ({', '.join(m.flagged_classes[:5])}{'…' if m.n_flagged > 5 else ''}), "
-            f"more than the {policy.max_flagged} allowed"
+            f"{m.n_flagged} flagged class(es) of {m.n_judged} judged ({', '.join(m.flagged_classes[:5])}"
+            f"{'…' if m.n_flagged > 5 else ''}), more than the {policy.max_flagged} allowed"
         )
-    cos = m.fidelity.cosine
-    if policy.min_fidelity is not None and (cos is None or cos < policy.min_fidelity):
-        out.append(f"translator fidelity (held-out cosine {_deg(cos, '')}) below the floor {policy.min_fidelity:g}")
     if policy.min_is_as_ratio is not None and m.is_as_ratio is not None and m.is_as_ratio < policy.min_is_as_ratio:
         out.append(f"IS/AS ratio {m.is_as_ratio:.2f} below the floor {policy.min_is_as_ratio:g}")
     return out
+
+
+def judge_model(m: ModelResult, policy: PolicyConfig) -> ModelResult:
+    """``m`` with its verdict: assessed or not (and why), policy failures, passed, summary.
+
+    A new result; ``m`` is left as it is. A model that is not assessed never passes."""
+    reasons = not_assessed_reasons(m, policy)
+    failures = [] if reasons else policy_failures(m, policy)
+    judged = m.model_copy(
+        update={"assessed": not reasons, "not_assessed_reasons": reasons, "policy_failures": failures,
+                "passed": not reasons and not failures}
+    )
+    return judged.model_copy(update={"summary": model_summary(judged, policy)})
 
 
 def _deg(v: float | None, unit: str = "°") -> str:
     return "n/a" if v is None else f"{v:.2f}{unit}"
 
 
+def flagged_count(m: ModelResult) -> str:
+    """``"2 flagged of 10 judged"``: a flagged count always says how many classes were judged."""
+    return f"{m.n_flagged} flagged of {m.n_judged} judged"
+
+
 def model_summary(m: ModelResult, policy: PolicyConfig) -> str:
     """One sentence per model that a manager can read."""
     who = f"{m.name} (with {m.target})"
     prefix = "Pipeline check with random weights — not a verdict on a trained model: " if m.random_weights else ""
-    if m.null_dim == 0:
-        text = (
-            f"{who} has no null space under the {m.rank_rule} rule ({m.num_features} features, "
-            f"{m.num_classes} classes), so null removal changes nothing and there is no leakage to measure "
-            "with this rule; compare at a matched null fraction (energy or fixed rule) instead."
-        )
+    if not m.assessed:
+        text = f"{who} was not assessed, so this audit says nothing about its leakage: " + "; ".join(m.not_assessed_reasons) + "."
     elif m.n_flagged or m.n_waived:
         names = ", ".join(m.flagged_classes[:3]) + ("…" if len(m.flagged_classes) > 3 else "")
         flagged = [c for c in m.classes if c.flagged]
-        worst = max(flagged, key=lambda c: c.as_abs_mean or 0.0)
+        worst = max((c.as_abs_mean or 0.0 for c in flagged), default=None)
         text = (
-            f"{who} hides class meaning in its null space for {len(flagged)} class(es)"
-            f"{' (' + names + ')' if names else ''}: moving their features within the null space, which "
-            f"changes no decision, shifts their meaning by up to {_deg(worst.as_abs_mean)} relative to the "
+            f"{who} hides class meaning in its null space for {len(flagged) or m.n_flagged + m.n_waived} of "
+            f"{m.n_judged} judged class(es){' (' + names + ')' if names else ''}: moving their features within the "
+            f"null space, which changes no decision, shifts their meaning by up to {_deg(worst)} relative to the "
             f"class prompt (threshold {policy.as_threshold:g}°)"
             + (f"; {m.n_waived} of them waived by a reviewer." if m.n_waived else ".")
         )
     else:
         text = (
-            f"{who} shows no class-specific leakage above {policy.as_threshold:g}°: removing its null component "
-            f"moves features by {_deg(m.is_mean)} on average, with a mean shift of only {_deg(m.as_abs_mean)} "
-            "relative to the class prompts."
+            f"{who} shows no class-specific leakage above {policy.as_threshold:g}° in the {m.n_judged} class(es) "
+            f"with at least {policy.min_images} images: removing its null component moves features by "
+            f"{_deg(m.is_mean)} on average, with a mean shift of only {_deg(m.as_abs_mean)} relative to the "
+            "class prompts."
         )
-    if m.fidelity.cosine is not None and m.fidelity.cosine < policy.warn_fidelity:
+        unjudged = len(m.classes) - m.n_judged
+        if unjudged:
+            text += f" {unjudged} class(es) with fewer images were not judged."
+    if m.fidelity.cosine is not None and m.fidelity.cosine < policy.warn_fidelity and m.assessed:
         text += (
             f" Caution: the translator explains the target space poorly (held-out cosine {m.fidelity.cosine:.2f}), "
             "so these numbers are uncertain."
         )
     return prefix + text
+
+
+def audit_passed(models: list[ModelResult], policy: PolicyConfig) -> bool:
+    """The audit's verdict: no model failed, and every model was assessed unless the
+    policy allows models that were not (``allow_not_assessed``). An audit with no model
+    assessed at all passes only under that allowance."""
+    return all(m.passed or (policy.allow_not_assessed and not m.assessed) for m in models)
+
+
+def verdict_text(models: list[ModelResult], passed: bool, policy: PolicyConfig) -> str:
+    """One line: PASSED / FAILED / NOT ASSESSED, with every failing model's reasons."""
+    failing = [m for m in models if m.assessed and not m.passed]
+    unassessed = [m for m in models if not m.assessed]
+    parts = [f"{m.name} ({m.target}): " + "; ".join(m.policy_failures) for m in failing]
+    missing = [f"{m.name} ({m.target}): " + "; ".join(m.not_assessed_reasons) for m in unassessed]
+    if passed:
+        assessed = len(models) - len(unassessed)
+        text = (
+            f"PASSED: {assessed} model(s) assessed; none has more than {policy.max_flagged} flagged class(es) "
+            "or misses a floor."
+        )
+        if unassessed:
+            text += f" NOT ASSESSED (allowed by policy.allow_not_assessed): " + " | ".join(missing)
+        return text
+    if failing:
+        text = "FAILED: " + " | ".join(parts)
+        return text + (" | NOT ASSESSED: " + " | ".join(missing) if missing else "")
+    return "NOT ASSESSED: " + " | ".join(missing)
 
 
 def target_agreement(models: list[ModelResult]) -> list[TargetAgreement]:

@@ -104,11 +104,17 @@ class PolicyConfig(_Strict):
     max_flagged: int = Field(default=0, ge=0)
     outlier_z: float = Field(default=3.5, gt=0, description="robust z-score that marks an outlier class")
     min_fidelity: float | None = Field(
-        default=None, ge=-1, le=1, description="fail a model whose held-out translator cosine is below this"
+        default=None, ge=-1, le=1,
+        description="a model whose held-out translator cosine is below this is not assessed (its angles say nothing)",
     )
     warn_fidelity: float = Field(default=0.5, ge=-1, le=1, description="warn when the held-out cosine is below this")
     min_is_as_ratio: float | None = Field(
         default=None, ge=0, description="fail a model whose IS/AS ratio is below this (more semantic drift per degree)"
+    )
+    allow_not_assessed: bool = Field(
+        default=False,
+        description="let a run pass although some model could not be assessed (no class with min_images images, "
+        "null dimension 0, fidelity below min_fidelity); such models are still reported as not assessed",
     )
     waivers: list[Waiver] = Field(default_factory=list)
 

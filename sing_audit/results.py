@@ -28,7 +28,7 @@ __all__ = [
     "AuditResult",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -158,12 +158,27 @@ class ModelResult(_Result):
     n_flagged: int = 0
     n_waived: int = 0
     n_outliers: int = 0
+    n_judged: int = Field(0, description="classes with at least policy.min_images images: those the policy judges")
+    outliers_computed: bool = Field(
+        False, description="whether outliers were looked for (they need at least 10 judged classes)"
+    )
     flagged_classes: list[str] = Field(default_factory=list)
-    passed: bool = True
+    assessed: bool = Field(
+        True,
+        description="false when nothing could be judged: no class with min_images images, null dimension 0 "
+        "under the rule, or translator fidelity below its floor; a model not assessed never passes",
+    )
+    not_assessed_reasons: list[str] = Field(default_factory=list, description="why the model was not assessed")
+    passed: bool = Field(True, description="assessed, and no policy failure")
     classes: list[ClassResult] = Field(default_factory=list)
     probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="relative paths of per-model files")
     weights_digest: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """``"passed"``, ``"failed"`` or ``"not assessed"``."""
+        return "not assessed" if not self.assessed else "passed" if self.passed else "failed"
 
 
 class TargetAgreement(_Result):
@@ -204,7 +219,8 @@ class Provenance(_Result):
 class AuditResult(_Result):
     schema_version: str = SCHEMA_VERSION
     name: str = "audit"
-    passed: bool
+    passed: bool = Field(description="no model failed, and every model was assessed (unless allow_not_assessed)")
+    assessed: bool = Field(True, description="every model was assessed")
     random_weights: bool = False
     verdict: str = ""
     policy: dict[str, Any] = Field(default_factory=dict)
@@ -216,6 +232,14 @@ class AuditResult(_Result):
     )
     provenance: Provenance = Field(default_factory=Provenance)
     files: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def outcome(self) -> str:
+        """``"passed"``, ``"failed"`` (some assessed model failed) or ``"not assessed"``
+        (no model failed, but some could not be assessed and the policy does not allow it)."""
+        if self.passed:
+            return "passed"
+        return "failed" if any(m.assessed and not m.passed for m in self.models) else "not assessed"
 
     def model(self, name: str, target: str | None = None) -> ModelResult:
         for m in self.models:

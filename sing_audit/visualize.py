@@ -127,9 +127,10 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def render_evidence(runner, component, ctx, result) -> dict[str, Any]:
-    """Render the model's top images as (original, equivalent) pairs; returns what
-    ``results.json`` keeps under ``models[i].probes["renderings"]``."""
+def render_evidence(runner, component, ctx, top_images) -> dict[str, Any]:
+    """Render the model's top images (its ``top_images`` evidence) as (original,
+    equivalent) pairs; returns what ``results.json`` keeps under
+    ``models[i].probes["renderings"]``."""
     vis: Visualizer = component.instance
     opts = _options(component)
     info: dict[str, Any] = {"plugin": component.plugin}
@@ -141,7 +142,7 @@ def render_evidence(runner, component, ctx, result) -> dict[str, Any]:
         info["note"] = f"not rendered under target {ctx.target_name}: {reason}"
         return info
     limit = opts.max_images if opts is not None else 4
-    evidence = list(result.top_images)[:limit]
+    evidence = list(top_images)[:limit]
     if not evidence:
         return info
     positions = {image_id: i for i, image_id in enumerate(ctx.image_ids)}

@@ -179,7 +179,7 @@ def test_markdown_summary_content(run_a):
     leaky = _result(run_a).model("leaky")
     row = next(r for r in rows if r.startswith("| leaky "))
     assert f"{leaky.is_as_ratio:.2f} [{leaky.is_as_ratio_ci.low:.2f}, {leaky.is_as_ratio_ci.high:.2f}]" in row
-    assert "| 54 (rank) |" in row and "| 2 |" in row
+    assert "| 54 (rank) |" in row and "| 2 of 10 judged |" in row
     assert "### Flagged classes" in text
     for name in PLANTED:
         c = next(c for c in leaky.classes if c.name == name)

@@ -596,7 +596,7 @@ def test_dino_vit_end_to_end_audit(tmp_path, models):
     from sing_audit.cli import main
     from sing_audit.synthetic import SYNSETS, write_image_folder
 
-    from .conftest import write_config
+    from .conftest import PIPELINE_POLICY, write_config
 
     name, model, weights, size = models["dino_s16"]
     root = write_image_folder(tmp_path / "val", per_class=4, size=40)
@@ -612,6 +612,7 @@ def test_dino_vit_end_to_end_audit(tmp_path, models):
         "target": {"plugin": "precomputed", "path": "t.npz"},
         "backbones": [{"name": "dino", "plugin": "dino_vit", "model": name, "weights": weights,
                        "head": head.name, "img_size": size}],
+        "policy": PIPELINE_POLICY,
         "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
         "report": {"formats": ["json"]},
     })

@@ -151,7 +151,7 @@ def test_cli_run_with_input_probes_and_an_open_clip_target(tmp_path):
     from sing_audit.cli import main
     from sing_audit.synthetic import write_image_folder
 
-    from .conftest import write_config
+    from .conftest import PIPELINE_POLICY, write_config
     from .test_image_audit import TINY_CLIP
 
     cfg_path = tmp_path / "sing-tiny-clip-e2e.json"
@@ -170,6 +170,7 @@ def test_cli_run_with_input_probes_and_an_open_clip_target(tmp_path):
             {"plugin": "encoder_null", "max_images": 4, "steps": 2, "max_rounds": 2},
             {"plugin": "jacobian", "max_images": 1, "eps": [1e-3, 1e-1], "n_random": 1},
         ],
+        "policy": PIPELINE_POLICY,
         "run": {"device": "cpu", "batch_size": 8, "folds": 2, "bootstrap": 100},
     })
     assert main(["run", str(cfg)]) == 0

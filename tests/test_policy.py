@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sing_audit.analysis import model_summary, policy_failures, target_agreement
+from sing_audit.analysis import judge_model, model_summary, policy_failures, target_agreement
 from sing_audit.cli import main
 from sing_audit.config import PolicyConfig
 from sing_audit.results import Fidelity, ModelResult
@@ -20,13 +20,18 @@ def _results(out) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-def test_fidelity_floor_fails_the_policy(synthetic_config, tmp_path):
+def test_fidelity_below_the_floor_means_not_assessed(synthetic_config, tmp_path):
+    """A translator below min_fidelity cannot carry a verdict: the model is not assessed
+    (neither passed nor failed on its numbers), and the run exits 1."""
     assert main(["run", str(synthetic_config(policy={"max_flagged": 5, "min_fidelity": 0.99999}))]) == 1
     res = _results(tmp_path / "out")
+    assert not res["passed"] and not res["assessed"]
     for m in res["models"]:
-        assert not m["passed"]
-        assert any("fidelity" in f for f in m["policy_failures"])
-    assert "fidelity" in res["verdict"]
+        assert not m["passed"] and not m["assessed"]
+        assert m["policy_failures"] == []
+        (reason,) = m["not_assessed_reasons"]
+        assert reason.startswith("translator fidelity 0.9") and reason.endswith("below the floor 0.99999")
+    assert res["verdict"].startswith("NOT ASSESSED:") and "fidelity" in res["verdict"]
 
 
 def test_ratio_floor_fails_only_the_leaky_model(synthetic_config, tmp_path):
@@ -92,11 +97,15 @@ def test_target_agreement_orders_models():
 
 def test_summary_for_no_null_space_random_weights_and_low_fidelity():
     policy = PolicyConfig()
-    m = _model("vit", "clip", 0.0, null_dim=0, is_as_ratio=None, random_weights=True, fidelity=Fidelity(cosine=0.2))
-    text = model_summary(m, policy)
+    m = _model("vit", "clip", 0.0, null_dim=0, is_as_ratio=None, random_weights=True, fidelity=Fidelity(cosine=0.2), n_judged=3)
+    judged = judge_model(m, policy)
+    text = judged.summary
     assert text.startswith("Pipeline check with random weights")
-    assert "no null space" in text and "Caution" in text
+    assert "not assessed" in text and "no exact null space" in text
+    assert not judged.passed and not judged.assessed and judged.policy_failures == []
     assert policy_failures(m, policy) == []
+    ok = judge_model(_model("vit", "clip", 1.0, fidelity=Fidelity(cosine=0.2), n_judged=3), policy)
+    assert ok.assessed and ok.passed and "Caution" in ok.summary and model_summary(ok, policy) == ok.summary
 
 
 def test_two_targets_record_agreement(tmp_path, scenario_dir):

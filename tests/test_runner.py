@@ -194,13 +194,16 @@ def _precomputed(tmp_path, n=40, m=6, c=8, d=5, seed=0, **overrides):
     )
 
 
-def test_head_without_null_space_has_undefined_ratio(tmp_path):
+def test_head_without_null_space_has_undefined_ratio_and_is_not_assessed(tmp_path):
+    """m ≤ c: no exact null space, so nothing can leak by construction; that is not a pass."""
     cfg = _precomputed(tmp_path, m=6, c=8)
-    assert main(["run", str(cfg)]) == 0
+    assert main(["run", str(cfg)]) == 1
     m = _results(tmp_path / "out")["models"][0]
     assert m["null_dim"] == 0 and m["rank"] == 6
     assert m["is_as_ratio"] is None
     assert m["is_mean"] == 0.0 and m["as_abs_mean"] == 0.0
+    assert not m["assessed"] and not m["passed"]
+    assert "null dimension 0 under rule rank: this head has no exact null space; rule energy or fraction audits an approximate one" in m["not_assessed_reasons"]
 
 
 def test_unlabeled_data_uses_predicted_classes(tmp_path):

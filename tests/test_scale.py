@@ -16,7 +16,7 @@ import pytest
 from sing_audit.store import ArrayStore, PartialEntry
 from sing_audit.synthetic import SYNSETS
 
-from .conftest import write_config
+from .conftest import PIPELINE_POLICY, write_config
 
 VOLATILE = {"started", "finished", "stage_seconds"}
 
@@ -58,6 +58,7 @@ def _config(folder: Path, root: Path, out: str, **run) -> Path:
             "target": {"plugin": "precomputed", "path": "t.npz"},
             "backbones": [{"name": "r18", "plugin": "timm", "model": "resnet18", "weights": "random", "img_size": 32}],
             "report": {"formats": ["json"]},
+            "policy": PIPELINE_POLICY,
             "run": {"device": "cpu", "folds": 2, "bootstrap": 100, **run},
         },
         name=f"{out}.yaml",

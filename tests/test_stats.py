@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sing_audit.stats import MeanCI, bootstrap_mean_ci, group_mean_ci, robust_outliers
+from sing_audit.stats import MIN_OUTLIER_VALUES, MeanCI, bootstrap_mean_ci, group_mean_ci, robust_outliers
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 seeds = st.integers(0, 2**32 - 1)
@@ -119,7 +119,7 @@ def test_group_mean_ci_matches_per_group_calls():
 
 
 @SETTINGS
-@given(seed=seeds, n=st.integers(5, 60), offset=st.floats(-100, 100), scale=st.floats(0.01, 100))
+@given(seed=seeds, n=st.integers(MIN_OUTLIER_VALUES, 60), offset=st.floats(-100, 100), scale=st.floats(0.01, 100))
 def test_planted_high_outlier_is_found(seed, n, offset, scale):
     v = offset + scale * _gen(seed).permutation(np.linspace(0, 1, n))
     planted = int(_gen(seed + 1).integers(0, n))
@@ -155,17 +155,26 @@ def test_low_values_are_not_outliers():
 def test_outliers_closed_form_and_threshold():
     v = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 20.0])  # median 3.5, MAD 1.5
     z = 0.6745 * (v - 3.5) / 1.5
-    np.testing.assert_array_equal(robust_outliers(v), z > 3.5)
-    assert robust_outliers(v)[-1]
-    assert not robust_outliers(v, threshold=8.0).any()  # z(20) = 7.42
+    np.testing.assert_array_equal(robust_outliers(v, min_values=3), z > 3.5)
+    assert robust_outliers(v, min_values=3)[-1]
+    assert not robust_outliers(v, threshold=8.0, min_values=3).any()  # z(20) = 7.42
 
 
-def test_outliers_ignore_nan_and_need_three_values():
-    v = np.array([1.0, np.nan, 1.1, 0.9, 1.05, 0.95, 30.0])
+def test_outliers_ignore_nan():
+    v = np.array([1.0, np.nan, 1.1, 0.9, 1.05, 0.95, 1.02, 0.97, 1.01, 0.99, 30.0])
     out = robust_outliers(v)
     assert not out[1]
     assert out[-1] and out.sum() == 1
-    assert not robust_outliers(np.array([1.0, 100.0])).any()
+
+
+@pytest.mark.parametrize("n", [2, 4, MIN_OUTLIER_VALUES - 1])
+def test_no_outlier_below_the_minimum_number_of_values(n):
+    """The 4-class case of the issue: a value 100× the others is not called an outlier,
+    because the MAD of so few values says nothing about the spread."""
+    v = np.array([1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.97, 1.01, 0.99][: n - 1] + [100.0])
+    assert not robust_outliers(v).any()
+    v_full = np.concatenate([np.linspace(0.9, 1.1, MIN_OUTLIER_VALUES - 1), [100.0]])
+    assert robust_outliers(v_full)[-1]
 
 
 def test_zero_mad_flags_a_lone_high_value():

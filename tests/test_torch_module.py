@@ -428,7 +428,7 @@ def test_torch_module_and_transformers_end_to_end(tmp_path, hf_models):
     from sing_audit.cli import main
     from sing_audit.synthetic import SYNSETS, write_image_folder
 
-    from .conftest import write_config
+    from .conftest import PIPELINE_POLICY, write_config
 
     root = write_image_folder(tmp_path / "val", per_class=4, size=40)
     ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(4)]
@@ -444,6 +444,7 @@ def test_torch_module_and_transformers_end_to_end(tmp_path, hf_models):
              "head": "head", "weights": "random", "img_size": SIZE, "class_names": NAMES},
             {"name": "hfvit", "plugin": "transformers", "model": str(hf_models["vit"][0])},
         ],
+        "policy": PIPELINE_POLICY,
         "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
         "report": {"formats": ["json"]},
     })

@@ -4,7 +4,9 @@ Both read the typed :class:`~sing_audit.results.AuditResult` alone, so ``sing-au
 report RUN_DIR --format junit,markdown`` re-renders them from ``results.json``.
 
 - ``junit.xml``: one ``<testsuite>`` per model (``model@target``); in it one test case
-  for the policy as a whole (a failure when the model fails the policy) and one per
+  for the policy as a whole (a failure when the model fails the policy; an *error* when
+  it was not assessed — never a pass —, *skipped* instead when the policy allows models
+  that were not assessed) and one per
   flagged class (a failure with the reasons that flagged it, unless the model's flagged
   classes stay within ``policy.max_flagged``; a waived class is
   *skipped* with the waiver's reason and expiry). CI systems (GitHub, GitLab, Jenkins,
@@ -95,14 +97,14 @@ def _class_case_name(c) -> str:
 
 def render_junit(result) -> str:
     """``junit.xml`` for an :class:`~sing_audit.results.AuditResult` (UTF-8 text)."""
-    total = {"tests": 0, "failures": 0, "skipped": 0}
+    total = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     root = ET.Element("testsuites", {"name": xml_safe(f"sing-audit: {result.name}")})
     seconds = sum(result.provenance.stage_seconds.values()) if result.provenance.stage_seconds else 0.0
     warning = _random_warning(result)
     for m in result.models:
         suite_name = f"{m.name}@{m.target}"
         suite = _el(root, "testsuite", name=suite_name, timestamp=result.provenance.started or None)
-        counts = {"tests": 0, "failures": 0, "skipped": 0}
+        counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         props = _el(suite, "properties")
         for key, value in (
             ("backbone", m.backbone),
@@ -113,7 +115,9 @@ def render_junit(result) -> str:
             ("as_abs_mean", _num(m.as_abs_mean, 4)),
             ("is_as_ratio", "null" if m.is_as_ratio is None else f"{m.is_as_ratio:.4f}"),
             ("n_flagged", m.n_flagged),
+            ("n_judged", m.n_judged),
             ("n_waived", m.n_waived),
+            ("assessed", str(m.assessed).lower()),
             ("random_weights", str(m.random_weights).lower()),
         ):
             _el(props, "property", name=key, value=str(value))
@@ -124,7 +128,15 @@ def render_junit(result) -> str:
         out_lines = [m.summary] if m.summary else []
         if m.random_weights:
             out_lines.insert(0, warning or "RANDOM WEIGHTS")
-        if not m.passed:
+        if not m.assessed:
+            message = "not assessed: " + "; ".join(m.not_assessed_reasons)
+            if result.policy.get("allow_not_assessed"):
+                counts["skipped"] += 1
+                _el(case, "skipped", message=message + " (allowed by policy.allow_not_assessed)")
+            else:
+                counts["errors"] += 1
+                _el(case, "error", "\n".join([*m.not_assessed_reasons, "", result.verdict]).strip(), message=message, type="NotAssessed")
+        elif not m.passed:
             counts["failures"] += 1
             message = "; ".join(m.policy_failures) or "the model fails the policy"
             _el(case, "failure", "\n".join([*m.policy_failures, "", result.verdict]).strip(), message=message, type="PolicyFailure")
@@ -158,10 +170,8 @@ def render_junit(result) -> str:
         for key, value in counts.items():
             suite.set(key, str(value))
             total[key] += value
-        suite.set("errors", "0")
     for key, value in total.items():
         root.set(key, str(value))
-    root.set("errors", "0")
     root.set("time", f"{seconds:.3f}")
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
@@ -198,26 +208,29 @@ def md_escape(text) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
+_POLICY_CELL = {"passed": "pass", "failed": "FAIL", "not assessed": "NOT ASSESSED"}
+
+
 def render_markdown(result) -> str:
     """``summary.md`` for an :class:`~sing_audit.results.AuditResult`."""
-    verdict = "PASS" if result.passed else "FAIL"
+    verdict = {"passed": "PASS", "failed": "FAIL", "not assessed": "NOT ASSESSED"}[result.outcome]
     lines = [f"## sing-audit: {md_escape(result.name)} — {verdict}", ""]
     warning = _random_warning(result)
     if warning:
         lines += [f"> **{md_escape(warning)}**", ""]
-    detail = re.sub(r"^(PASSED|FAILED):\s*", "", result.verdict)
+    detail = re.sub(r"^(PASSED|FAILED|NOT ASSESSED):\s*", "", result.verdict)
     lines += [f"**{verdict}**" + (f" — {md_escape(detail)}" if detail else ""), ""]
     lines += [
         "| Model | Target | Null dim | Mean IS | Mean \\|AS\\| | IS/AS [95% CI] | Flagged | Policy |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for m in result.models:
-        flagged = str(m.n_flagged) + (f" (+{m.n_waived} waived)" if m.n_waived else "")
+        flagged = f"{m.n_flagged} of {m.n_judged} judged" + (f" (+{m.n_waived} waived)" if m.n_waived else "")
         name = md_escape(m.name) + (" (random weights)" if m.random_weights else "")
         null_dim = f"{m.null_dim} ({md_escape(m.rank_rule)})"
         lines.append(
             f"| {name} | {md_escape(m.target)} | {null_dim} | {_num(m.is_mean, unit='°')} | "
-            f"{_num(m.as_abs_mean, unit='°')} | {_ratio(m)} | {flagged} | {'pass' if m.passed else 'FAIL'} |"
+            f"{_num(m.as_abs_mean, unit='°')} | {_ratio(m)} | {flagged} | {_POLICY_CELL[m.outcome]} |"
         )
     lines.append("")
     for m in result.models:
@@ -246,8 +259,10 @@ def render_markdown(result) -> str:
             )
     threshold = result.policy.get("as_threshold")
     rule = (
-        f"_A class is flagged when it has at least {result.policy.get('min_images', 'n/a')} images and the lower "
-        f"95% bound of its mean \\|AS\\| is above {'n/a' if threshold is None else f'{threshold:g}'}°._"
+        f"_A class is judged when it has at least {result.policy.get('min_images', 'n/a')} images, and flagged "
+        f"when the lower 95% bound of its mean \\|AS\\| is also above "
+        f"{'n/a' if threshold is None else f'{threshold:g}'}°. A model is not assessed when no class is judged, "
+        "its null dimension is 0 or its translator misses the fidelity floor; that never counts as a pass._"
     )
     reports = [result.files[k] for k in ("html", "pdf") if k in result.files]
     if reports:

@@ -18,6 +18,7 @@ import yaml
 from sing_audit import plots
 from sing_audit.hookspecs import hookimpl
 from sing_audit.report import ReportSection, embed_image, read_images_csv
+from sing_audit.stats import MIN_OUTLIER_VALUES
 
 #: per-class rows the pdf keeps per model (plus every flagged, outlier and waived class)
 PRINT_CLASS_ROWS = 40
@@ -75,7 +76,13 @@ class VerdictSection(ReportSection):
     def context(self, result, run_dir: Path) -> dict[str, Any]:
         p = result.policy or {}
         rows = [{"m": m, "label": model_label(result, m)} for m in result.models]
-        return {"rows": rows, "p": p, "n_failed": sum(not m.passed for m in result.models)}
+        return {
+            "rows": rows,
+            "p": p,
+            "n_failed": sum(m.outcome == "failed" for m in result.models),
+            "n_not_assessed": sum(not m.assessed for m in result.models),
+            "min_outlier_classes": MIN_OUTLIER_VALUES,
+        }
 
 
 # --------------------------------------------------------------------------- 2. model comparison
@@ -226,7 +233,7 @@ class PerClassSection(ReportSection):
                 else:
                     entry["violin_note"] = f"{rel} holds no per-image AS values."
             models.append(entry)
-        return {"models": models, "print_limit": PRINT_CLASS_ROWS}
+        return {"models": models, "print_limit": PRINT_CLASS_ROWS, "min_outlier_classes": MIN_OUTLIER_VALUES}
 
 
 # --------------------------------------------------------------------------- 4. concepts
