@@ -9,15 +9,21 @@ The tree, and the exit code ``sing-audit run`` maps each branch to::
     │   │                          misaligned arrays, dimension mismatches
     │   ├── WeightsError           weights that cannot be found, read or trusted
     │   ├── HeadError              a head that is not a plain affine map
-    │   └── OutputFolderError      the output folder holds another audit
-    └── PluginError                exit 2: a plugin failed to import, or two plugins
-                                   register the same name
+    │   └── OutputFolderError      the output folder holds another audit, or another
+    │                              run holds it right now
+    ├── PluginError                exit 2: a plugin failed to import, or two plugins
+    │                              register the same name
+    └── OutputWriteError           the audit finished, results.json is written, but another
+                                   output (HTML, PDF, a third-party reporter) failed: exit 2,
+                                   or 70 when the failure is a bug; carries the result
 
 Anything else that escapes the runner is a bug: exit 70 with the log's location.
 A failed policy is not an exception; ``run`` returns a result with ``passed = False``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 __all__ = [
     "SingAuditError",
@@ -28,6 +34,8 @@ __all__ = [
     "HeadError",
     "OutputFolderError",
     "PluginError",
+    "OutputWriteError",
+    "WriterFailure",
     "exception_summary",
 ]
 
@@ -62,6 +70,51 @@ class OutputFolderError(BadInputError):
 
 class PluginError(SingAuditError):
     """A plugin failed to import or registered a name that is already taken."""
+
+
+@dataclass(frozen=True)
+class WriterFailure:
+    """One output that could not be written: its format, the reporter and why."""
+
+    format: str
+    reporter: str
+    package: str
+    error: BaseException
+
+    @property
+    def is_bug(self) -> bool:
+        """A failure sing-audit (or the reporter) did not raise on purpose."""
+        return not isinstance(self.error, SingAuditError)
+
+
+class OutputWriteError(SingAuditError):
+    """The audit finished and results.json is in place, but some outputs failed.
+
+    ``result`` is the audit's result (its verdict stands), ``failures`` the outputs that
+    failed, ``written`` every file that is in place (relative to ``output``)."""
+
+    def __init__(self, result, failures: list[WriterFailure], output, written: list[str]):
+        self.result = result
+        self.failures = list(failures)
+        self.output = output
+        self.written = list(written)
+        formats = ",".join(f.format for f in self.failures)
+        lines = [
+            f"the audit finished (its verdict stands), but {len(self.failures)} output(s) could not be written:"
+        ]
+        for f in self.failures:
+            kind = "a bug in the reporter" if f.is_bug else "the reporter says"
+            lines.append(f"  {f.format} (reporter {f.reporter!r} from {f.package}; {kind}): {exception_summary(f.error)}")
+        lines.append(
+            f"results.json and the other outputs ({', '.join(p for p in self.written if p != 'results.json') or 'none'}) "
+            f"are complete and in place in {output}."
+        )
+        lines.append(f"Once the cause is fixed, regenerate what failed with: sing-audit report {output} --format {formats}")
+        super().__init__("\n".join(lines))
+
+    @property
+    def is_bug(self) -> bool:
+        return any(f.is_bug for f in self.failures)
 
 
 def exception_summary(exc: BaseException) -> str:

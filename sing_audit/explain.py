@@ -21,7 +21,8 @@ from .errors import ConfigError, DataError
 from .host import create_registry, suggest
 from .nullspace import null_energy, remove_null
 from .probes import ProbeContext
-from .runner import Runner, audit_identity, build_plan, prepare_model, prepare_output
+from .run_folder import RunFolder
+from .runner import Runner, audit_identity, build_plan, prepare_model
 from .scores import attribute_scores
 
 __all__ = ["ExplainResult", "explain_image"]
@@ -110,117 +111,117 @@ def explain_image(
     cfg = load_config(config, overrides)
     registry = create_registry()
     plan = build_plan(cfg, registry, str(config) if isinstance(config, (str, Path)) else "<config>")
-    prepare_output(cfg.output_dir, audit_identity(cfg), force=False)
-    runner = Runner(plan)
-    runner.load_dataset()
-    bcomp = _pick(plan.backbones, model, "backbone")
-    tcomp = _pick(plan.targets, target, "target")
-    esrc = runner.load_target(tcomp)
-    fsrc = runner.load_backbone(bcomp)
-    mi = prepare_model(runner, fsrc, esrc)
+    with RunFolder(cfg.output_dir, audit_identity(cfg)) as folder:
+        runner = Runner(plan, folder)
+        runner.load_dataset()
+        bcomp = _pick(plan.backbones, model, "backbone")
+        tcomp = _pick(plan.targets, target, "target")
+        esrc = runner.load_target(tcomp)
+        fsrc = runner.load_backbone(bcomp)
+        mi = prepare_model(runner, fsrc, esrc)
 
-    row = _find_record(runner, image)
-    if row is None and mi.ids is not None and image in mi.ids:
-        pos = mi.ids.index(image)
-    elif row is not None:
-        hits = np.flatnonzero(mi.frows == row)
-        if hits.size == 0:
-            raise DataError(f"image {image!r} was skipped by the audit (unreadable), so it has no features")
-        pos = int(hits[0])
-    else:
-        pos = None
-    if pos is not None:
-        source = "dataset"
-        f = np.asarray(mi.feats[pos : pos + 1], dtype=np.float64)  # stored rows are float32/float16
-        fold = int(mi.primary.folds[pos])
-        translators, folds = mi.primary.translators, np.array([fold])
-        how = f"held-out fold {fold} of {len(translators)}"
-        t_f = mi.primary.translated[pos : pos + 1]
-        emb = np.asarray(mi.emb[pos : pos + 1], dtype=np.float64)
-        true_label = int(mi.labels[pos]) if mi.labels_source == "labels" else None
-    else:
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise DataError(f"image {image!r} is neither one of the audit's images nor a file")
-        b, t = bcomp.instance, tcomp.instance
-        if not isinstance(b, ImageBackbone):
-            raise DataError(f"backbone {bcomp.name} reads precomputed features: it cannot embed a new image file")
-        record = ImageRecord(image_id=path.name, path=path, label=None)
-        img = plan.dataset.instance.open(record) if plan.dataset is not None else _open(record)
-        import torch
+        row = _find_record(runner, image)
+        if row is None and mi.ids is not None and image in mi.ids:
+            pos = mi.ids.index(image)
+        elif row is not None:
+            hits = np.flatnonzero(mi.frows == row)
+            if hits.size == 0:
+                raise DataError(f"image {image!r} was skipped by the audit (unreadable), so it has no features")
+            pos = int(hits[0])
+        else:
+            pos = None
+        if pos is not None:
+            source = "dataset"
+            f = np.asarray(mi.feats[pos : pos + 1], dtype=np.float64)  # stored rows are float32/float16
+            fold = int(mi.primary.folds[pos])
+            translators, folds = mi.primary.translators, np.array([fold])
+            how = f"held-out fold {fold} of {len(translators)}"
+            t_f = mi.primary.translated[pos : pos + 1]
+            emb = np.asarray(mi.emb[pos : pos + 1], dtype=np.float64)
+            true_label = int(mi.labels[pos]) if mi.labels_source == "labels" else None
+        else:
+            path = Path(image).expanduser()
+            if not path.is_file():
+                raise DataError(f"image {image!r} is neither one of the audit's images nor a file")
+            b, t = bcomp.instance, tcomp.instance
+            if not isinstance(b, ImageBackbone):
+                raise DataError(f"backbone {bcomp.name} reads precomputed features: it cannot embed a new image file")
+            record = ImageRecord(image_id=path.name, path=path, label=None)
+            img = plan.dataset.instance.open(record) if plan.dataset is not None else _open(record)
+            import torch
 
-        runner.ensure_loaded(b)
-        with torch.inference_mode():
-            f = b.features(b.transform()(img)[None].to(runner.get_device())).double().cpu().numpy()
-            if isinstance(t, ImageTarget):
-                runner.ensure_loaded(t)
-                emb = t.encode_images(t.transform()(img)[None].to(runner.get_device())).double().cpu().numpy()
-            else:
-                emb = np.full((1, mi.emb.shape[1]), np.nan)
-        source = "file"
-        translators, folds = [_MeanTranslator(mi.primary.translators)], np.array([0])
-        how = f"mean of the {len(mi.primary.translators)} fold translators"
-        t_f = translators[0].predict(f)
-        true_label = None
+            runner.ensure_loaded(b)
+            with torch.inference_mode():
+                f = b.features(b.transform()(img)[None].to(runner.get_device())).double().cpu().numpy()
+                if isinstance(t, ImageTarget):
+                    runner.ensure_loaded(t)
+                    emb = t.encode_images(t.transform()(img)[None].to(runner.get_device())).double().cpu().numpy()
+                else:
+                    emb = np.full((1, mi.emb.shape[1]), np.nan)
+            source = "file"
+            translators, folds = [_MeanTranslator(mi.primary.translators)], np.array([0])
+            how = f"mean of the {len(mi.primary.translators)} fold translators"
+            t_f = translators[0].predict(f)
+            true_label = None
 
-    head, sub = mi.head, mi.sub
-    logits = f @ head.weight.T + head.bias
-    predicted = int(np.argmax(logits[0]))
-    if label is not None:
-        names = fsrc.class_names
-        if label not in names:
-            raise ConfigError(f"--label: unknown class {label!r}{suggest(label, list(names))}")
-        cls, label_source = names.index(label), "given"
-    elif true_label is not None:
-        cls, label_source = true_label, "labels"
-    else:
-        cls, label_source = predicted, "predicted"
-    labels = np.array([cls])
+        head, sub = mi.head, mi.sub
+        logits = f @ head.weight.T + head.bias
+        predicted = int(np.argmax(logits[0]))
+        if label is not None:
+            names = fsrc.class_names
+            if label not in names:
+                raise ConfigError(f"--label: unknown class {label!r}{suggest(label, list(names))}")
+            cls, label_source = names.index(label), "given"
+        elif true_label is not None:
+            cls, label_source = true_label, "labels"
+        else:
+            cls, label_source = predicted, "predicted"
+        labels = np.array([cls])
 
-    def translate(changed, rows):
-        fold_rows = folds[rows]
-        out = np.empty((changed.shape[0], t_f.shape[1]))
-        for k in np.unique(fold_rows):
-            sel = fold_rows == k
-            out[sel] = translators[k].predict(changed[sel])
-        return out
+        def translate(changed, rows):
+            fold_rows = folds[rows]
+            out = np.empty((changed.shape[0], t_f.shape[1]))
+            for k in np.unique(fold_rows):
+                sel = fold_rows == k
+                out[sel] = translators[k].predict(changed[sel])
+            return out
 
-    ctx = ProbeContext(
-        model_name=fsrc.name, backbone_name=fsrc.name, target_name=esrc.name, features=f, labels=labels,
-        head=head, subspaces=sub, embeddings=emb, translated=t_f, class_text=mi.text, class_names=fsrc.class_names,
-        folds=folds, translate=translate, target=esrc.target, generator=np.random.default_rng(cfg.run.seed),
-        image_ids=[image], translators=translators, encode_text=runner.text_encoder(esrc), registry=registry,
-    )
-    summaries: dict[str, dict[str, Any]] = {}
-    scores = None
-    for comp in plan.probes:
-        out = comp.instance.run(ctx)
-        summaries[comp.plugin] = out.summary
-        if out.scores is not None and scores is None:
-            scores = out.scores
-    t_r = t_f if sub.null_dim == 0 else translate(remove_null(f, sub), slice(0, 1))
-    shifts = attribute_scores(t_f, t_r, mi.text)[0]
-    order = np.argsort(-np.abs(shifts), kind="stable")[:top_k]
-    contrast = float(scores.attribute_contrast[0]) if scores is not None else None
-    return ExplainResult(
-        image=image,
-        source=source,
-        model=fsrc.name,
-        target=esrc.name,
-        translator=how,
-        class_index=cls,
-        class_name=fsrc.class_names[cls],
-        label_source=label_source,
-        predicted_index=predicted,
-        predicted_name=fsrc.class_names[predicted],
-        null_energy=float(null_energy(f, sub)[0]),
-        image_score=float(scores.image_score[0]) if scores is not None else float("nan"),
-        attribute_score=float(scores.attribute_score[0]) if scores is not None else float("nan"),
-        attribute_contrast=None if contrast is None or not np.isfinite(contrast) else contrast,
-        top_classes=[ClassShift(index=int(k), name=fsrc.class_names[int(k)], attribute_score=float(shifts[k])) for k in order],
-        probes=summaries,
-        random_weights=fsrc.random_weights or esrc.random_weights,
-    )
+        ctx = ProbeContext(
+            model_name=fsrc.name, backbone_name=fsrc.name, target_name=esrc.name, features=f, labels=labels,
+            head=head, subspaces=sub, embeddings=emb, translated=t_f, class_text=mi.text, class_names=fsrc.class_names,
+            folds=folds, translate=translate, target=esrc.target, generator=np.random.default_rng(cfg.run.seed),
+            image_ids=[image], translators=translators, encode_text=runner.text_encoder(esrc), registry=registry,
+        )
+        summaries: dict[str, dict[str, Any]] = {}
+        scores = None
+        for comp in plan.probes:
+            out = comp.instance.run(ctx)
+            summaries[comp.plugin] = out.summary
+            if out.scores is not None and scores is None:
+                scores = out.scores
+        t_r = t_f if sub.null_dim == 0 else translate(remove_null(f, sub), slice(0, 1))
+        shifts = attribute_scores(t_f, t_r, mi.text)[0]
+        order = np.argsort(-np.abs(shifts), kind="stable")[:top_k]
+        contrast = float(scores.attribute_contrast[0]) if scores is not None else None
+        return ExplainResult(
+            image=image,
+            source=source,
+            model=fsrc.name,
+            target=esrc.name,
+            translator=how,
+            class_index=cls,
+            class_name=fsrc.class_names[cls],
+            label_source=label_source,
+            predicted_index=predicted,
+            predicted_name=fsrc.class_names[predicted],
+            null_energy=float(null_energy(f, sub)[0]),
+            image_score=float(scores.image_score[0]) if scores is not None else float("nan"),
+            attribute_score=float(scores.attribute_score[0]) if scores is not None else float("nan"),
+            attribute_contrast=None if contrast is None or not np.isfinite(contrast) else contrast,
+            top_classes=[ClassShift(index=int(k), name=fsrc.class_names[int(k)], attribute_score=float(shifts[k])) for k in order],
+            probes=summaries,
+            random_weights=fsrc.random_weights or esrc.random_weights,
+        )
 
 
 def _open(record: ImageRecord):

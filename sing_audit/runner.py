@@ -26,11 +26,12 @@ from .analysis import (
     apply_policy,
     class_results,
     compare_models,
+    audit_passed,
     fidelity_figures,
-    model_summary,
-    policy_failures,
+    judge_model,
     ratio,
     target_agreement,
+    verdict_text,
     zero_shot_accuracy,
 )
 from .components import (
@@ -43,11 +44,12 @@ from .components import (
     Target,
 )
 from .config import AuditConfig, load_config, resolve_options
-from .errors import ConfigError, DataError, OutputFolderError
+from .errors import ConfigError, DataError, OutputWriteError, SingAuditError, WriterFailure
 from .extraction import check_head_reproduces_logits, extract, resolve_device
 from .host import Registry, create_registry
 from .nullspace import HeadSubspaces, null_energy, split_head
 from .probes import ProbeContext, row_chunks
+from .run_folder import RunFolder
 from .results import (
     AuditResult,
     Fidelity,
@@ -66,8 +68,6 @@ from .store import ArrayStore, atomic_write_text, content_key, slug
 __all__ = ["run_audit", "Plan", "build_plan", "audit_identity"]
 
 log = logging.getLogger("sing_audit")
-
-MARKER = "audit.json"
 
 
 # --------------------------------------------------------------------------- plan
@@ -162,51 +162,35 @@ def audit_identity(cfg: AuditConfig) -> str:
     return content_key("audit-identity", spec)
 
 
-# --------------------------------------------------------------------------- output folder
-
-
-def prepare_output(out: Path, identity: str, force: bool) -> None:
-    """Create the output folder, refusing one that holds another audit unless ``force``."""
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"output {out} exists and is not a folder")
-    if marker.is_file():
-        try:
-            previous = json.loads(marker.read_text(encoding="utf-8")).get("identity")
-        except (OSError, json.JSONDecodeError):
-            previous = None
-        if previous != identity and not force:
-            raise OutputFolderError(
-                f"output folder {out} holds a different audit (its dataset, targets or backbones differ); "
-                "choose another output, or pass --force to replace it"
-            )
-    elif out.is_dir() and not force and _foreign_files(out, marker):
-        raise OutputFolderError(
-            f"output folder {out} is not empty and holds no sing-audit run; choose an empty or new folder, "
-            "or pass --force to write into it"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(marker, json.dumps({"identity": identity, "tool": f"sing-audit {__version__}"}, indent=2))
-
-
-def _foreign_files(out: Path, marker: Path) -> bool:
-    """Whether ``out`` holds files of something other than a sing-audit run. Shards started
-    together race here: another one's marker (or its temporary file) is no foreign file."""
-    others = [p for p in out.iterdir() if not p.name.startswith(f".{MARKER}.")]
-    return bool(others) and not marker.is_file()
+# --------------------------------------------------------------------------- run log
 
 
 @contextmanager
 def _file_log(out: Path, name: str = "run.log"):
+    """Log the run into ``out/logs/name``. An exception that ends the run is logged there
+    too — with its traceback when it is a bug — and carries the log's path
+    (``exc.sing_audit_log``) so the error message can point to it."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logs / name, encoding="utf-8")
+    path = logs / name
+    handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     previous = log.level
     log.setLevel(logging.INFO)
     try:
-        yield logs / name
+        yield path
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        raise
+    except SingAuditError as exc:
+        log.error("run stopped: %s", exc)
+        exc.sing_audit_log = path
+        raise
+    except Exception as exc:
+        log.exception("internal error (a bug, not a verdict): %s: %s", exc.__class__.__name__, exc)
+        exc.sing_audit_log = path
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -245,18 +229,20 @@ class EmbeddingSource:
 
 
 class Runner:
-    """Runs one audit's stages. ``shard``: extract only that slice of the images into the
-    store's shard entries (see :mod:`sing_audit.shard`); ``merge_only``: never extract, join
-    the shards instead (``sing-audit merge``)."""
+    """Runs one audit's stages in the output folder ``folder`` (held by the caller).
+    ``shard``: extract only that slice of the images into the store's shard entries (see
+    :mod:`sing_audit.shard`); ``merge_only``: never extract, join the shards instead
+    (``sing-audit merge``)."""
 
-    def __init__(self, plan: Plan, force: bool = False, shard=None, merge_only: bool = False):
+    def __init__(self, plan: Plan, folder: RunFolder | None = None, shard=None, merge_only: bool = False):
         self.plan = plan
         self.shard = shard
         self.merge_only = merge_only
         self.cfg = plan.config
         self.out = self.cfg.output_dir
-        self.store = ArrayStore(self.out / "cache")
-        self.force = force
+        self.folder = folder
+        # the folder is claimed when the run stores its first measurement (see RunFolder)
+        self.store = ArrayStore(self.out / "cache", before_write=folder.claim if folder is not None else None)
         self.stage_seconds: dict[str, float] = {}
         self.device: str | None = None
         self.records = None
@@ -898,9 +884,15 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
     is_mean = float(np.mean(scores.image_score))
     as_abs_mean = float(np.mean(abs_as))
     nr = probe_summaries.get("null_removal", {})
+    top_images = _top_images(runner, ids, labels, fsrc.class_names, scores, cfg.report.top_images)
+    if runner.plan.visualizer is not None and top_images:
+        from .visualize import render_evidence
+
+        with runner.stage("visualizer"):
+            probe_summaries["renderings"] = render_evidence(runner, runner.plan.visualizer, ctx, top_images)
     random_parts = [p for p, r in ((f"backbone {fsrc.name}", fsrc.random_weights), (f"target {esrc.name}", esrc.random_weights)) if r]
     has_labels = labels_source == "labels"
-    result = ModelResult(
+    measured = ModelResult(
         name=fsrc.name,
         backbone=fsrc.name,
         target=esrc.name,
@@ -945,21 +937,16 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         n_flagged=outcome.n_flagged,
         n_waived=outcome.n_waived,
         n_outliers=outcome.n_outliers,
+        n_judged=outcome.n_judged,
+        outliers_computed=outcome.outliers_computed,
         flagged_classes=outcome.flagged_names,
-        passed=outcome.passed,
         classes=classes,
         probes=probe_summaries,
+        top_images=top_images,
+        files={"images_csv": f"models/{slug(fsrc.name)}__{slug(esrc.name)}/images.csv"},
         weights_digest=fsrc.describe.get("weights_digest") or fsrc.describe.get("digest"),
     )
-    result.top_images = _top_images(runner, ids, labels, fsrc.class_names, scores, cfg.report.top_images)
-    if runner.plan.visualizer is not None and result.top_images:
-        from .visualize import render_evidence
-
-        with runner.stage("visualizer"):
-            result.probes["renderings"] = render_evidence(runner, runner.plan.visualizer, ctx, result)
-    result.policy_failures = policy_failures(result, cfg.policy)
-    result.passed = not result.policy_failures
-    result.summary = model_summary(result, cfg.policy)
+    result = judge_model(measured, cfg.policy)
     per_image = {
         "image_id": np.array(ids if ids is not None else [str(i) for i in frows], dtype=object),
         "label": labels,
@@ -967,6 +954,8 @@ def analyse(runner: Runner, fsrc: FeatureSource, esrc: EmbeddingSource) -> tuple
         "predicted": predicted,
         "fold": folds,
         **columns,
+        # the stamp every output carries: a spreadsheet of random-weight numbers says so on every row
+        "random_weights": np.full(labels.shape[0], "RANDOM WEIGHTS" if result.random_weights else "no", dtype=object),
     }
     return result, per_image
 
@@ -1064,14 +1053,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _verdict(result_models: list[ModelResult], passed: bool, policy) -> str:
-    if passed:
-        return f"PASSED: {len(result_models)} model(s) audited; none has more than {policy.max_flagged} flagged class(es) or misses a floor."
-    failing = [m for m in result_models if not m.passed]
-    parts = [f"{m.name} ({m.target}): " + "; ".join(m.policy_failures) for m in failing]
-    return "FAILED: " + " | ".join(parts)
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -1096,15 +1077,17 @@ class ShardReport:
 
 
 def run_shard(config, shard: Shard, *, force: bool = False, overrides: list[str] | None = None,
-              registry: Registry | None = None) -> ShardReport:
+              registry: Registry | None = None, wait: float | None = None, notify=None) -> ShardReport:
     """Extract one shard's features and embeddings into the store (no analysis)."""
     source = str(config) if isinstance(config, (str, Path)) else "<config>"
     cfg = load_config(config, overrides)
     plan = build_plan(cfg, registry or create_registry(), source)
     out = cfg.output_dir
-    prepare_output(out, audit_identity(cfg), force)
-    with _file_log(out, f"shard-{shard.index}-of-{shard.count}.log"):
-        runner = Runner(plan, force=force, shard=shard)
+    with RunFolder(out, audit_identity(cfg), force=force, shared=True, wait=wait, notify=notify) as folder, \
+            _file_log(out, f"shard-{shard.index}-of-{shard.count}.log"):
+        for note in folder.notes:
+            log.warning("%s", note)
+        runner = Runner(plan, folder, shard=shard)
         runner.load_dataset()
         names = []
         for comp in plan.targets:
@@ -1122,22 +1105,28 @@ def run_shard(config, shard: Shard, *, force: bool = False, overrides: list[str]
 
 
 def run_audit(config, *, force: bool = False, overrides: list[str] | None = None, registry: Registry | None = None,
-              merge_only: bool = False) -> AuditResult:
+              merge_only: bool = False, wait: float | None = None, notify=None) -> AuditResult:
     """Run an audit end to end and write its files; return the typed result.
 
     ``merge_only``: join the shards extracted by ``run_shard`` instead of extracting
     anything (``sing-audit merge``); a missing shard is a :class:`DataError`. Without it a
-    complete set of shards is joined too, and whatever is missing is extracted."""
+    complete set of shards is joined too, and whatever is missing is extracted.
+
+    The output folder is locked for the run (``wait``: seconds to wait for another run
+    that holds it, ``-1`` for as long as it takes; ``None``: refuse at once). results.json
+    is written first; when another output fails, :class:`~sing_audit.errors.OutputWriteError`
+    carries the result and says what is in place and how to regenerate the rest."""
     source = str(config) if isinstance(config, (str, Path)) else "<config>"
     cfg = load_config(config, overrides)
     registry = registry or create_registry()
     plan = build_plan(cfg, registry, source)
     out = cfg.output_dir
-    prepare_output(out, audit_identity(cfg), force)
     started = dt.datetime.now(dt.timezone.utc)
-    with _file_log(out):
+    with RunFolder(out, audit_identity(cfg), force=force, wait=wait, notify=notify) as folder, _file_log(out) as log_path:
         log.info("sing-audit %s: audit %s into %s", __version__, cfg.name or source, out)
-        runner = Runner(plan, force=force, merge_only=merge_only)
+        for note in folder.notes:
+            log.warning("%s", note)
+        runner = Runner(plan, folder, merge_only=merge_only)
         runner.load_dataset()
         esources = [runner.load_target(t) for t in plan.targets]
         models: list[ModelResult] = []
@@ -1146,10 +1135,11 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
         for comp in plan.backbones:
             fsrc = runner.load_backbone(comp)
             for esrc in esources:
+                folder.claim()  # measuring from here on (the analysis writes what it computes)
                 result, per_image = analyse(runner, fsrc, esrc)
-                rel = f"models/{slug(result.name)}__{slug(result.target)}/images.csv"
+                rel = result.files["images_csv"]
                 atomic_write_text(out / rel, _csv_text(per_image))
-                result.files["images_csv"] = rel
+                folder.record(rel)
                 abs_as[(result.name, result.target)] = np.abs(np.asarray(per_image["as"], dtype=np.float64))
                 per_image_files[f"{result.name}@{result.target}"] = rel
                 models.append(result)
@@ -1158,62 +1148,101 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
         for esrc in esources:
             if runner.records is not None and esrc.ok is not None:
                 runner.skipped = sorted(set(runner.skipped) | {runner.records[i].image_id for i in np.flatnonzero(~esrc.ok)})
-        passed = all(m.passed for m in models)
-        comparisons = []
-        generator = np.random.default_rng(cfg.run.seed)
-        for i, ma in enumerate(models):
-            for mb in models[i + 1 :]:
-                if ma.target == mb.target:
-                    comparisons.append(
-                        compare_models(
-                            ma.target, ma.name, abs_as[(ma.name, ma.target)], mb.name, abs_as[(mb.name, mb.target)],
-                            generator, cfg.run.bootstrap,
-                        )
-                    )
-        aggregates = {}
-        for comp in plan.probes:
-            summaries = {f"{m.name}@{m.target}": m.probes.get(comp.plugin, {}) for m in models}
-            aggregated = comp.instance.aggregate(summaries)
-            if aggregated is not None:
-                aggregates[comp.plugin] = aggregated
-        components = {f"backbone {c.name}": {"plugin": c.plugin, "package": c.package} for c in plan.backbones}
-        components.update({f"target {c.name}": {"plugin": c.plugin, "package": c.package} for c in plan.targets})
-        components["translator"] = {"plugin": plan.translator.plugin, "package": plan.translator.package}
-        result = AuditResult(
-            name=cfg.name or (Path(source).stem if source != "<config>" else "audit"),
-            passed=passed,
-            random_weights=any(m.random_weights for m in models),
-            verdict=_verdict(models, passed, cfg.policy),
-            policy=cfg.policy.model_dump(mode="json", by_alias=True),
-            models=models,
-            target_agreement=target_agreement(models),
-            model_comparisons=comparisons,
-            probe_aggregates=aggregates,
-            provenance=Provenance(
-                config=cfg.model_dump(mode="json", by_alias=True, exclude_none=True),
-                config_digest=content_key(cfg.model_dump(mode="json", by_alias=True)),
-                versions=_versions(),
-                components=components,
-                dataset=runner.dataset_info,
-                seed=cfg.run.seed,
-                stage_seconds={k: round(v, 3) for k, v in runner.stage_seconds.items()},
-                skipped_images=runner.skipped,
-                started=started.isoformat(timespec="seconds"),
-                finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            ),
-        )
-        import yaml
-
-        atomic_write_text(out / "config.resolved.yaml", yaml.safe_dump(result.provenance.config, sort_keys=False))
-        result.files["config"] = "config.resolved.yaml"
-        result.files["log"] = "logs/run.log"
-        result.files.update({f"images:{k}": v for k, v in per_image_files.items()})
-        reporters = dict(plan.reporters)
-        json_reporter = reporters.pop("json", None) or _json_reporter(registry)
-        for fmt, comp in reporters.items():
-            for path in comp.instance.write(result, out, fmt):
-                result.files[fmt] = str(Path(path).relative_to(out))
-        result.files["json"] = "results.json"
-        json_reporter.instance.write(result, out, "json")
+        result = _audit_result(cfg, plan, runner, models, abs_as, source, started)
+        result = result.model_copy(update={"files": {
+            "config": "config.resolved.yaml",
+            "log": str(log_path.relative_to(out)),
+            **{f"images:{k}": v for k, v in per_image_files.items()},
+            "json": "results.json",
+        }})
+        result = _write_outputs(result, plan, registry, folder)
         log.info("verdict: %s", result.verdict)
+    return result
+
+
+def _audit_result(cfg: AuditConfig, plan: Plan, runner: Runner, models: list[ModelResult], abs_as, source: str,
+                  started: dt.datetime) -> AuditResult:
+    """The audit's typed result from its models' results (pure but for the clock)."""
+    passed = audit_passed(models, cfg.policy)
+    comparisons = []
+    generator = np.random.default_rng(cfg.run.seed)
+    for i, ma in enumerate(models):
+        for mb in models[i + 1 :]:
+            if ma.target == mb.target:
+                comparisons.append(
+                    compare_models(
+                        ma.target, ma.name, abs_as[(ma.name, ma.target)], mb.name, abs_as[(mb.name, mb.target)],
+                        generator, cfg.run.bootstrap,
+                    )
+                )
+    aggregates = {}
+    for comp in plan.probes:
+        summaries = {f"{m.name}@{m.target}": m.probes.get(comp.plugin, {}) for m in models}
+        aggregated = comp.instance.aggregate(summaries)
+        if aggregated is not None:
+            aggregates[comp.plugin] = aggregated
+    components = {f"backbone {c.name}": {"plugin": c.plugin, "package": c.package} for c in plan.backbones}
+    components.update({f"target {c.name}": {"plugin": c.plugin, "package": c.package} for c in plan.targets})
+    components["translator"] = {"plugin": plan.translator.plugin, "package": plan.translator.package}
+    return AuditResult(
+        name=cfg.name or (Path(source).stem if source != "<config>" else "audit"),
+        passed=passed,
+        assessed=all(m.assessed for m in models),
+        random_weights=any(m.random_weights for m in models),
+        verdict=verdict_text(models, passed, cfg.policy),
+        policy=cfg.policy.model_dump(mode="json", by_alias=True),
+        models=models,
+        target_agreement=target_agreement(models),
+        model_comparisons=comparisons,
+        probe_aggregates=aggregates,
+        provenance=Provenance(
+            config=cfg.model_dump(mode="json", by_alias=True, exclude_none=True),
+            config_digest=content_key(cfg.model_dump(mode="json", by_alias=True)),
+            versions=_versions(),
+            components=components,
+            dataset=runner.dataset_info,
+            seed=cfg.run.seed,
+            stage_seconds={k: round(v, 3) for k, v in runner.stage_seconds.items()},
+            skipped_images=runner.skipped,
+            started=started.isoformat(timespec="seconds"),
+            finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        ),
+    )
+
+
+def _write_outputs(result: AuditResult, plan: Plan, registry: Registry, folder: RunFolder) -> AuditResult:
+    """Write results.json first, then every other configured output.
+
+    A writer that fails does not stop the others: each failure is logged (with its
+    traceback) and collected, and :class:`OutputWriteError` is raised at the end with the
+    result, once everything that could be written is in place. results.json is rewritten
+    (atomically) at the end to name the files the reporters wrote."""
+    import yaml
+
+    out = folder.path
+    folder.remove_stale_outputs()
+    atomic_write_text(out / "config.resolved.yaml", yaml.safe_dump(result.provenance.config, sort_keys=False))
+    folder.record("config.resolved.yaml")
+    reporters = dict(plan.reporters)
+    json_reporter = reporters.pop("json", None) or _json_reporter(registry)
+    json_reporter.instance.write(result, out, "json")
+    folder.record("results.json")
+    files = dict(result.files)
+    failures: list[WriterFailure] = []
+    for fmt, comp in reporters.items():
+        try:
+            written = comp.instance.write(result, out, fmt)
+        except Exception as exc:  # noqa: BLE001 - collected and re-raised below with the result
+            log.error("output %s (reporter %r from %s) failed", fmt, comp.plugin, comp.package, exc_info=True)
+            failures.append(WriterFailure(fmt, comp.plugin, comp.package, exc))
+            continue
+        for path in written:
+            rel = Path(path).resolve().relative_to(out.resolve()).as_posix()
+            folder.record(rel)
+            files[fmt] = rel
+    if files != result.files:
+        result = result.model_copy(update={"files": files})
+        json_reporter.instance.write(result, out, "json")
+    if failures:
+        raise OutputWriteError(result, failures, out, [f for f in folder.written])
     return result

@@ -90,9 +90,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: longest path component :func:`slug` makes (far below the 255 bytes file systems allow)
+SLUG_MAX = 64
+
+
 def slug(text: str) -> str:
-    """``text`` as one path component: letters, digits and ``._-`` kept, the rest ``_``."""
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+    """``text`` as one short, safe path component, distinct for distinct texts.
+
+    ASCII letters, digits and ``._-`` are kept, anything else becomes ``_``. A text that
+    is kept whole (at most :data:`SLUG_MAX` characters, nothing replaced, no capital that a
+    case-insensitive file system would fold) is its own slug; any other gets a short
+    SHA-256 of the full text appended, so two names never share a folder.
+    """
+    clean = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "_" for c in text)
+    if clean == text and text.lower() == text and 0 < len(text) <= SLUG_MAX and text.strip(".") != "":
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{clean[: SLUG_MAX - len(digest) - 1]}-{digest}"
 
 
 def safe_child(root: Path, relative: str) -> Path:
@@ -113,10 +127,18 @@ def _file_sha256(path: Path) -> str:
 
 
 class ArrayStore:
-    """Entries of named arrays plus metadata under ``root``."""
+    """Entries of named arrays plus metadata under ``root``.
 
-    def __init__(self, root: Path):
+    ``before_write`` is called before anything is written (e.g. to claim the output
+    folder once the run stores its first measurement)."""
+
+    def __init__(self, root: Path, before_write=None):
         self.root = Path(root)
+        self.before_write = before_write
+
+    def _writing(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
 
     def _dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -145,6 +167,7 @@ class ArrayStore:
 
     def save(self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> None:
         """Write the entry atomically: arrays into a temporary folder, then rename."""
+        self._writing()
         final = self._dir(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
@@ -214,6 +237,7 @@ class PartialEntry:
             if self.values.shape[1:] != (dim,):
                 raise ValueError(f"rows have {dim} columns but the partial entry holds {self.values.shape[1:]}")
             return
+        self.store._writing()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.values = np.lib.format.open_memmap(self.folder / "values.npy", mode="w+", dtype=self.dtype, shape=(self.n_rows, dim))
         self.ok = np.lib.format.open_memmap(self.folder / "ok.npy", mode="w+", dtype=np.bool_, shape=(self.n_rows,))
@@ -230,6 +254,7 @@ class PartialEntry:
 
     def commit(self, done: int) -> None:
         """Flush every row below ``done`` to disk, then record ``done`` (atomically)."""
+        self.store._writing()
         if self.values is not None:
             self.values.flush()
             self.ok.flush()
