@@ -16,7 +16,8 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import BadInputError, PluginError, SingAuditError
+from .errors import BadInputError, OutputWriteError, PluginError, SingAuditError
+from .terminal import plain, shorten
 
 EXIT_PASSED = 0
 EXIT_POLICY_FAILED = 1
@@ -39,6 +40,19 @@ def _add_override(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=-1.0,
+        default=None,
+        metavar="SECONDS",
+        help="when another run holds the output folder, wait for it (at most SECONDS; without a value, as long "
+        "as it takes) instead of exiting 2",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sing-audit",
@@ -50,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run an audit and write results.json and the report")
     p.add_argument("config", type=Path, help="audit.yaml")
-    p.add_argument("--force", action="store_true", help="write into an output folder that holds another audit")
+    p.add_argument(
+        "--force", action="store_true",
+        help="replace an output folder that holds another audit (the files sing-audit wrote there are removed)",
+    )
+    _add_wait(p)
     p.add_argument(
         "--shard",
         metavar="I/N",
@@ -67,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "shard is an error (exit 2) that names it.",
     )
     p.add_argument("config", type=Path, help="audit.yaml (the same one the shards ran)")
-    p.add_argument("--force", action="store_true", help="write into an output folder that holds another audit")
+    p.add_argument("--force", action="store_true", help="replace an output folder that holds another audit")
+    _add_wait(p)
     _add_override(p)
 
     p = sub.add_parser("validate", help="check a config and its plugins' options without running")
@@ -141,8 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(text="") -> None:
+    """Print a line (user-controlled text made inert: see :mod:`sing_audit.terminal`)."""
+    print(plain(text))
+
+
+def _warn(text) -> None:
+    print(plain(text), file=sys.stderr)
+
+
+def _say_json(data) -> None:
+    """Print ``data`` as JSON; characters a terminal would act on are \\u-escaped
+    (valid JSON: they can only occur inside strings)."""
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    print("".join(c if c.isprintable() or c in "\n " else json.dumps(c)[1:-1] for c in text))
+
+
 def _print_error(kind: str, exc: BaseException) -> None:
-    print(f"sing-audit: {kind}: {exc}", file=sys.stderr)
+    _warn(f"sing-audit: {kind}: {exc}")
 
 
 def _cmd_run(args) -> int:
@@ -152,22 +187,32 @@ def _cmd_run(args) -> int:
     if shard is None:
         from .runner import run_audit
 
-        return _print_result(args, run_audit(args.config, force=args.force, overrides=args.override))
+        return _print_result(args, run_audit(args.config, force=args.force, overrides=args.override, wait=args.wait, notify=_warn))
     if shard.distributed:
         return _run_distributed(args, shard)
     report = _run_one_shard(args, shard)
-    print(
+    _say(
         f"shard {shard}: rows {report.rows.start}–{report.rows.stop} of {report.n_images} extracted for "
         f"{', '.join(report.components) or 'nothing (every input is precomputed)'}\n"
-        f"when all {shard.count} shards are done: sing-audit merge {args.config}"
+        f"when all {shard.count} shards are done: {_command('merge', args)}"
     )
     return 0
+
+
+def _command(name: str, args) -> str:
+    """The ``sing-audit NAME`` command line for the same config and overrides (shell-quoted)."""
+    import shlex
+
+    parts = ["sing-audit", name, str(args.config)]
+    for item in args.override:
+        parts += ["-o", item]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _run_one_shard(args, shard):
     from .runner import run_shard
 
-    return run_shard(args.config, shard, force=args.force, overrides=args.override)
+    return run_shard(args.config, shard, force=args.force, overrides=args.override, wait=args.wait, notify=_warn)
 
 
 def _run_distributed(args, shard) -> int:
@@ -181,28 +226,64 @@ def _run_distributed(args, shard) -> int:
     barrier_and_leave(keep=False)
     if shard.index != 0:
         return 0
-    return _print_result(args, run_audit(args.config, force=args.force, overrides=args.override, merge_only=True))
+    # the other ranks are done (barrier): wait for them to let go of the folder
+    wait = args.wait if args.wait is not None else 600.0
+    return _print_result(args, run_audit(args.config, force=args.force, overrides=args.override, merge_only=True, wait=wait, notify=_warn))
 
 
 def _cmd_merge(args) -> int:
     from .runner import run_audit
 
-    return _print_result(args, run_audit(args.config, force=args.force, overrides=args.override, merge_only=True))
+    return _print_result(
+        args, run_audit(args.config, force=args.force, overrides=args.override, merge_only=True, wait=args.wait, notify=_warn)
+    )
 
 
-def _print_result(args, result) -> int:
+EXIT_MEANING = {
+    "passed": "the policy passed",
+    "failed": "the policy failed",
+    "not assessed": "a model could not be assessed, so the audit cannot pass (policy.allow_not_assessed lets it)",
+}
+
+
+def _print_models(result) -> None:
     for m in result.models:
         ratio = "undefined (no null space)" if m.is_as_ratio is None else f"{m.is_as_ratio:.2f}"
         stamp = "  [RANDOM WEIGHTS]" if m.random_weights else ""
-        print(
+        _say(
             f"{m.name} @ {m.target}: null dim {m.null_dim} ({m.rank_rule}), mean IS {m.is_mean:.2f}°, "
-            f"mean |AS| {m.as_abs_mean:.2f}°, IS/AS {ratio}, flagged {m.n_flagged}{stamp}"
+            f"mean |AS| {m.as_abs_mean:.2f}°, IS/AS {ratio}, {m.n_flagged} flagged of {m.n_judged} judged — "
+            f"{m.outcome.upper()}{stamp}"
         )
-    print(result.verdict)
-    from .config import load_config
+        for reason in m.not_assessed_reasons:
+            _say(f"  not assessed: {shorten(reason, 300)}")
 
-    print(f"results: {load_config(args.config, args.override).output_dir / 'results.json'}")
-    return EXIT_PASSED if result.passed else EXIT_POLICY_FAILED
+
+def _print_result(args, result, written: list[str] | None = None) -> int:
+    """The verdict, what the exit code means and every file written; returns the exit code."""
+    _print_models(result)
+    _say(shorten(result.verdict, 2000))
+    code = EXIT_PASSED if result.passed else EXIT_POLICY_FAILED
+    out = _output_dir(args)
+    files = written if written is not None else list(dict.fromkeys(result.files.values()))
+    if out is not None and files:
+        _say(f"written to {out}:")
+        for rel in files:
+            _say(f"  {rel}")
+    meaning = EXIT_MEANING[result.outcome]
+    if result.passed and not result.assessed:
+        meaning += " (models that could not be assessed are allowed by policy.allow_not_assessed)"
+    _say(f"exit {code}: {meaning}")
+    return code
+
+
+def _output_dir(args) -> Path | None:
+    try:
+        from .config import load_config
+
+        return load_config(args.config, args.override).output_dir
+    except Exception:  # noqa: BLE001 - only for the message
+        return None
 
 
 def _cmd_validate(args) -> int:
@@ -212,7 +293,7 @@ def _cmd_validate(args) -> int:
 
     cfg = load_config(args.config, args.override)
     plan = build_plan(cfg, create_registry(), str(args.config))
-    print(
+    _say(
         f"{args.config}: valid — {len(plan.backbones)} backbone(s), {len(plan.targets)} target(s), "
         f"probes {', '.join(p.plugin for p in plan.probes)}; output {cfg.output_dir}"
     )
@@ -223,7 +304,7 @@ def _cmd_schema(args) -> int:
     from .config import config_schema
     from .host import create_registry
 
-    print(json.dumps(config_schema(create_registry()), indent=2, default=str))
+    _say_json(config_schema(create_registry()))
     return 0
 
 
@@ -235,15 +316,15 @@ def _cmd_plugins(args) -> int:
         for r in create_registry().all()
     ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        _say_json(rows)
         return 0
     width = max(len(r["name"]) for r in rows) if rows else 4
     current = None
     for r in rows:
         if r["kind"] != current:
             current = r["kind"]
-            print(f"{current}s:")
-        print(f"  {r['name']:<{width}}  {r['package']}  — {r['doc']}")
+            _say(f"{current}s:")
+        _say(f"  {r['name']:<{width}}  {r['package']}  — {plain(r['doc'], keep_newlines=False)}")
     return 0
 
 
@@ -292,21 +373,21 @@ def _cmd_report(args) -> int:
     original = path.read_bytes()
     for fmt in formats:
         if fmt == "json":
-            print(f"json: {path} (the source; left unchanged)")
+            _say(f"json: {path} (the source; left unchanged)")
             continue
         reg = available[fmt]
         written = reg.factory().write(result, out, fmt)
         if path.read_bytes() != original:  # results.json is the record of the audit: never rewritten here
             atomic_write_bytes(path, original)
-            print(f"sing-audit: warning: reporter {reg.name!r} ({reg.package}) rewrote {path}; restored it", file=sys.stderr)
+            _warn(f"sing-audit: warning: reporter {reg.name!r} ({reg.package}) rewrote {path}; restored it")
         for p in written:
-            print(f"{fmt}: {p}")
+            _say(f"{fmt}: {p}")
     return 0
 
 
 def _plain(text) -> str:
-    """User-controlled text, safe for a terminal (control characters shown escaped)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    """User-controlled text on one terminal line (control characters shown escaped)."""
+    return plain(text, keep_newlines=False)
 
 
 def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
@@ -409,7 +490,7 @@ def _cmd_diff(args) -> int:
     b, _, _ = load_result(args.run_b)
     d = diff_results(a, b, pairs, min_delta=args.min_delta, run_a=str(args.run_a), run_b=str(args.run_b))
     if args.json:
-        print(d.model_dump_json(indent=2))
+        _say_json(d.model_dump(mode="json"))
     else:
         _print_diff(d)
     return EXIT_POLICY_FAILED if d.regressed else EXIT_PASSED
@@ -423,23 +504,23 @@ def _cmd_explain(args) -> int:
         overrides=args.override,
     )
     if args.json:
-        print(r.model_dump_json(indent=2))
+        _say_json(r.model_dump(mode="json"))
         return 0
     stamp = "  [RANDOM WEIGHTS]" if r.random_weights else ""
-    print(f"{r.image} ({r.source}) — {r.model} @ {r.target}{stamp}")
-    print(f"  class {r.class_name!r} ({r.label_source}); predicted {r.predicted_name!r}; translator: {r.translator}")
+    _say(f"{_plain(r.image)} ({r.source}) — {r.model} @ {r.target}{stamp}")
+    _say(f"  class {_plain(shorten(r.class_name))!r} ({r.label_source}); predicted {_plain(shorten(r.predicted_name))!r}; translator: {r.translator}")
     contrast = "n/a" if r.attribute_contrast is None else f"{r.attribute_contrast:+.2f}°"
-    print(f"  null energy {r.null_energy:.3f}  IS {r.image_score:.2f}°  AS {r.attribute_score:+.2f}°  AS contrast {contrast}")
-    print("  classes most moved by null removal (AS):")
+    _say(f"  null energy {r.null_energy:.3f}  IS {r.image_score:.2f}°  AS {r.attribute_score:+.2f}°  AS contrast {contrast}")
+    _say("  classes most moved by null removal (AS):")
     for c in r.top_classes:
-        print(f"    {c.attribute_score:+8.2f}°  {c.name}")
+        _say(f"    {c.attribute_score:+8.2f}°  {_plain(shorten(c.name))}")
     concepts = r.probes.get("concepts", {}).get("per_class", {})
     for name, rows in concepts.items():
-        print(f"  top concepts ({name}):")
+        _say(f"  top concepts ({_plain(shorten(name))}):")
         for row in rows:
-            print(f"    {row['as']:+8.2f}°  {row['concept']}  (angle {row['angle']:.1f}°)")
+            _say(f"    {row['as']:+8.2f}°  {_plain(shorten(row['concept']))}  (angle {row['angle']:.1f}°)")
     for row in r.probes.get("steering", {}).get("targets", []):
-        print(f"  steering toward {row['prompt']!r}: AS {row['as_mean']:+.2f}°, IS {row['is_mean']:.2f}°, logit drift {row['logit_drift']:.2e}")
+        _say(f"  steering toward {_plain(shorten(row['prompt']))!r}: AS {row['as_mean']:+.2f}°, IS {row['is_mean']:.2f}°, logit drift {row['logit_drift']:.2e}")
     return 0
 
 
@@ -473,33 +554,39 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _print_error("error", exc)
         return EXIT_BAD_INPUT
+    except OutputWriteError as exc:
+        # the analysis finished: show its verdict and what is in place, then what failed
+        _print_models(exc.result)
+        _say(shorten(exc.result.verdict, 2000))
+        if args.debug:
+            traceback.print_exc()
+        _print_error("error", exc)
+        if exc.is_bug:
+            _warn(f"{_log_hint(args, exc)}A reporter failed with a bug (exit 70); report it with the log.")
+            return EXIT_INTERNAL
+        return EXIT_BAD_INPUT
     except SingAuditError as exc:
         if args.debug:
             traceback.print_exc()
         _print_error("error", exc)
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - a bug: never read as a verdict
-        log_hint = _log_hint(args)
+        log_hint = _log_hint(args, exc)
         traceback.print_exc() if args.debug else None
-        print(
+        _warn(
             f"sing-audit: internal error (a bug, not a verdict): {exc.__class__.__name__}: {exc}\n"
-            f"{log_hint}Rerun with --debug for the traceback, and report it with the log.",
-            file=sys.stderr,
+            f"{log_hint}Rerun with --debug for the traceback, and report it with the log."
         )
         return EXIT_INTERNAL
 
 
-def _log_hint(args) -> str:
-    config = getattr(args, "config", None)
-    if config is None:
-        return ""
-    try:
-        from .config import load_config
-
-        out = load_config(config, getattr(args, "override", None)).output_dir
-    except Exception:  # noqa: BLE001 - best effort only
-        return ""
-    return f"The log is at {out / 'logs' / 'run.log'}.\n"
+def _log_hint(args, exc: BaseException | None = None) -> str:
+    """Where the log of the failed run is (it holds the traceback)."""
+    path = getattr(exc, "sing_audit_log", None)
+    if path is None:
+        out = _output_dir(args) if getattr(args, "config", None) is not None else None
+        path = out / "logs" / "run.log" if out is not None else None
+    return f"The log is at {path}.\n" if path is not None else ""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,7 @@ class JsonReporter(Reporter):
 
 CLASS_COLUMNS = (
     "model", "target", "index", "name", "n", "as_mean", "as_abs_mean", "as_abs_ci_low", "as_abs_ci_high",
-    "as_contrast", "is_mean", "flagged", "outlier", "waived", "flag_reasons",
+    "as_contrast", "is_mean", "flagged", "outlier", "waived", "flag_reasons", "random_weights",
 )
 
 
@@ -48,7 +48,8 @@ def _is_number(text: str) -> bool:
 
 
 class ClassTableReporter(Reporter):
-    """``classes.csv``: one row per model, target and class."""
+    """``classes.csv``: one row per model, target and class. Its ``random_weights``
+    column says ``RANDOM WEIGHTS`` on every row of a model audited with random weights."""
 
     formats = ("csv",)
 
@@ -61,6 +62,7 @@ class ClassTableReporter(Reporter):
                 row = (
                     m.name, m.target, c.index, c.name, c.n, c.as_mean, c.as_abs_mean, c.as_abs_ci.low,
                     c.as_abs_ci.high, c.as_contrast, c.is_mean, c.flagged, c.outlier, c.waived, " | ".join(c.flag_reasons),
+                    "RANDOM WEIGHTS" if m.random_weights else "no",
                 )
                 writer.writerow([_cell(v) for v in row])
         path = Path(output_dir) / "classes.csv"

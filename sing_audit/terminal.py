@@ -1,0 +1,34 @@
+"""Text for the terminal: user-controlled strings made inert, long names shortened.
+
+Class names, image ids, concept words, file paths and plugin docstrings come from users
+and third parties. Printed raw, a name holding ``ESC ] 0 ; … BEL`` retitles the terminal
+and ``ESC [ 2 J`` clears it; bidirectional overrides reorder what the reader sees. Every
+line the CLI prints goes through :func:`plain`, which shows such characters escaped
+(``\\x1b``, ``\\u202e``) instead of sending them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["plain", "shorten", "TERMINAL_NAME_CHARS"]
+
+#: longest name printed whole on a terminal line; longer ones are shortened with an ellipsis
+TERMINAL_NAME_CHARS = 80
+
+
+def plain(text, *, keep_newlines: bool = True) -> str:
+    """``text`` safe to print: every non-printable character (C0/C1 controls, escape,
+    bidi overrides, other format characters) shown escaped; line breaks kept when
+    ``keep_newlines`` (multi-line messages stay readable)."""
+    out = []
+    for c in str(text):
+        if c.isprintable() or (keep_newlines and c == "\n"):
+            out.append(c)
+        else:
+            out.append(repr(c)[1:-1] if c not in "\t" else "\\t")
+    return "".join(out)
+
+
+def shorten(text, limit: int = TERMINAL_NAME_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters, with ``…`` where it was cut."""
+    text = str(text)
+    return text if len(text) <= limit else text[: max(1, limit - 1)] + "…"
