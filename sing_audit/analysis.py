@@ -13,6 +13,7 @@ import numpy as np
 from .config import PolicyConfig
 from .results import ClassResult, Fidelity, Interval, ModelComparison, ModelResult, TargetAgreement
 from .scores import unit_rows
+from .terminal import shorten
 from .stats import MIN_OUTLIER_VALUES, MeanCI, bootstrap_mean_ci, robust_outliers
 
 __all__ = [
@@ -214,7 +215,7 @@ def policy_failures(m: ModelResult, policy: PolicyConfig) -> list[str]:
     out = []
     if m.n_flagged > policy.max_flagged:
         out.append(
-            f"{m.n_flagged} flagged class(es) of {m.n_judged} judged ({', '.join(m.flagged_classes[:5])}"
+            f"{m.n_flagged} flagged class(es) of {m.n_judged} judged ({', '.join(shorten(n) for n in m.flagged_classes[:5])}"
             f"{'…' if m.n_flagged > 5 else ''}), more than the {policy.max_flagged} allowed"
         )
     if policy.min_is_as_ratio is not None and m.is_as_ratio is not None and m.is_as_ratio < policy.min_is_as_ratio:
@@ -251,7 +252,7 @@ def model_summary(m: ModelResult, policy: PolicyConfig) -> str:
     if not m.assessed:
         text = f"{who} was not assessed, so this audit says nothing about its leakage: " + "; ".join(m.not_assessed_reasons) + "."
     elif m.n_flagged or m.n_waived:
-        names = ", ".join(m.flagged_classes[:3]) + ("…" if len(m.flagged_classes) > 3 else "")
+        names = ", ".join(shorten(n) for n in m.flagged_classes[:3]) + ("…" if len(m.flagged_classes) > 3 else "")
         flagged = [c for c in m.classes if c.flagged]
         worst = max((c.as_abs_mean or 0.0 for c in flagged), default=None)
         text = (
