@@ -408,6 +408,19 @@ def _change(c, digits: int = 2, unit: str = "") -> str:
     return text + (" *" if c.beyond_ci else "")
 
 
+def _flagged_change(m) -> str:
+    a, b = f"{m.n_flagged.a} of {m.n_judged.a}", f"{m.n_flagged.b} of {m.n_judged.b}"
+    return a if a == b else f"{a} → {b}"
+
+
+def _outcome_change(m) -> str:
+    def word(passed: bool, assessed: bool) -> str:
+        return "not assessed" if not assessed else "pass" if passed else "FAIL"
+
+    a, b = word(m.passed_a, m.assessed_a), word(m.passed_b, m.assessed_b)
+    return a if a == b else f"{a} → {b}"
+
+
 def _print_diff(d) -> None:
     def ci(i) -> str:
         return "n/a" if i.low is None or i.high is None else f"{i.low:.2f}–{i.high:.2f}°"
@@ -426,12 +439,12 @@ def _print_diff(d) -> None:
             _change(m.as_abs_mean, unit="°"),
             _change(m.null_dim),
             _change(m.fidelity_cosine, digits=3),
-            _change(m.n_flagged),
-            ("pass" if m.passed_a else "FAIL") + ("" if m.passed_a == m.passed_b else " → " + ("pass" if m.passed_b else "FAIL")),
+            _flagged_change(m),
+            _outcome_change(m),
         ]
         for m in d.models
     ]
-    for line in _table(["model", "IS/AS", "mean |AS|", "null dim", "fidelity (cos)", "flagged", "policy"], rows):
+    for line in _table(["model", "IS/AS", "mean |AS|", "null dim", "fidelity (cos)", "flagged of judged", "policy"], rows):
         print(line)
 
     def classes(title: str, hint: str, items) -> None:

@@ -101,8 +101,11 @@ class ModelDiff(_Diff):
     fidelity_cosine: Change
     fidelity_r2: Change
     n_flagged: Change
+    n_judged: Change = Field(default_factory=Change, description="classes with at least min_images images")
     passed_a: bool
     passed_b: bool
+    assessed_a: bool = True
+    assessed_b: bool = True
     random_weights_a: bool
     random_weights_b: bool
     regressions: int = 0
@@ -344,8 +347,11 @@ def diff_results(
             fidelity_cosine=Change.of(ma.fidelity.cosine, mb.fidelity.cosine),
             fidelity_r2=Change.of(ma.fidelity.r2, mb.fidelity.r2),
             n_flagged=Change.of(ma.n_flagged, mb.n_flagged),
+            n_judged=Change.of(ma.n_judged, mb.n_judged),
             passed_a=ma.passed,
             passed_b=mb.passed,
+            assessed_a=ma.assessed,
+            assessed_b=mb.assessed,
             random_weights_a=ma.random_weights,
             random_weights_b=mb.random_weights,
         )

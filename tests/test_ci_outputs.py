@@ -301,6 +301,18 @@ def test_diff_finds_the_regressed_classes(run_a, run_b, capsys):
     assert main(["diff", str(run_a), str(run_b)]) == 1
     out = capsys.readouterr().out
     assert "REGRESSIONS (2)" in out and "sports car" in out and "REGRESSION:" in out
+    assert "flagged of judged" in out and leaky["n_judged"]["b"] == 10
+
+
+def test_diff_shows_a_model_that_is_no_longer_assessed(run_a, tmp_path, capsys):
+    data = json.loads((run_a / "results.json").read_text(encoding="utf-8"))
+    for m in data["models"]:
+        m.update(assessed=False, passed=False, n_judged=0, not_assessed_reasons=["0 of 10 classes have ≥ 100 images"])
+    (tmp_path / "results.json").write_text(json.dumps(data), encoding="utf-8")
+    code, d = _diff_json(capsys, run_a, tmp_path)
+    assert all(m["assessed_a"] and not m["assessed_b"] for m in d["models"])
+    main(["diff", str(run_a), str(tmp_path)])
+    assert "→ not assessed" in capsys.readouterr().out
 
 
 def test_diff_of_identical_runs_passes(run_a, capsys):
