@@ -266,13 +266,29 @@ class Runner:
 
     @contextmanager
     def stage(self, name: str):
+        """Time a stage and log how it ended: "stage X: 1.23s" when it finished, "stage X:
+        interrupted after 1.23s" on Ctrl-C, "stage X: failed after 1.23s (ErrorClass)" on an
+        exception. Only finished stages count in ``stage_seconds`` (provenance): an
+        unfinished stage's time is in the log, never reported as work done. The exception
+        carries the stage it escaped from (:func:`sing_audit.stages.stage_exit`), so the
+        CLI can name it."""
+        from .stages import record_stage_exit
+
         start = time.perf_counter()
         log.info("stage %s: start", name)
         try:
             yield
-        finally:
-            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
-            log.info("stage %s: %.2fs", name, time.perf_counter() - start)
+        except BaseException as exc:
+            elapsed = time.perf_counter() - start
+            if isinstance(exc, KeyboardInterrupt):
+                log.warning("stage %s: interrupted after %.2fs", name, elapsed)
+            else:
+                log.warning("stage %s: failed after %.2fs (%s)", name, elapsed, type(exc).__name__)
+            record_stage_exit(exc, name, elapsed)
+            raise
+        elapsed = time.perf_counter() - start
+        self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + elapsed
+        log.info("stage %s: %.2fs", name, elapsed)
 
     def ensure_loaded(self, component) -> None:
         """Load a model once per run (only when something is not in the cache)."""
