@@ -444,27 +444,39 @@ class Runner:
         random_weights = bool(described.get("random_weights", t.random_weights))
         return EmbeddingSource(comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), t, random_weights, desc)
 
-    def text_encoder(self, src: EmbeddingSource):
-        """``prompts -> K×n`` raw embeddings, cached on disk; loads the target only on a miss."""
+    def _chunked_text(self, src: EmbeddingSource):
+        """The target's text encoder in resumable chunks (:mod:`sing_audit.text_stage`):
+        chunks not in the cache are encoded inside the text stage, the model loaded first."""
+        from .text_stage import ChunkedText
+
         t = src.target
+
+        @contextmanager
+        def computing():
+            with self.stage("text"):
+                self.ensure_loaded(t)
+                yield
+
+        return ChunkedText(self.store, src.describe, t.encode_text, computing, src.name)
+
+    def text_encoder(self, src: EmbeddingSource):
+        """``prompts -> K×n`` raw embeddings, cached on disk in chunks (a rerun after an
+        interrupt encodes only the chunks not yet done); loads the target only on a miss."""
+        t = src.target
+        chunked = None if isinstance(t, EmbeddingTarget) else self._chunked_text(src)
 
         def encode(prompts: list[str]) -> np.ndarray:
             prompts = [str(p) for p in prompts]
-            if isinstance(t, EmbeddingTarget):
+            if chunked is None:
                 return t.encode_text(prompts)  # raises: no text encoder
-            key = content_key("prompts", src.describe, prompts)
-            hit = self.store.load("text", key, mmap=False)
-            if hit is not None:
-                return np.asarray(hit[0]["values"])
-            with self.stage("text"):
-                self.ensure_loaded(t)
-                emb = np.asarray(t.encode_text(prompts), dtype=np.float64)
-            self.store.save("text", key, {"values": emb})
-            return emb
+            return chunked.encode(prompts)
 
         return encode
 
     def class_text(self, src: EmbeddingSource, class_names: list[str]) -> np.ndarray:
+        """c×n unit class embeddings (the template ensemble), cached. Encoded in resumable
+        chunks of whole classes, each stored as it finishes and removed once the ensemble
+        is stored; a target that defines its own ``class_text_embeddings`` is called once."""
         t = src.target
         if isinstance(t, EmbeddingTarget):
             return t.class_text_embeddings(class_names)
@@ -472,13 +484,18 @@ class Runner:
         if key in src.text_cache:
             return src.text_cache[key]
         hit = self.store.load("text", key, mmap=False)
-        if hit is None:
-            with self.stage("text"):
+        if hit is not None:
+            emb = np.asarray(hit[0]["values"])
+        elif type(t).class_text_embeddings is not Target.class_text_embeddings:
+            with self.stage("text"):  # its own ensemble: nothing to chunk from outside
                 self.ensure_loaded(t)
                 emb = t.class_text_embeddings(class_names)
-                self.store.save("text", key, {"values": emb})
+            self.store.save("text", key, {"values": emb})
         else:
-            emb = np.asarray(hit[0]["values"])
+            chunked = self._chunked_text(src)
+            emb = chunked.class_ensemble(class_names, list(t.templates))
+            self.store.save("text", key, {"values": emb})
+            chunked.forget(chunked.class_chunks(class_names, list(t.templates)))
         src.text_cache[key] = emb
         return emb
 
