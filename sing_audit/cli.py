@@ -460,8 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("sing-audit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(_interrupted(args, exc), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader of our output went away (e.g. `| head`): not an error of ours
@@ -487,6 +487,52 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def _interrupted(args, exc: KeyboardInterrupt) -> str:
+    """What the terminal says on Ctrl-C. For an audit (run, merge): which stage was
+    interrupted (``Runner.stage`` notes it on the exception), that finished work is kept in
+    the cache, and the command line that resumes it, rebuilt from the parsed arguments."""
+    import shlex
+
+    from .stages import stage_exit
+
+    if args.command not in ("run", "merge"):
+        return "sing-audit: interrupted"
+    where = stage_exit(exc)
+    if where is None:
+        lines = ["sing-audit: interrupted"]
+    else:
+        inside = f"inside {', '.join(where.outer)}, " if where.outer else ""
+        lines = [f"sing-audit: interrupted during stage {where.name} ({inside}after {where.seconds:.2f}s)"]
+    try:
+        from .config import load_config
+
+        cache = load_config(args.config, args.override).output_dir / "cache"
+        lines.append(
+            f"Finished work is kept in the cache in {cache} (features, embeddings, text embeddings, fitted "
+            "translators, and the finished chunks of an interrupted extraction or text encoding)."
+        )
+    except Exception:  # noqa: BLE001 - best effort: reading the config may be what was interrupted
+        pass
+    shard = getattr(args, "shard", None)
+    if args.command == "run" and shard is None:
+        try:
+            from .shard import shard_from_env
+
+            if shard_from_env() is not None:  # a torchrun worker: its command line is torchrun's
+                lines.append("Resume by starting the same torchrun command again: every rank continues its shard.")
+                return "\n".join(lines)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    command = ["sing-audit", *(["--debug"] if args.debug else []), args.command, str(args.config)]
+    command += ["--force"] if args.force else []
+    command += ["--shard", shard] if shard else []
+    for override in args.override:
+        command += ["-o", override]
+    note = " (every -o override again)" if args.override else ""
+    lines.append(f"Resume with the same command{note}:\n  {shlex.join(command)}")
+    return "\n".join(lines)
 
 
 def _log_hint(args) -> str:
