@@ -78,7 +78,8 @@ def _chunks(out: Path) -> list[Path]:
     from sing_audit.text_stage import CHUNK_KIND
 
     folder = out / "cache" / CHUNK_KIND
-    return sorted(p for p in folder.glob("*/meta.json")) if folder.is_dir() else []
+    # committed entries only: a chunk being written lives in a hidden temporary folder
+    return sorted(p for p in folder.glob("*/meta.json") if not p.parent.name.startswith(".")) if folder.is_dir() else []
 
 
 # --------------------------------------------------------------------------- stages
@@ -380,7 +381,7 @@ def test_sigint_during_the_text_stage_resumes_from_its_chunks(tmp_path):
         }, name=f"{out}.yaml")
 
     cfg = config("out")
-    out = tmp_path / "out"
+    out = load_config(cfg).output_dir
     proc = subprocess.Popen([sys.executable, "-m", "sing_audit.cli", "run", str(cfg), "-o", "run.seed=0"],
                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
