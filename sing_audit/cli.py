@@ -199,14 +199,18 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _command(name: str, args) -> str:
-    """The ``sing-audit NAME`` command line for the same config and overrides (shell-quoted)."""
+def _command(name: str, args, *, same_flags: bool = False) -> str:
+    """The ``sing-audit NAME`` command line for the same config and ``-o`` overrides
+    (shell-quoted); with ``same_flags`` also the run's ``--debug``, ``--force``, ``--shard``."""
     import shlex
 
-    parts = ["sing-audit", name, str(args.config)]
+    parts = ["sing-audit", *(["--debug"] if same_flags and args.debug else []), name, str(args.config)]
+    if same_flags:
+        parts += ["--force"] if getattr(args, "force", False) else []
+        parts += ["--shard", args.shard] if getattr(args, "shard", None) else []
     for item in args.override:
         parts += ["-o", item]
-    return " ".join(shlex.quote(p) for p in parts)
+    return shlex.join(parts)
 
 
 def _run_one_shard(args, shard):
@@ -554,8 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("sing-audit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        _warn(_interrupted(args, exc))
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader of our output went away (e.g. `| head`): not an error of ours
@@ -591,6 +595,45 @@ def main(argv: list[str] | None = None) -> int:
             f"{log_hint}Rerun with --debug for the traceback, and report it with the log."
         )
         return EXIT_INTERNAL
+
+
+def _interrupted(args, exc: KeyboardInterrupt) -> str:
+    """What the terminal says on Ctrl-C. For an audit (run, merge): which stage was
+    interrupted (``Runner.stage`` notes it on the exception), that finished work is kept in
+    the cache, and the command line that resumes it, rebuilt from the parsed arguments."""
+    from .stages import stage_exit
+
+    if args.command not in ("run", "merge"):
+        return "sing-audit: interrupted"
+    where = stage_exit(exc)
+    if where is None:
+        lines = ["sing-audit: interrupted"]
+    else:
+        inside = f"inside {', '.join(where.outer)}, " if where.outer else ""
+        lines = [f"sing-audit: interrupted during stage {where.name} ({inside}after {where.seconds:.2f}s)"]
+    try:
+        from .config import load_config
+
+        cache = load_config(args.config, args.override).output_dir / "cache"
+        lines.append(
+            f"Finished work is kept in the cache in {cache} (features, embeddings, text embeddings, fitted "
+            "translators, and the finished chunks of an interrupted extraction or text encoding)."
+        )
+    except Exception:  # noqa: BLE001 - best effort: reading the config may be what was interrupted
+        pass
+    shard = getattr(args, "shard", None)
+    if args.command == "run" and shard is None:
+        try:
+            from .shard import shard_from_env
+
+            if shard_from_env() is not None:  # a torchrun worker: its command line is torchrun's
+                lines.append("Resume by starting the same torchrun command again: every rank continues its shard.")
+                return "\n".join(lines)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    note = " (every -o override again)" if args.override else ""
+    lines.append(f"Resume with the same command{note}:\n  {_command(args.command, args, same_flags=True)}")
+    return "\n".join(lines)
 
 
 def _log_hint(args, exc: BaseException | None = None) -> str:

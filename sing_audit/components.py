@@ -47,6 +47,7 @@ __all__ = [
     "Reporter",
     "DEFAULT_TEMPLATES",
     "TextTargetOptions",
+    "template_ensemble",
 ]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("an image of a {}",)
@@ -263,13 +264,24 @@ class Target(abc.ABC):
 
     def class_text_embeddings(self, class_names: Sequence[str]) -> np.ndarray:
         """One unit embedding per class: the template ensemble (mean of normalised
-        template embeddings, renormalised). c×n float64."""
+        template embeddings, renormalised; see :func:`template_ensemble`). c×n float64."""
         templates = list(self.templates)
         prompts = [t.format(name) for name in class_names for t in templates]
-        emb = self.encode_text(prompts).astype(np.float64).reshape(len(class_names), len(templates), -1)
-        emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
-        mean = emb.mean(axis=1)
-        return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+        return template_ensemble(self.encode_text(prompts), len(templates))
+
+
+def template_ensemble(raw: np.ndarray, n_templates: int) -> np.ndarray:
+    """The template ensemble of k names from their (k·t)×n raw prompt embeddings, in the
+    order ``[template.format(name) for name in names for template in templates]``: per
+    name the mean of its t normalised template embeddings, renormalised. k×n float64.
+
+    Each name's row depends on its own prompts only, so names can be encoded in chunks
+    (the runner's resumable text stage) and the rows joined: the same result."""
+    raw = np.asarray(raw, dtype=np.float64)
+    emb = raw.reshape(raw.shape[0] // n_templates, n_templates, raw.shape[-1])
+    emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+    mean = emb.mean(axis=1)
+    return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
 
 
 class ImageTarget(Target):

@@ -252,13 +252,29 @@ class Runner:
 
     @contextmanager
     def stage(self, name: str):
+        """Time a stage and log how it ended: "stage X: 1.23s" when it finished, "stage X:
+        interrupted after 1.23s" on Ctrl-C, "stage X: failed after 1.23s (ErrorClass)" on an
+        exception. Only finished stages count in ``stage_seconds`` (provenance): an
+        unfinished stage's time is in the log, never reported as work done. The exception
+        carries the stage it escaped from (:func:`sing_audit.stages.stage_exit`), so the
+        CLI can name it."""
+        from .stages import record_stage_exit
+
         start = time.perf_counter()
         log.info("stage %s: start", name)
         try:
             yield
-        finally:
-            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
-            log.info("stage %s: %.2fs", name, time.perf_counter() - start)
+        except BaseException as exc:
+            elapsed = time.perf_counter() - start
+            if isinstance(exc, KeyboardInterrupt):
+                log.warning("stage %s: interrupted after %.2fs", name, elapsed)
+            else:
+                log.warning("stage %s: failed after %.2fs (%s)", name, elapsed, type(exc).__name__)
+            record_stage_exit(exc, name, elapsed)
+            raise
+        elapsed = time.perf_counter() - start
+        self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + elapsed
+        log.info("stage %s: %.2fs", name, elapsed)
 
     def ensure_loaded(self, component) -> None:
         """Load a model once per run (only when something is not in the cache)."""
@@ -414,27 +430,39 @@ class Runner:
         random_weights = bool(described.get("random_weights", t.random_weights))
         return EmbeddingSource(comp.name, arrays["values"], ids, np.asarray(arrays["ok"]), t, random_weights, desc)
 
-    def text_encoder(self, src: EmbeddingSource):
-        """``prompts -> K×n`` raw embeddings, cached on disk; loads the target only on a miss."""
+    def _chunked_text(self, src: EmbeddingSource):
+        """The target's text encoder in resumable chunks (:mod:`sing_audit.text_stage`):
+        chunks not in the cache are encoded inside the text stage, the model loaded first."""
+        from .text_stage import ChunkedText
+
         t = src.target
+
+        @contextmanager
+        def computing():
+            with self.stage("text"):
+                self.ensure_loaded(t)
+                yield
+
+        return ChunkedText(self.store, src.describe, t.encode_text, computing, src.name)
+
+    def text_encoder(self, src: EmbeddingSource):
+        """``prompts -> K×n`` raw embeddings, cached on disk in chunks (a rerun after an
+        interrupt encodes only the chunks not yet done); loads the target only on a miss."""
+        t = src.target
+        chunked = None if isinstance(t, EmbeddingTarget) else self._chunked_text(src)
 
         def encode(prompts: list[str]) -> np.ndarray:
             prompts = [str(p) for p in prompts]
-            if isinstance(t, EmbeddingTarget):
+            if chunked is None:
                 return t.encode_text(prompts)  # raises: no text encoder
-            key = content_key("prompts", src.describe, prompts)
-            hit = self.store.load("text", key, mmap=False)
-            if hit is not None:
-                return np.asarray(hit[0]["values"])
-            with self.stage("text"):
-                self.ensure_loaded(t)
-                emb = np.asarray(t.encode_text(prompts), dtype=np.float64)
-            self.store.save("text", key, {"values": emb})
-            return emb
+            return chunked.encode(prompts)
 
         return encode
 
     def class_text(self, src: EmbeddingSource, class_names: list[str]) -> np.ndarray:
+        """c×n unit class embeddings (the template ensemble), cached. Encoded in resumable
+        chunks of whole classes, each stored as it finishes and removed once the ensemble
+        is stored; a target that defines its own ``class_text_embeddings`` is called once."""
         t = src.target
         if isinstance(t, EmbeddingTarget):
             return t.class_text_embeddings(class_names)
@@ -442,13 +470,18 @@ class Runner:
         if key in src.text_cache:
             return src.text_cache[key]
         hit = self.store.load("text", key, mmap=False)
-        if hit is None:
-            with self.stage("text"):
+        if hit is not None:
+            emb = np.asarray(hit[0]["values"])
+        elif type(t).class_text_embeddings is not Target.class_text_embeddings:
+            with self.stage("text"):  # its own ensemble: nothing to chunk from outside
                 self.ensure_loaded(t)
                 emb = t.class_text_embeddings(class_names)
-                self.store.save("text", key, {"values": emb})
+            self.store.save("text", key, {"values": emb})
         else:
-            emb = np.asarray(hit[0]["values"])
+            chunked = self._chunked_text(src)
+            emb = chunked.class_ensemble(class_names, list(t.templates))
+            self.store.save("text", key, {"values": emb})
+            chunked.forget(chunked.class_chunks(class_names, list(t.templates)))
         src.text_cache[key] = emb
         return emb
 

@@ -1,0 +1,138 @@
+"""The text stage in resumable chunks: prompts are embedded a chunk at a time, and every
+finished chunk is stored in the cache at once, so Ctrl-C (or a crash) loses at most the
+chunk being encoded.
+
+A chunk entry (kind :data:`CHUNK_KIND`) holds the *raw* embeddings of its prompts, keyed
+by the target's description and the prompts themselves: a rerun finds exactly the
+chunks that were finished, whatever interrupted the run, and a changed model, weight or
+prompt never matches. The class prompts' template ensemble is built from the raw chunk
+embeddings by :func:`~sing_audit.components.template_ensemble`, the definition
+``Target.class_text_embeddings`` uses, so the result equals an unchunked run's (up to
+float rounding of differently sized batches). Chunks of class prompts hold whole
+classes, so each is reduced to its classes' rows as soon as it is read or encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+
+from .components import template_ensemble
+from .errors import DataError
+from .store import ArrayStore, content_key
+
+__all__ = ["TEXT_CHUNK_PROMPTS", "CHUNK_KIND", "ChunkedText"]
+
+log = logging.getLogger("sing_audit")
+
+#: prompts per resumable chunk: a few hundred (the forward batch of the open_clip and
+#: karlo text encoders is 256); class prompts are chunked by whole classes of at most
+#: this many prompts (a single class when it has more templates than that)
+TEXT_CHUNK_PROMPTS = 256
+
+#: store kind of the chunk entries
+CHUNK_KIND = "text-chunks"
+
+
+class ChunkedText:
+    """Embeds prompts through ``encode`` (P prompts -> P×n raw embeddings) a chunk at a
+    time, each chunk stored in ``store`` when done and read back instead of encoded again.
+
+    ``describe``: what the embeddings depend on (the target's description; its prompt
+    templates are left out of the key, since the prompts themselves are in it).
+    ``computing()``: a context entered once around the chunks that must be encoded (the
+    runner's text stage, which also loads the model): never entered when every chunk is
+    in the cache. ``label`` names the target in the log.
+    """
+
+    def __init__(
+        self,
+        store: ArrayStore,
+        describe: dict[str, Any],
+        encode: Callable[[list[str]], np.ndarray],
+        computing: Callable[[], AbstractContextManager],
+        label: str,
+        chunk_prompts: int = TEXT_CHUNK_PROMPTS,
+    ):
+        self.store = store
+        self.describe = {k: v for k, v in describe.items() if k != "templates"}
+        self._encode = encode
+        self.computing = computing
+        self.label = label
+        self.chunk_prompts = max(1, int(chunk_prompts))
+
+    def key(self, prompts: Sequence[str]) -> str:
+        return content_key("text-chunk", self.describe, list(prompts))
+
+    def _cached(self, prompts: list[str]) -> np.ndarray | None:
+        hit = self.store.load(CHUNK_KIND, self.key(prompts), mmap=False)
+        if hit is None:
+            return None
+        values = np.asarray(hit[0].get("values"))
+        return values if values.ndim == 2 and values.shape[0] == len(prompts) else None
+
+    def _encoded(self, prompts: list[str]) -> np.ndarray:
+        emb = np.asarray(self._encode(prompts), dtype=np.float64)
+        if emb.ndim != 2 or emb.shape[0] != len(prompts):
+            raise DataError(f"target {self.label}: text encoder returned shape {emb.shape} for {len(prompts)} prompts")
+        return emb
+
+    def run(self, chunks: list[list[str]], reduce: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+        """``reduce(raw)`` for each chunk of prompts, in order: stored chunks are read, the
+        others encoded inside one ``computing()`` and stored one by one as they finish."""
+        results: list[np.ndarray | None] = [None] * len(chunks)
+        missing = []
+        for i, prompts in enumerate(chunks):
+            raw = self._cached(prompts)
+            if raw is None:
+                missing.append(i)
+            else:
+                results[i] = reduce(raw)
+        reused = len(chunks) - len(missing)
+        if reused:
+            log.info("text: %d of %d prompt chunks from cache (target %s)", reused, len(chunks), self.label)
+        if missing:
+            with self.computing():
+                for i in missing:
+                    raw = self._encoded(chunks[i])
+                    self.store.save(CHUNK_KIND, self.key(chunks[i]), {"values": raw})
+                    results[i] = reduce(raw)
+        return results  # type: ignore[return-value]
+
+    def forget(self, chunks: list[list[str]]) -> None:
+        """Remove the entries of ``chunks`` (once what was built from them is stored)."""
+        for prompts in chunks:
+            self.store.remove(CHUNK_KIND, self.key(prompts))
+
+    # ----------------------------------------------------------------- uses
+
+    def encode(self, prompts: Sequence[str]) -> np.ndarray:
+        """P prompts -> P×n raw embeddings, in chunks of ``chunk_prompts``."""
+        prompts = [str(p) for p in prompts]
+        if not prompts:
+            with self.computing():
+                return self._encoded(prompts)
+        size = self.chunk_prompts
+        chunks = [prompts[i : i + size] for i in range(0, len(prompts), size)]
+        return np.concatenate(self.run(chunks, lambda raw: raw), axis=0)
+
+    def class_chunks(self, class_names: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
+        """The class prompts (every template per class, as ``Target.class_text_embeddings``
+        orders them) in chunks of whole classes."""
+        templates = list(templates)
+        per = max(1, self.chunk_prompts // len(templates))
+        names = [str(n) for n in class_names]
+        return [[t.format(n) for n in names[i : i + per] for t in templates] for i in range(0, len(names), per)]
+
+    def class_ensemble(self, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        """c×n unit class embeddings: the template ensemble of every class's prompts,
+        equal to ``Target.class_text_embeddings`` (see the module's docstring)."""
+        t = len(list(templates))
+        chunks = self.class_chunks(class_names, templates)
+        if not chunks:
+            raise DataError(f"target {self.label}: no class to embed")
+        return np.concatenate(self.run(chunks, lambda raw: template_ensemble(raw, t)), axis=0)
