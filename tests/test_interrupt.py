@@ -25,7 +25,7 @@ from sing_audit.config import load_config
 from sing_audit.host import create_registry
 from sing_audit.runner import EmbeddingSource, Runner, build_plan
 
-from .conftest import image_folder_audit, write_config
+from .conftest import PIPELINE_POLICY, image_folder_audit, write_config
 
 # --------------------------------------------------------------------------- helpers
 
@@ -377,6 +377,7 @@ def test_sigint_during_the_text_stage_resumes_from_its_chunks(tmp_path):
             "target": {"plugin": "open_clip", "name": "clip", "model": f"local-dir:{clip}", "weights": "random"},
             "backbones": [{"name": "classifier", "plugin": "precomputed", "path": "classifier.npz"}],
             "report": {"formats": ["json"]},
+            "policy": PIPELINE_POLICY,
             "run": {"device": "cpu", "folds": 2, "bootstrap": 100, "batch_size": 8},
         }, name=f"{out}.yaml")
 
