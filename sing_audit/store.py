@@ -2,7 +2,8 @@
 
 Each entry is a folder ``<root>/<kind>/<key>/`` holding ``.npy`` arrays (memory-mappable)
 and a ``meta.json`` written last with the sha256 of every array; an entry whose files do
-not match their recorded digests is treated as missing (and recomputed), never trusted.
+not match their recorded digests is treated as missing (and recomputed, with a warning
+naming the entry and what is wrong), never trusted.
 
 Large entries (extracted features) are written in chunks through a :class:`PartialEntry`:
 rows go straight into memory-mapped ``.npy`` files in ``<root>/<kind>/.partial-<key>/``
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +26,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ArrayStore", "PartialEntry", "atomic_write_bytes", "atomic_write_text", "content_key", "jsonable", "safe_child"]
+
+log = logging.getLogger("sing_audit")
 
 
 def content_key(*parts: Any) -> str:
@@ -122,22 +126,19 @@ class ArrayStore:
         return self.root / kind / key
 
     def load(self, kind: str, key: str, mmap: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """The entry's arrays and metadata, or ``None`` when missing or corrupt."""
+        """The entry's arrays and metadata, or ``None`` when missing or corrupt.
+
+        A missing entry is silent; a corrupt one is logged as a warning naming the entry
+        and the reason, since the caller will recompute it.
+        """
         folder = self._dir(kind, key)
-        meta_path = folder / "meta.json"
-        if not meta_path.is_file():
+        if not folder.is_dir():
             return None
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            arrays = {}
-            for name, digest in meta["_arrays"].items():
-                path = folder / f"{name}.npy"
-                if _file_sha256(path) != digest:
-                    return None
-                arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError):
+            return _read_entry(folder, mmap)
+        except CorruptEntry as exc:
+            log.warning("cache entry %s/%s is corrupt (%s); it will be recomputed", kind, key, exc)
             return None
-        return arrays, meta.get("meta", {})
 
     def remove(self, kind: str, key: str) -> None:
         """Delete an entry (missing is fine)."""
@@ -168,6 +169,36 @@ class ArrayStore:
             raise
 
 
+class CorruptEntry(Exception):
+    """An entry folder whose files do not make a valid entry; the message says why."""
+
+
+def _read_entry(folder: Path, mmap: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read and verify the entry in ``folder``; raise :class:`CorruptEntry` saying what is wrong."""
+    meta_path = folder / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CorruptEntry("meta.json is missing") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptEntry(f"meta.json is unreadable: {exc.__class__.__name__}: {exc}") from None
+    listed = meta.get("_arrays") if isinstance(meta, dict) else None
+    if not isinstance(listed, dict) or not all(isinstance(d, str) for d in listed.values()):
+        raise CorruptEntry("meta.json does not list the arrays and their digests")
+    arrays = {}
+    for name, digest in listed.items():
+        path = folder / f"{name}.npy"
+        try:
+            if _file_sha256(path) != digest:
+                raise CorruptEntry(f"digest mismatch in {path.name}")
+            arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except FileNotFoundError:
+            raise CorruptEntry(f"{path.name} is missing") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise CorruptEntry(f"{path.name} cannot be read: {exc.__class__.__name__}: {exc}") from None
+    return arrays, meta.get("meta", {})
+
+
 class PartialEntry:
     """An entry written row-chunk by row-chunk into memory-mapped files, resumable.
 
@@ -191,22 +222,57 @@ class PartialEntry:
         return self.folder / "progress.json"
 
     def _open_existing(self) -> None:
+        """Resume from the partial folder when it matches; otherwise discard it.
+
+        No folder is a fresh start (silent); one with nothing committed yet is discarded
+        with an info line; one with another fingerprint or broken files with a warning
+        naming the entry and the reason, since its rows will be recomputed.
+        """
+        self.values = self.ok = None
+        self.done = 0
+        if not self.folder.is_dir():
+            return
+        if not self._progress_path.is_file():
+            log.info("partial cache entry %s/%s has no committed rows; starting it over", self.kind, self.key)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return
         try:
-            progress = json.loads(self._progress_path.read_text(encoding="utf-8"))
-            if progress.get("fingerprint") != self.fingerprint:
-                raise ValueError("another fingerprint")
-            done = int(progress["done"])
-            if done > 0:
-                values = np.load(self.folder / "values.npy", mmap_mode="r+", allow_pickle=False)
-                ok = np.load(self.folder / "ok.npy", mmap_mode="r+", allow_pickle=False)
-                if values.shape[0] != self.n_rows or ok.shape != (self.n_rows,) or values.dtype != self.dtype:
-                    raise ValueError("shape")
-                self.values, self.ok = values, ok
-            self.done = min(done, self.n_rows)
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+            self._resume()
+        except CorruptEntry as exc:
+            log.warning(
+                "partial cache entry %s/%s (%s) is discarded (%s); its rows will be recomputed",
+                self.kind, self.key, self.folder.name, exc,
+            )
             shutil.rmtree(self.folder, ignore_errors=True)
             self.values = self.ok = None
             self.done = 0
+
+    def _resume(self) -> None:
+        """Open the committed rows of the partial folder; raise :class:`CorruptEntry` saying
+        why they cannot be used."""
+        try:
+            progress = json.loads(self._progress_path.read_text(encoding="utf-8"))
+            done = int(progress["done"])
+            fingerprint = progress.get("fingerprint")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptEntry(f"progress.json is unreadable: {exc.__class__.__name__}: {exc}") from None
+        if fingerprint != self.fingerprint:
+            raise CorruptEntry("another fingerprint: it was written with other settings (rows, batch size, dtype or images)")
+        if done > 0:
+            arrays = {}
+            for name in ("values", "ok"):
+                try:
+                    arrays[name] = np.load(self.folder / f"{name}.npy", mmap_mode="r+", allow_pickle=False)
+                except (OSError, ValueError, EOFError) as exc:
+                    raise CorruptEntry(f"{name}.npy cannot be read: {exc.__class__.__name__}: {exc}") from None
+            values, ok = arrays["values"], arrays["ok"]
+            if values.shape[:1] != (self.n_rows,) or ok.shape != (self.n_rows,) or values.dtype != self.dtype:
+                raise CorruptEntry(
+                    f"values.npy/ok.npy have shapes {values.shape}/{ok.shape} and dtype {values.dtype}, "
+                    f"not {self.n_rows} rows of {self.dtype}"
+                )
+            self.values, self.ok = values, ok
+        self.done = min(done, self.n_rows)
 
     def ensure(self, dim: int) -> None:
         """Create the memory-mapped arrays (N×dim values, N ok) on the first rows."""

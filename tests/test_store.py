@@ -277,3 +277,129 @@ def test_atomic_write_honours_umask(tmp_path):
         os.umask(old)
     plain = (tmp_path / "plain.json").stat().st_mode & 0o777
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == plain == 0o644
+
+
+# --------------------------------------------------------------------------- corrupt entries are logged
+
+
+def _corrupt_entry(root: Path, how: str) -> str:
+    """Damage the saved entry features/k as ``how`` says; return the reason the log must give."""
+    folder = root / "features" / "k"
+    if how == "flipped byte":
+        data = bytearray((folder / "f.npy").read_bytes())
+        data[-3] ^= 0x01
+        (folder / "f.npy").write_bytes(bytes(data))
+        return "digest mismatch in f.npy"
+    if how == "meta not json":
+        (folder / "meta.json").write_text("{not json")
+        return "meta.json"
+    if how == "meta missing":
+        (folder / "meta.json").unlink()
+        return "meta.json is missing"
+    if how == "array missing":
+        (folder / "g.npy").unlink()
+        return "g.npy is missing"
+    if how == "bad npy with its digest":
+        (folder / "f.npy").write_bytes(b"not an npy file at all")
+        meta = json.loads((folder / "meta.json").read_text())
+        import hashlib
+
+        meta["_arrays"]["f"] = hashlib.sha256(b"not an npy file at all").hexdigest()
+        (folder / "meta.json").write_text(json.dumps(meta))
+        return "f.npy cannot be read"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "meta not json", "meta missing", "array missing", "bad npy with its digest"])
+def test_corrupt_entry_is_logged_with_its_reason(tmp_path, caplog, how):
+    import logging
+
+    store = ArrayStore(tmp_path)
+    store.save("features", "k", {"f": np.arange(100.0), "g": np.ones(2)})
+    reason = _corrupt_entry(tmp_path, how)
+    with caplog.at_level(logging.WARNING, logger="sing_audit"):
+        assert store.load("features", "k") is None
+    warnings = [r for r in caplog.records if r.name == "sing_audit" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    text = warnings[0].getMessage()
+    assert "features/k" in text and reason in text and "recomputed" in text
+
+
+def test_missing_entry_is_silent(tmp_path, caplog):
+    import logging
+
+    store = ArrayStore(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="sing_audit"):
+        assert store.load("features", "nothing") is None
+        store.save("features", "other", {"f": np.ones(2)})
+        assert store.load("features", "nothing") is None
+        assert store.load("features", "other") is not None
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _partial(store, key="k", batch_size=2):
+    from sing_audit.store import PartialEntry
+
+    return PartialEntry(store, "features", key, 10, "float32", {"batch_size": batch_size})
+
+
+def _committed_partial(store) -> None:
+    p = _partial(store)
+    p.write([0, 1], np.ones((2, 3)))
+    p.commit(2)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("fingerprint", "another fingerprint"),
+        ("values", "values.npy"),
+        ("progress", "progress.json"),
+    ],
+)
+def test_discarded_partial_entry_is_logged(tmp_path, caplog, damage, reason):
+    import logging
+
+    store = ArrayStore(tmp_path)
+    _committed_partial(store)
+    folder = tmp_path / "features" / ".partial-k"
+    if damage == "values":
+        (folder / "values.npy").write_bytes(b"garbage")
+    elif damage == "progress":
+        (folder / "progress.json").write_text("{broken")
+    with caplog.at_level(logging.WARNING, logger="sing_audit"):
+        again = _partial(store, batch_size=4 if damage == "fingerprint" else 2)
+    assert again.done == 0 and again.values is None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sing_audit" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert "features/k" in warnings[0] and reason in warnings[0] and "recomputed" in warnings[0]
+
+
+def test_resumed_or_absent_partial_entry_is_silent(tmp_path, caplog):
+    import logging
+
+    store = ArrayStore(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="sing_audit"):
+        _committed_partial(store)  # no partial folder yet: a fresh start
+        again = _partial(store)  # same fingerprint: resumed
+    assert again.done == 2
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_corrupt_cache_entry_of_a_real_run_is_logged(tmp_path, synthetic_config, scenario_dir):
+    """A real audit whose cached subspace file is damaged between two runs: the second
+    run recomputes it and its log file says which entry and why."""
+    from sing_audit.cli import main
+
+    cfg = synthetic_config(backbones=[{"name": "benign", "plugin": "precomputed", "path": str(scenario_dir / "benign.npz")}])
+    assert main(["run", str(cfg)]) == 0
+    out = tmp_path / "out"
+    null = next((out / "cache" / "subspaces").glob("*/null.npy"))
+    key = null.parent.name
+    data = bytearray(null.read_bytes())
+    data[-1] ^= 0xFF
+    null.write_bytes(bytes(data))
+    assert main(["run", str(cfg)]) == 0
+    log = (out / "logs" / "run.log").read_text(encoding="utf-8")
+    line = next((ln for ln in log.splitlines() if f"subspaces/{key}" in ln), "")
+    assert "WARNING" in line and "digest mismatch in null.npy" in line and "recomputed" in line, log
