@@ -84,17 +84,6 @@ def test_missing_entry_is_none(tmp_path):
     assert ArrayStore(tmp_path).load("features", "nothing") is None
 
 
-def test_overwrite_replaces_entry(tmp_path):
-    store = ArrayStore(tmp_path)
-    store.save("k", "e", {"a": np.zeros(3), "old": np.ones(2)}, {"v": 1})
-    store.save("k", "e", {"a": np.arange(4.0)}, {"v": 2})
-    loaded, meta = store.load("k", "e", mmap=False)
-    assert set(loaded) == {"a"} and meta == {"v": 2}
-    np.testing.assert_array_equal(loaded["a"], np.arange(4.0))
-    assert not (tmp_path / "k" / "e" / "old.npy").exists()
-    assert _leftovers(tmp_path) == []
-
-
 @pytest.mark.parametrize("where", [-1, 0, 200])
 def test_flipped_byte_makes_entry_missing(tmp_path, where):
     store = ArrayStore(tmp_path)
@@ -147,14 +136,14 @@ def test_missing_array_file_makes_entry_missing(tmp_path):
 
 def test_failed_save_leaves_no_entry_and_no_temporary_folder(tmp_path, monkeypatch):
     store = ArrayStore(tmp_path)
-    real_replace = os.replace
+    real_rename = os.rename
 
-    def failing_replace(src, dst):
+    def failing_rename(src, dst):
         if Path(dst).name == "k":
             raise OSError("disk full")
-        return real_replace(src, dst)
+        return real_rename(src, dst)
 
-    monkeypatch.setattr(os, "replace", failing_replace)
+    monkeypatch.setattr(os, "rename", failing_rename)
     with pytest.raises(OSError, match="disk full"):
         store.save("features", "k", {"f": np.arange(5.0)})
     assert store.load("features", "k") is None
@@ -403,3 +392,28 @@ def test_corrupt_cache_entry_of_a_real_run_is_logged(tmp_path, synthetic_config,
     log = (out / "logs" / "run.log").read_text(encoding="utf-8")
     line = next((ln for ln in log.splitlines() if f"subspaces/{key}" in ln), "")
     assert "WARNING" in line and "digest mismatch in null.npy" in line and "recomputed" in line, log
+
+
+def test_interrupted_finalize_keeps_its_rows_resumable(tmp_path, monkeypatch):
+    """finalize claims the partial folder under a unique name; interrupted before the
+    entry is published, the folder gets its partial name back and resumes complete."""
+    from sing_audit import store as store_module
+
+    store = ArrayStore(tmp_path)
+    p = _partial(store)
+    p.write(list(range(10)), np.ones((10, 3)))
+    real = store_module.atomic_write_text
+
+    def interrupted(path, text):
+        if Path(path).name == "meta.json":
+            raise KeyboardInterrupt
+        return real(path, text)
+
+    monkeypatch.setattr(store_module, "atomic_write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        p.finalize({}, {"m": 1})
+    monkeypatch.setattr(store_module, "atomic_write_text", real)
+    again = _partial(store)
+    assert again.done == 10
+    np.testing.assert_array_equal(again.values, np.ones((10, 3)))
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [".partial-k"]
