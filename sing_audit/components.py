@@ -19,6 +19,7 @@ Kinds and what the runner asks of them:
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("an image of a {}",)
+
+log = logging.getLogger("sing_audit")
 
 
 class PluginOptions(BaseModel):
@@ -130,9 +133,14 @@ class ImageDataset(abc.ABC):
         """What the images are, for cache keys and provenance (root, digests, options)."""
 
     def open(self, record: ImageRecord):
-        """Open one image as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable."""
+        """Open one image as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable.
+
+        A truncated file is always unreadable, whatever another library did to Pillow's
+        process-wide settings (see :func:`_refuse_truncated_images`).
+        """
         from PIL import Image, UnidentifiedImageError
 
+        _refuse_truncated_images()
         try:
             with Image.open(record.path) as img:
                 img.load()
@@ -144,6 +152,27 @@ class ImageDataset(abc.ABC):
                 f"image {record.image_id!r} cannot be read ({exc.__class__.__name__}: {exc}); "
                 "fix or remove it, or set on_bad_image: skip"
             ) from exc
+
+
+def _refuse_truncated_images() -> None:
+    """Switch ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` back off if a library switched it on.
+
+    The flag is process-wide: weasyprint sets it on import, and with it Pillow decodes a
+    truncated file without complaint (the missing part filled in), so the image would be
+    audited as if whole and ``on_bad_image`` never consulted. Checked before every
+    decode, so the order of imports does not matter; no lock is needed (a flag that
+    only ever gets cleared here), and the warning is logged each time the flag is found
+    switched on, which is once per library that does so.
+    """
+    from PIL import ImageFile
+
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        log.warning(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES was switched on by a library loaded in this process "
+            "(weasyprint does so when imported); sing-audit switched it back off so that a truncated image "
+            "is bad data (on_bad_image) rather than decoded with its missing part filled in and audited"
+        )
 
 
 # --------------------------------------------------------------------------- backbones
