@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import abc
 import logging
+import re
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +119,10 @@ class ImageDataset(abc.ABC):
     """
 
     on_bad_image: str = "fail"  # "fail" or "skip"
+    #: largest image (width × height) :meth:`open` decodes; larger ones are bad data (a
+    #: decompression bomb would exhaust memory). ``None``: Pillow's own limit, twice
+    #: ``PIL.Image.MAX_IMAGE_PIXELS`` (178,956,970 pixels by default)
+    max_image_pixels: int | None = None
 
     @abc.abstractmethod
     def records(self) -> list[ImageRecord]:
@@ -135,23 +141,91 @@ class ImageDataset(abc.ABC):
     def open(self, record: ImageRecord):
         """Open one image as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable.
 
-        A truncated file is always unreadable, whatever another library did to Pillow's
-        process-wide settings (see :func:`_refuse_truncated_images`).
+        Unreadable means missing, corrupt, truncated (always, whatever another library did
+        to Pillow's process-wide settings: see :func:`_refuse_truncated_images`), larger
+        than :attr:`max_image_pixels` (a possible decompression bomb), or anything else
+        Pillow's format plugins raise on a malformed file.
         """
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         _refuse_truncated_images()
+        limit = self.max_image_pixels
+        if limit is not None:
+            _let_pillow_decode(limit)
         try:
             with Image.open(record.path) as img:
+                if limit is not None and img.width * img.height > limit:
+                    raise DataError(_over_the_limit(record, img.size, limit))
                 img.load()
                 return img.convert("RGB")
         except FileNotFoundError as exc:
             raise DataError(f"image {record.image_id!r} is missing: {record.path}") from exc
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(_pillow_bomb(record, exc)) from exc
+        except _UNREADABLE_IMAGE_ERRORS as exc:
             raise DataError(
                 f"image {record.image_id!r} cannot be read ({exc.__class__.__name__}: {exc}); "
                 "fix or remove it, or set on_bad_image: skip"
             ) from exc
+
+
+#: what Pillow and its format plugins raise on a malformed or hostile file: besides the
+#: OSError/SyntaxError/ValueError they raise on purpose, struct.error, IndexError,
+#: KeyError... escape from parsing short or inconsistent headers. All are bad data.
+_UNREADABLE_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # includes UnidentifiedImageError and "image file is truncated"
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    NotImplementedError,
+)
+
+_BOMB_HINT = "remove or downscale it, set on_bad_image: skip to audit without it, or, if the image is genuine, "
+
+
+def _over_the_limit(record: ImageRecord, size: tuple[int, int], limit: int) -> str:
+    """The message for an image larger than the dataset's own ``max_image_pixels``."""
+    w, h = size
+    return (
+        f"image {record.image_id!r} is {w}×{h} = {w * h:,} pixels, more than the dataset's max_image_pixels "
+        f"of {limit:,} (a possible decompression bomb); {_BOMB_HINT}raise max_image_pixels above {w * h:,}"
+    )
+
+
+def _pillow_bomb(record: ImageRecord, exc: Exception) -> str:
+    """The message for an image Pillow refused as a possible decompression bomb.
+
+    Pillow refuses before the image object exists, so its message gives the pixel count
+    and the limit (it refuses above twice ``MAX_IMAGE_PIXELS``, and warns above it: a
+    warning only gets here when warnings are errors in this process).
+    """
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
+    if found is None:  # pragma: no cover - a Pillow that words it differently
+        return f"image {record.image_id!r} is too large for Pillow ({exc}); {_BOMB_HINT}set max_image_pixels above its size"
+    pixels, limit = int(found.group(1)), int(found.group(2))
+    how = "decodes without a warning (warnings are errors in this process)" if isinstance(exc, Warning) else "decodes"
+    return (
+        f"image {record.image_id!r} has {pixels:,} pixels, more than the {limit:,} Pillow {how}: it could be a "
+        f"decompression bomb, which would exhaust memory; {_BOMB_HINT}set the dataset's max_image_pixels above {pixels:,}"
+    )
+
+
+def _let_pillow_decode(pixels: int) -> None:
+    """Raise Pillow's process-wide ``MAX_IMAGE_PIXELS`` to ``pixels`` if it is lower (never
+    lower it), so that Pillow neither refuses nor warns about the images a dataset's
+    ``max_image_pixels`` admits; the dataset's own check then enforces that limit."""
+    from PIL import Image
+
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < pixels:
+        Image.MAX_IMAGE_PIXELS = pixels
+        log.info("raised PIL.Image.MAX_IMAGE_PIXELS from %d to %d for a dataset's max_image_pixels", current, pixels)
 
 
 def _refuse_truncated_images() -> None:

@@ -2,6 +2,11 @@
 
 - A truncated JPEG is unreadable even after a library (weasyprint, imported by the pdf
   reporter) switched on ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``, in either import order.
+- A decompression bomb (a header declaring far more pixels than Pillow decodes) is a
+  ``DataError`` naming the image, its pixel count and the limit; ``max_image_pixels``
+  moves the limit either way.
+- Whatever else Pillow's plugins raise on a hostile file (struct.error, IndexError,
+  EOFError, ...) is bad data too, never an internal error.
 
 Under ``on_bad_image: skip`` each of these images is skipped and counted.
 """
@@ -271,3 +276,141 @@ def test_truncated_jpeg_with_pdf_report_is_skipped_and_counted(tmp_path):
     assert res["models"][0]["n_images"] == 12
     assert (tmp_path / "out" / "report.pdf").read_bytes().startswith(b"%PDF")
     assert f"skipped unreadable image {image_id}" in (tmp_path / "out" / "logs" / "run.log").read_text()
+
+
+# --------------------------------------------------------------------------- decompression bombs
+
+
+def test_bomb_is_data_error_naming_image_size_limit_and_ways_out(tmp_path):
+    root, image_id = folder_with(tmp_path, "bomb.jpg", bomb_jpeg())
+    ds = dataset(root)
+    with pytest.raises(DataError) as err:
+        ds.open(record(ds, image_id))
+    msg = str(err.value)
+    assert image_id in msg
+    assert "200,000,000 pixels" in msg
+    assert f"{2 * Image.MAX_IMAGE_PIXELS:,}" in msg
+    assert "decompression bomb" in msg and "on_bad_image: skip" in msg and "max_image_pixels" in msg
+    assert "\n" not in msg
+
+
+def test_bomb_fails_the_run_naming_the_file(tmp_path, capsys):
+    from sing_audit.cli import main
+
+    root, image_id = folder_with(tmp_path, "bomb.jpg", bomb_jpeg())
+    assert main(["run", str(audit_config(tmp_path, root, "fail"))]) == 2
+    err = capsys.readouterr().err
+    assert image_id in err and "200,000,000 pixels" in err and "max_image_pixels" in err
+
+
+def test_bomb_is_skipped_and_counted(tmp_path):
+    from sing_audit.cli import main
+
+    root, image_id = folder_with(tmp_path, "bomb.jpg", bomb_jpeg())
+    assert main(["run", str(audit_config(tmp_path, root, "skip"))]) == 0
+    res = results(tmp_path)
+    assert res["passed"] is True
+    assert res["provenance"]["skipped_images"] == [image_id]
+    assert res["models"][0]["n_images"] == 12
+
+
+@pytest.fixture
+def small_pillow_limit(monkeypatch):
+    """Pillow's limit shrunk to 1000 pixels (it refuses above 2000), so small images stand
+    in for huge ones; restored afterwards, including any raise by the dataset."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+
+
+def test_max_image_pixels_lets_a_genuine_large_image_through(tmp_path, small_pillow_limit):
+    root, image_id = folder_with(tmp_path, "large.png", png_bytes(64))  # 4096 px > 2 × 1000
+    ds = dataset(root)
+    with pytest.raises(DataError, match="4,096 pixels"):
+        ds.open(record(ds, image_id))
+    ds = dataset(root, max_image_pixels=5000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        assert ds.open(record(ds, image_id)).size == (64, 64)
+
+
+def test_max_image_pixels_refuses_larger_images(tmp_path):
+    root, image_id = folder_with(tmp_path, "big.png", png_bytes(40))
+    ds = dataset(root, max_image_pixels=1500)  # the folder's other images are 32×32 = 1024
+    with pytest.raises(DataError) as err:
+        ds.open(record(ds, image_id))
+    msg = str(err.value)
+    assert image_id in msg and "40×40" in msg and "1,600 pixels" in msg and "1,500" in msg
+    assert "max_image_pixels" in msg and "on_bad_image: skip" in msg
+    assert ds.open(next(r for r in ds.records() if r.image_id != image_id)).size == (32, 32)
+
+
+def test_max_image_pixels_in_a_run_skips_and_counts(tmp_path):
+    from sing_audit.cli import main
+
+    root, image_id = folder_with(tmp_path, "big.png", png_bytes(40))
+    assert main(["run", str(audit_config(tmp_path, root, "skip", max_image_pixels=1500))]) == 0
+    assert results(tmp_path)["provenance"]["skipped_images"] == [image_id]
+
+
+def test_max_image_pixels_is_validated_and_keys_the_cache(tmp_path):
+    from pydantic import ValidationError
+
+    root = write_image_folder(tmp_path / "val", per_class=1, size=8)
+    with pytest.raises(ValidationError):
+        dataset(root, max_image_pixels=0)
+    assert "max_image_pixels" not in dataset(root).describe()["options"]  # unchanged cache keys
+    assert dataset(root, max_image_pixels=10**9).describe()["options"]["max_image_pixels"] == 10**9
+
+
+def test_bomb_warning_turned_into_an_error_is_bad_data(tmp_path, small_pillow_limit):
+    """Between Pillow's limit and twice it Pillow only warns; under ``-W error`` that
+    warning is raised, and it is still bad data, not an internal error."""
+    root, image_id = folder_with(tmp_path, "warn.png", png_bytes(40))  # 1600 px: 1000 < 1600 <= 2000
+    ds = dataset(root)
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert ds.open(record(ds, image_id)).size == (40, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(DataError, match="decompression bomb"):
+            ds.open(record(ds, image_id))
+
+
+# --------------------------------------------------------------------------- what plugins raise
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        struct.error("unpack requires a buffer of 4 bytes"),
+        IndexError("index out of range"),
+        EOFError("no more images in GIF file"),
+        KeyError(7),
+        TypeError("bad tag type"),
+        ZeroDivisionError("division by zero"),
+        OverflowError("Python int too large to convert to C long"),
+        NotImplementedError("Unsupported DDS pixel format"),
+    ],
+    ids=lambda e: "struct.error" if isinstance(e, struct.error) else type(e).__name__,
+)
+def test_whatever_a_pillow_plugin_raises_is_bad_data(tmp_path, monkeypatch, error):
+    root, image_id = folder_with(tmp_path, "hostile.png", png_bytes(8))
+    ds = dataset(root)
+    rec = record(ds, image_id)
+    real_open = Image.open
+
+    def hostile_open(fp, *args, **kwargs):
+        if Path(fp) == rec.path:
+            raise error
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", hostile_open)
+    with pytest.raises(DataError) as err:
+        ds.open(rec)
+    msg = str(err.value)
+    assert image_id in msg and type(error).__name__ in msg and "on_bad_image: skip" in msg
+
+    from sing_audit.extraction import _Images
+
+    skipping = dataset(root, on_bad_image="skip")
+    records = skipping.records()
+    images = _Images(skipping, records, lambda img: img.size, skip_bad=True)
+    assert [records[i].image_id for i in range(len(records)) if images[i][1] is None] == [image_id]
