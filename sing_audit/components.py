@@ -155,13 +155,13 @@ class ImageDataset(abc.ABC):
         try:
             with Image.open(record.path) as img:
                 if limit is not None and img.width * img.height > limit:
-                    raise DataError(_over_the_limit(record, img.size, limit))
+                    raise DataError(_too_large(record, img.width * img.height, limit, "the dataset's max_image_pixels", img.size))
                 img.load()
                 return img.convert("RGB")
         except FileNotFoundError as exc:
             raise DataError(f"image {record.image_id!r} is missing: {record.path}") from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(_pillow_bomb(record, exc)) from exc
+            raise DataError(_pillow_bomb(record, exc, limit)) from exc
         except _UNREADABLE_IMAGE_ERRORS as exc:
             raise DataError(
                 f"image {record.image_id!r} cannot be read ({exc.__class__.__name__}: {exc}); "
@@ -186,34 +186,36 @@ _UNREADABLE_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
     NotImplementedError,
 )
 
-_BOMB_HINT = "remove or downscale it, set on_bad_image: skip to audit without it, or, if the image is genuine, "
-
-
-def _over_the_limit(record: ImageRecord, size: tuple[int, int], limit: int) -> str:
-    """The message for an image larger than the dataset's own ``max_image_pixels``."""
-    w, h = size
+def _too_large(record: ImageRecord, pixels: int, limit: int, whose: str, size: tuple[int, int] | None = None) -> str:
+    """The message for an image with more pixels than a limit allows, and the ways out."""
+    dims = f"{size[0]}×{size[1]} = " if size else ""
     return (
-        f"image {record.image_id!r} is {w}×{h} = {w * h:,} pixels, more than the dataset's max_image_pixels "
-        f"of {limit:,} (a possible decompression bomb); {_BOMB_HINT}raise max_image_pixels above {w * h:,}"
+        f"image {record.image_id!r} is {dims}{pixels:,} pixels, more than {whose} of {limit:,} (it could be a "
+        "decompression bomb, which would exhaust memory); remove or downscale it, set on_bad_image: skip to "
+        f"audit without it, or, if the image is genuine, set the dataset's max_image_pixels above {pixels:,}"
     )
 
 
-def _pillow_bomb(record: ImageRecord, exc: Exception) -> str:
+def _pillow_bomb(record: ImageRecord, exc: Exception, limit: int | None) -> str:
     """The message for an image Pillow refused as a possible decompression bomb.
 
     Pillow refuses before the image object exists, so its message gives the pixel count
-    and the limit (it refuses above twice ``MAX_IMAGE_PIXELS``, and warns above it: a
-    warning only gets here when warnings are errors in this process).
+    (and its limit: twice ``MAX_IMAGE_PIXELS``; above ``MAX_IMAGE_PIXELS`` it only warns,
+    and a warning gets here only when warnings are errors in this process). With the
+    dataset's own ``limit`` set, that is the limit to name.
     """
     found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
     if found is None:  # pragma: no cover - a Pillow that words it differently
-        return f"image {record.image_id!r} is too large for Pillow ({exc}); {_BOMB_HINT}set max_image_pixels above its size"
-    pixels, limit = int(found.group(1)), int(found.group(2))
-    how = "decodes without a warning (warnings are errors in this process)" if isinstance(exc, Warning) else "decodes"
-    return (
-        f"image {record.image_id!r} has {pixels:,} pixels, more than the {limit:,} Pillow {how}: it could be a "
-        f"decompression bomb, which would exhaust memory; {_BOMB_HINT}set the dataset's max_image_pixels above {pixels:,}"
-    )
+        return (
+            f"image {record.image_id!r} is too large to decode ({exc}); remove or downscale it, set "
+            "on_bad_image: skip to audit without it, or, if the image is genuine, raise the dataset's max_image_pixels"
+        )
+    pixels, pillow_limit = int(found.group(1)), int(found.group(2))
+    if limit is not None:
+        return _too_large(record, pixels, limit, "the dataset's max_image_pixels")
+    if isinstance(exc, Warning):
+        return _too_large(record, pixels, pillow_limit, "the limit above which Pillow warns (warnings are errors here)")
+    return _too_large(record, pixels, pillow_limit, "the limit Pillow decodes")
 
 
 def _let_pillow_decode(pixels: int) -> None:

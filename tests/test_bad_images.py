@@ -332,6 +332,17 @@ def test_max_image_pixels_lets_a_genuine_large_image_through(tmp_path, small_pil
         assert ds.open(record(ds, image_id)).size == (64, 64)
 
 
+def test_a_bomb_names_the_datasets_limit_when_it_is_set(tmp_path, small_pillow_limit):
+    """max_image_pixels 1200 raises Pillow's limit to 1200 (it refuses above 2400): a
+    4096-pixel image is refused by Pillow itself, but the limit that applies is 1200."""
+    root, image_id = folder_with(tmp_path, "large.png", png_bytes(64))
+    ds = dataset(root, max_image_pixels=1200)
+    with pytest.raises(DataError) as err:
+        ds.open(record(ds, image_id))
+    msg = str(err.value)
+    assert "4,096 pixels" in msg and "max_image_pixels of 1,200" in msg and "2,400" not in msg
+
+
 def test_max_image_pixels_refuses_larger_images(tmp_path):
     root, image_id = folder_with(tmp_path, "big.png", png_bytes(40))
     ds = dataset(root, max_image_pixels=1500)  # the folder's other images are 32×32 = 1024
