@@ -425,3 +425,17 @@ def test_whatever_a_pillow_plugin_raises_is_bad_data(tmp_path, monkeypatch, erro
     records = skipping.records()
     images = _Images(skipping, records, lambda img: img.size, skip_bad=True)
     assert [records[i].image_id for i in range(len(records)) if images[i][1] is None] == [image_id]
+
+
+def test_image_list_has_max_image_pixels_too(tmp_path):
+    from sing_audit.plugins.image_datasets import ImageListDataset
+
+    (tmp_path / "big.png").write_bytes(png_bytes(40))
+    (tmp_path / "small.png").write_bytes(png_bytes(8))
+    (tmp_path / "list.csv").write_text("path,label\nbig.png,a\nsmall.png,b\n")
+    ds = ImageListDataset(ImageListDataset.Options(csv=tmp_path / "list.csv", max_image_pixels=1000))
+    big, small = ds.records()
+    with pytest.raises(DataError, match="max_image_pixels of 1,000"):
+        ds.open(big)
+    assert ds.open(small).size == (8, 8)
+    assert ds.describe()["options"]["max_image_pixels"] == 1000
