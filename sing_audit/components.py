@@ -19,6 +19,9 @@ Kinds and what the runner asks of them:
 from __future__ import annotations
 
 import abc
+import logging
+import re
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,8 @@ __all__ = [
 ]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("an image of a {}",)
+
+log = logging.getLogger("sing_audit")
 
 
 class PluginOptions(BaseModel):
@@ -115,6 +120,10 @@ class ImageDataset(abc.ABC):
     """
 
     on_bad_image: str = "fail"  # "fail" or "skip"
+    #: largest image (width × height) :meth:`open` decodes; larger ones are bad data (a
+    #: decompression bomb would exhaust memory). ``None``: Pillow's own limit, twice
+    #: ``PIL.Image.MAX_IMAGE_PIXELS`` (178,956,970 pixels by default)
+    max_image_pixels: int | None = None
 
     @abc.abstractmethod
     def records(self) -> list[ImageRecord]:
@@ -131,20 +140,116 @@ class ImageDataset(abc.ABC):
         """What the images are, for cache keys and provenance (root, digests, options)."""
 
     def open(self, record: ImageRecord):
-        """Open one image as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable."""
-        from PIL import Image, UnidentifiedImageError
+        """Open one image as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable.
 
+        Unreadable means missing, corrupt, truncated (always, whatever another library did
+        to Pillow's process-wide settings: see :func:`_refuse_truncated_images`), larger
+        than :attr:`max_image_pixels` (a possible decompression bomb), or anything else
+        Pillow's format plugins raise on a malformed file.
+        """
+        from PIL import Image
+
+        _refuse_truncated_images()
+        limit = self.max_image_pixels
+        if limit is not None:
+            _let_pillow_decode(limit)
         try:
             with Image.open(record.path) as img:
+                if limit is not None and img.width * img.height > limit:
+                    raise DataError(_too_large(record, img.width * img.height, limit, "the dataset's max_image_pixels", img.size))
                 img.load()
                 return img.convert("RGB")
         except FileNotFoundError as exc:
             raise DataError(f"image {record.image_id!r} is missing: {record.path}") from exc
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(_pillow_bomb(record, exc, limit)) from exc
+        except _UNREADABLE_IMAGE_ERRORS as exc:
             raise DataError(
                 f"image {record.image_id!r} cannot be read ({exc.__class__.__name__}: {exc}); "
                 "fix or remove it, or set on_bad_image: skip"
             ) from exc
+
+
+#: what Pillow and its format plugins raise on a malformed or hostile file: besides the
+#: OSError/SyntaxError/ValueError they raise on purpose, struct.error, IndexError,
+#: KeyError... escape from parsing short or inconsistent headers. All are bad data.
+_UNREADABLE_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # includes UnidentifiedImageError and "image file is truncated"
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    NotImplementedError,
+)
+
+def _too_large(record: ImageRecord, pixels: int, limit: int, whose: str, size: tuple[int, int] | None = None) -> str:
+    """The message for an image with more pixels than a limit allows, and the ways out."""
+    dims = f"{size[0]}×{size[1]} = " if size else ""
+    return (
+        f"image {record.image_id!r} is {dims}{pixels:,} pixels, more than {whose} of {limit:,} (it could be a "
+        "decompression bomb, which would exhaust memory); remove or downscale it, set on_bad_image: skip to "
+        f"audit without it, or, if the image is genuine, set the dataset's max_image_pixels above {pixels:,}"
+    )
+
+
+def _pillow_bomb(record: ImageRecord, exc: Exception, limit: int | None) -> str:
+    """The message for an image Pillow refused as a possible decompression bomb.
+
+    Pillow refuses before the image object exists, so its message gives the pixel count
+    (and its limit: twice ``MAX_IMAGE_PIXELS``; above ``MAX_IMAGE_PIXELS`` it only warns,
+    and a warning gets here only when warnings are errors in this process). With the
+    dataset's own ``limit`` set, that is the limit to name.
+    """
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
+    if found is None:  # pragma: no cover - a Pillow that words it differently
+        return (
+            f"image {record.image_id!r} is too large to decode ({exc}); remove or downscale it, set "
+            "on_bad_image: skip to audit without it, or, if the image is genuine, raise the dataset's max_image_pixels"
+        )
+    pixels, pillow_limit = int(found.group(1)), int(found.group(2))
+    if limit is not None:
+        return _too_large(record, pixels, limit, "the dataset's max_image_pixels")
+    if isinstance(exc, Warning):
+        return _too_large(record, pixels, pillow_limit, "the limit above which Pillow warns (warnings are errors here)")
+    return _too_large(record, pixels, pillow_limit, "the limit Pillow decodes")
+
+
+def _let_pillow_decode(pixels: int) -> None:
+    """Raise Pillow's process-wide ``MAX_IMAGE_PIXELS`` to ``pixels`` if it is lower (never
+    lower it), so that Pillow neither refuses nor warns about the images a dataset's
+    ``max_image_pixels`` admits; the dataset's own check then enforces that limit."""
+    from PIL import Image
+
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < pixels:
+        Image.MAX_IMAGE_PIXELS = pixels
+        log.info("raised PIL.Image.MAX_IMAGE_PIXELS from %d to %d for a dataset's max_image_pixels", current, pixels)
+
+
+def _refuse_truncated_images() -> None:
+    """Switch ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` back off if a library switched it on.
+
+    The flag is process-wide: weasyprint sets it on import, and with it Pillow decodes a
+    truncated file without complaint (the missing part filled in), so the image would be
+    audited as if whole and ``on_bad_image`` never consulted. Checked before every
+    decode, so the order of imports does not matter; no lock is needed (a flag that
+    only ever gets cleared here), and the warning is logged each time the flag is found
+    switched on, which is once per library that does so.
+    """
+    from PIL import ImageFile
+
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        log.warning(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES was switched on by a library loaded in this process "
+            "(weasyprint does so when imported); sing-audit switched it back off so that a truncated image "
+            "is bad data (on_bad_image) rather than decoded with its missing part filled in and audited"
+        )
 
 
 # --------------------------------------------------------------------------- backbones

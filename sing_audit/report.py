@@ -435,7 +435,16 @@ def render_html(result, run_dir: Path | None = None, **kwargs) -> str:
 
 
 def load_weasyprint():
-    """Import weasyprint, or raise :class:`ReportRenderError` saying what to install."""
+    """Import weasyprint, or raise :class:`ReportRenderError` saying what to install.
+
+    Importing weasyprint sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` for the whole
+    process, which would let a truncated dataset image be decoded (its missing part filled in)
+    and audited as if whole. The previous value is restored right after the import: the
+    PDF embeds only the report's own complete JPEG/PNG pictures, so it needs no leniency.
+    """
+    from PIL import ImageFile
+
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         import weasyprint
     except ImportError as exc:
@@ -449,6 +458,8 @@ def load_weasyprint():
             f"cannot be loaded: {exc}. Install Pango (Debian/Ubuntu: apt-get install libpango-1.0-0 "
             "libpangoft2-1.0-0 libharfbuzz0b; macOS: brew install pango) or leave pdf out of report.formats"
         ) from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
     return weasyprint
 
 

@@ -84,17 +84,6 @@ def test_missing_entry_is_none(tmp_path):
     assert ArrayStore(tmp_path).load("features", "nothing") is None
 
 
-def test_overwrite_replaces_entry(tmp_path):
-    store = ArrayStore(tmp_path)
-    store.save("k", "e", {"a": np.zeros(3), "old": np.ones(2)}, {"v": 1})
-    store.save("k", "e", {"a": np.arange(4.0)}, {"v": 2})
-    loaded, meta = store.load("k", "e", mmap=False)
-    assert set(loaded) == {"a"} and meta == {"v": 2}
-    np.testing.assert_array_equal(loaded["a"], np.arange(4.0))
-    assert not (tmp_path / "k" / "e" / "old.npy").exists()
-    assert _leftovers(tmp_path) == []
-
-
 @pytest.mark.parametrize("where", [-1, 0, 200])
 def test_flipped_byte_makes_entry_missing(tmp_path, where):
     store = ArrayStore(tmp_path)
@@ -147,14 +136,14 @@ def test_missing_array_file_makes_entry_missing(tmp_path):
 
 def test_failed_save_leaves_no_entry_and_no_temporary_folder(tmp_path, monkeypatch):
     store = ArrayStore(tmp_path)
-    real_replace = os.replace
+    real_rename = os.rename
 
-    def failing_replace(src, dst):
+    def failing_rename(src, dst):
         if Path(dst).name == "k":
             raise OSError("disk full")
-        return real_replace(src, dst)
+        return real_rename(src, dst)
 
-    monkeypatch.setattr(os, "replace", failing_replace)
+    monkeypatch.setattr(os, "rename", failing_rename)
     with pytest.raises(OSError, match="disk full"):
         store.save("features", "k", {"f": np.arange(5.0)})
     assert store.load("features", "k") is None
@@ -277,3 +266,154 @@ def test_atomic_write_honours_umask(tmp_path):
         os.umask(old)
     plain = (tmp_path / "plain.json").stat().st_mode & 0o777
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == plain == 0o644
+
+
+# --------------------------------------------------------------------------- corrupt entries are logged
+
+
+def _corrupt_entry(root: Path, how: str) -> str:
+    """Damage the saved entry features/k as ``how`` says; return the reason the log must give."""
+    folder = root / "features" / "k"
+    if how == "flipped byte":
+        data = bytearray((folder / "f.npy").read_bytes())
+        data[-3] ^= 0x01
+        (folder / "f.npy").write_bytes(bytes(data))
+        return "digest mismatch in f.npy"
+    if how == "meta not json":
+        (folder / "meta.json").write_text("{not json")
+        return "meta.json"
+    if how == "meta missing":
+        (folder / "meta.json").unlink()
+        return "meta.json is missing"
+    if how == "array missing":
+        (folder / "g.npy").unlink()
+        return "g.npy is missing"
+    if how == "bad npy with its digest":
+        (folder / "f.npy").write_bytes(b"not an npy file at all")
+        meta = json.loads((folder / "meta.json").read_text())
+        import hashlib
+
+        meta["_arrays"]["f"] = hashlib.sha256(b"not an npy file at all").hexdigest()
+        (folder / "meta.json").write_text(json.dumps(meta))
+        return "f.npy cannot be read"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "meta not json", "meta missing", "array missing", "bad npy with its digest"])
+def test_corrupt_entry_is_logged_with_its_reason(tmp_path, caplog, how):
+    import logging
+
+    store = ArrayStore(tmp_path)
+    store.save("features", "k", {"f": np.arange(100.0), "g": np.ones(2)})
+    reason = _corrupt_entry(tmp_path, how)
+    with caplog.at_level(logging.WARNING, logger="sing_audit"):
+        assert store.load("features", "k") is None
+    warnings = [r for r in caplog.records if r.name == "sing_audit" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    text = warnings[0].getMessage()
+    assert "features/k" in text and reason in text and "recomputed" in text
+
+
+def test_missing_entry_is_silent(tmp_path, caplog):
+    import logging
+
+    store = ArrayStore(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="sing_audit"):
+        assert store.load("features", "nothing") is None
+        store.save("features", "other", {"f": np.ones(2)})
+        assert store.load("features", "nothing") is None
+        assert store.load("features", "other") is not None
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _partial(store, key="k", batch_size=2):
+    from sing_audit.store import PartialEntry
+
+    return PartialEntry(store, "features", key, 10, "float32", {"batch_size": batch_size})
+
+
+def _committed_partial(store) -> None:
+    p = _partial(store)
+    p.write([0, 1], np.ones((2, 3)))
+    p.commit(2)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("fingerprint", "another fingerprint"),
+        ("values", "values.npy"),
+        ("progress", "progress.json"),
+    ],
+)
+def test_discarded_partial_entry_is_logged(tmp_path, caplog, damage, reason):
+    import logging
+
+    store = ArrayStore(tmp_path)
+    _committed_partial(store)
+    folder = tmp_path / "features" / ".partial-k"
+    if damage == "values":
+        (folder / "values.npy").write_bytes(b"garbage")
+    elif damage == "progress":
+        (folder / "progress.json").write_text("{broken")
+    with caplog.at_level(logging.WARNING, logger="sing_audit"):
+        again = _partial(store, batch_size=4 if damage == "fingerprint" else 2)
+    assert again.done == 0 and again.values is None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sing_audit" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert "features/k" in warnings[0] and reason in warnings[0] and "recomputed" in warnings[0]
+
+
+def test_resumed_or_absent_partial_entry_is_silent(tmp_path, caplog):
+    import logging
+
+    store = ArrayStore(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="sing_audit"):
+        _committed_partial(store)  # no partial folder yet: a fresh start
+        again = _partial(store)  # same fingerprint: resumed
+    assert again.done == 2
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_corrupt_cache_entry_of_a_real_run_is_logged(tmp_path, synthetic_config, scenario_dir):
+    """A real audit whose cached subspace file is damaged between two runs: the second
+    run recomputes it and its log file says which entry and why."""
+    from sing_audit.cli import main
+
+    cfg = synthetic_config(backbones=[{"name": "benign", "plugin": "precomputed", "path": str(scenario_dir / "benign.npz")}])
+    assert main(["run", str(cfg)]) == 0
+    out = tmp_path / "out"
+    null = next((out / "cache" / "subspaces").glob("*/null.npy"))
+    key = null.parent.name
+    data = bytearray(null.read_bytes())
+    data[-1] ^= 0xFF
+    null.write_bytes(bytes(data))
+    assert main(["run", str(cfg)]) == 0
+    log = (out / "logs" / "run.log").read_text(encoding="utf-8")
+    line = next((ln for ln in log.splitlines() if f"subspaces/{key}" in ln), "")
+    assert "WARNING" in line and "digest mismatch in null.npy" in line and "recomputed" in line, log
+
+
+def test_interrupted_finalize_keeps_its_rows_resumable(tmp_path, monkeypatch):
+    """finalize claims the partial folder under a unique name; interrupted before the
+    entry is published, the folder gets its partial name back and resumes complete."""
+    from sing_audit import store as store_module
+
+    store = ArrayStore(tmp_path)
+    p = _partial(store)
+    p.write(list(range(10)), np.ones((10, 3)))
+    real = store_module.atomic_write_text
+
+    def interrupted(path, text):
+        if Path(path).name == "meta.json":
+            raise KeyboardInterrupt
+        return real(path, text)
+
+    monkeypatch.setattr(store_module, "atomic_write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        p.finalize({}, {"m": 1})
+    monkeypatch.setattr(store_module, "atomic_write_text", real)
+    again = _partial(store)
+    assert again.done == 10
+    np.testing.assert_array_equal(again.values, np.ones((10, 3)))
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [".partial-k"]

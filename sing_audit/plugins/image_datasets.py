@@ -118,6 +118,13 @@ class _ImageOptions(PluginOptions):
     class_map: dict[str, int] | Path | None = Field(None, description="label -> head index, or a JSON/YAML/CSV file")
     class_names: dict[str, str] | Path | None = Field(None, description="label -> readable name, or a file")
     on_bad_image: Literal["fail", "skip"] = "fail"
+    max_image_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="largest image (width × height) to decode; a larger one is a bad image (a possible "
+        "decompression bomb). Default: Pillow's limit, 178,956,970 pixels (2 × PIL.Image.MAX_IMAGE_PIXELS); "
+        "raise it for genuine large images",
+    )
     base_dir: Path | None = Field(None, description="folder relative paths start from (set by the host)")
 
     @field_validator("extensions")
@@ -143,6 +150,7 @@ class _BaseImageDataset(ImageDataset):
             options = self.Options.model_validate(options)  # type: ignore[attr-defined]
         self.options = options
         self.on_bad_image = options.on_bad_image
+        self.max_image_pixels = options.max_image_pixels
         self._records: list[ImageRecord] | None = None
         self._class_map: dict[str, int] | None = None
         self._class_names: dict[str, str] | None = None
@@ -218,13 +226,18 @@ class _BaseImageDataset(ImageDataset):
 
     def _options_description(self) -> dict[str, Any]:
         self._load_maps()
-        return {
+        out = {
             "limit_per_class": self.options.limit_per_class,
             "extensions": list(self.options.extensions),
             "class_map": self._class_map,
             "class_names": self._class_names,
             "on_bad_image": self.options.on_bad_image,
         }
+        # it decides which images are skipped, so it keys the cache; only when set, so
+        # that the cache keys of existing audits stay as they were
+        if self.options.max_image_pixels is not None:
+            out["max_image_pixels"] = self.options.max_image_pixels
+        return out
 
     def describe(self) -> dict[str, Any]:
         if self._description is None:

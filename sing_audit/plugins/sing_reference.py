@@ -240,16 +240,16 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     """The state dict in ``path``, read without unpickling anything but tensors."""
     import torch
 
-    from sing_audit.weights import load_state_dict
+    from sing_audit import weights
 
     try:
-        return load_state_dict(path)
+        return weights.load_state_dict(path)
     except WeightsError as exc:
-        # the authors' loader also accepts {"translator_state_dict": {...}}; the file has
-        # already been read with weights_only=True, so reading it again that way is safe
+        # the authors' loader also accepts {"translator_state_dict": {...}}; read it again
+        # weights-only, with the same refusal of code (the file may have changed meanwhile)
         if _NESTED not in str(exc):
             raise
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = weights.torch_load_weights_only(path)
         inner = obj.get(_NESTED) if isinstance(obj, dict) else None
         if (
             not isinstance(inner, dict)
