@@ -124,6 +124,8 @@ class ImageDataset(abc.ABC):
     #: decompression bomb would exhaust memory). ``None``: Pillow's own limit, twice
     #: ``PIL.Image.MAX_IMAGE_PIXELS`` (178,956,970 pixels by default)
     max_image_pixels: int | None = None
+    #: Pillow format names :meth:`open` reads (``None``: any format Pillow knows)
+    image_formats: tuple[str, ...] | None = None
 
     @abc.abstractmethod
     def records(self) -> list[ImageRecord]:
@@ -140,34 +142,48 @@ class ImageDataset(abc.ABC):
         """What the images are, for cache keys and provenance (root, digests, options)."""
 
     def open(self, record: ImageRecord):
-        """Open one image as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable.
+        """Open one image as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable
+        (see :func:`open_image`), reading only the formats in :attr:`image_formats`."""
+        return open_image(record, max_image_pixels=self.max_image_pixels, formats=self.image_formats)
 
-        Unreadable means missing, corrupt, truncated (always, whatever another library did
-        to Pillow's process-wide settings: see :func:`_refuse_truncated_images`), larger
-        than :attr:`max_image_pixels` (a possible decompression bomb), or anything else
-        Pillow's format plugins raise on a malformed file.
-        """
-        from PIL import Image
 
-        _refuse_truncated_images()
-        limit = self.max_image_pixels
-        if limit is not None:
-            _let_pillow_decode(limit)
-        try:
-            with Image.open(record.path) as img:
-                if limit is not None and img.width * img.height > limit:
-                    raise DataError(_too_large(record, img.width * img.height, limit, "the dataset's max_image_pixels", img.size))
-                img.load()
-                return img.convert("RGB")
-        except FileNotFoundError as exc:
-            raise DataError(f"image {record.image_id!r} is missing: {record.path}") from exc
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(_pillow_bomb(record, exc, limit)) from exc
-        except _UNREADABLE_IMAGE_ERRORS as exc:
-            raise DataError(
-                f"image {record.image_id!r} cannot be read ({exc.__class__.__name__}: {exc}); "
-                "fix or remove it, or set on_bad_image: skip"
-            ) from exc
+def open_image(record: ImageRecord, *, max_image_pixels: int | None = None, formats: Sequence[str] | None = None):
+    """Open one image file as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable.
+
+    Unreadable means missing, corrupt, truncated (always, whatever another library did
+    to Pillow's process-wide settings: see :func:`_refuse_truncated_images`), larger than
+    ``max_image_pixels`` (a possible decompression bomb), of a format outside ``formats``
+    (Pillow names such as ``"JPEG"``; ``None``: any — Pillow picks the format from the
+    content, so a ``.jpg`` holding EPS would otherwise start Ghostscript), or anything else
+    Pillow's format plugins raise on a malformed file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    _refuse_truncated_images()
+    limit = max_image_pixels
+    if limit is not None:
+        _let_pillow_decode(limit)
+    try:
+        with Image.open(record.path, formats=list(formats) if formats is not None else None) as img:
+            if limit is not None and img.width * img.height > limit:
+                raise DataError(_too_large(record, img.width * img.height, limit, "the dataset's max_image_pixels", img.size))
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError as exc:
+        raise DataError(f"image {record.image_id!r} is missing: {record.path}") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(_pillow_bomb(record, exc, limit)) from exc
+    except UnidentifiedImageError as exc:
+        allowed = f" (only {', '.join(sorted(formats))} are read, the formats of the dataset's extensions)" if formats else ""
+        raise DataError(
+            f"image {record.image_id!r} is not an image file of a known format{allowed}; "
+            "fix or remove it, or set on_bad_image: skip"
+        ) from exc
+    except _UNREADABLE_IMAGE_ERRORS as exc:
+        raise DataError(
+            f"image {record.image_id!r} cannot be read ({exc.__class__.__name__}: {exc}); "
+            "fix or remove it, or set on_bad_image: skip"
+        ) from exc
 
 
 #: what Pillow and its format plugins raise on a malformed or hostile file: besides the

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .components import ImageBackbone, ImageRecord, ImageTarget, Translator
+from .components import ImageBackbone, ImageRecord, ImageTarget, Translator, open_image
 from .config import load_config
 from .errors import ConfigError, DataError
 from .host import create_registry, suggest
@@ -147,7 +147,7 @@ def explain_image(
             if not isinstance(b, ImageBackbone):
                 raise DataError(f"backbone {bcomp.name} reads precomputed features: it cannot embed a new image file")
             record = ImageRecord(image_id=path.name, path=path, label=None)
-            img = plan.dataset.instance.open(record) if plan.dataset is not None else _open(record)
+            img = plan.dataset.instance.open(record) if plan.dataset is not None else open_image(record)
             import torch
 
             runner.ensure_loaded(b)
@@ -223,13 +223,3 @@ def explain_image(
             random_weights=fsrc.random_weights or esrc.random_weights,
         )
 
-
-def _open(record: ImageRecord):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(record.path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {record.path}: {exc}") from exc

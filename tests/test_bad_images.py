@@ -440,3 +440,39 @@ def test_image_list_has_max_image_pixels_too(tmp_path):
         ds.open(big)
     assert ds.open(small).size == (8, 8)
     assert ds.describe()["options"]["max_image_pixels"] == 1000
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _eps_bytes() -> bytes:
+    """A minimal EPS file: Pillow would hand it to Ghostscript to decode."""
+    return (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+        b"newpath 0 0 moveto 8 0 lineto 8 8 lineto closepath fill\nshowpage\n%%EOF\n"
+    )
+
+
+def test_a_file_is_decoded_only_as_a_format_of_the_datasets_extensions(tmp_path):
+    """Pillow picks the decoder from the content; an EPS file named .jpg must not reach
+    Ghostscript, while a PNG named .jpg (ImageNet has such files) still opens."""
+    root = write_image_folder(tmp_path / "val", per_class=2, size=16)
+    folder = root / SYNSETS[0]
+    eps = folder / "disguised.jpg"
+    eps.write_bytes(_eps_bytes())
+    Image.new("RGB", (8, 8), "red").save(folder / "png-inside.jpg", format="PNG")
+    ds = ImageFolderDataset({"root": root})
+    records = {r.path.name: r for r in ds.records()}
+    assert ds.image_formats is not None and "EPS" not in ds.image_formats and "PNG" in ds.image_formats
+    assert ds.open(records["png-inside.jpg"]).size == (8, 8)
+    with pytest.raises(DataError, match=r"disguised\.jpg.*not an image file of a known format \(only .*JPEG"):
+        ds.open(records["disguised.jpg"])
+
+
+def test_explain_of_a_file_outside_the_dataset_uses_the_same_checks(tmp_path):
+    from sing_audit.components import ImageRecord, open_image
+
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(bomb_jpeg())
+    with pytest.raises(DataError, match="bomb.jpg"):
+        open_image(ImageRecord(image_id="bomb.jpg", path=bomb, label=None))

@@ -17,6 +17,7 @@ from sing_audit.hookspecs import hookimpl
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
+    "pillow_formats",
     "ImageFolderDataset",
     "ImageListDataset",
     "load_mapping_file",
@@ -37,6 +38,24 @@ def _resolve(path: Path, base_dir: Path | None) -> Path:
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
+
+
+def pillow_formats(extensions: list[str]) -> tuple[str, ...] | None:
+    """The Pillow formats of ``extensions`` (``["jpg", "png"]`` -> ``("JPEG", "PNG")``): the
+    only formats the dataset decodes, so a file cannot pick a riskier decoder by its content
+    (an EPS file named .jpg would start Ghostscript). ``None`` when an extension is unknown
+    to Pillow (a plugin may read it), so nothing the user listed is refused."""
+    from PIL import Image
+
+    known = Image.registered_extensions()
+    formats = []
+    for ext in extensions:
+        fmt = known.get(f".{ext.lower()}")
+        if fmt is None:
+            return None
+        if fmt not in formats:
+            formats.append(fmt)
+    return tuple(formats)  # (multi-picture JPEGs from phone cameras open through "JPEG")
 
 
 def load_mapping_file(path: Path, *, values: Literal["int", "str"]) -> dict[str, Any]:
@@ -151,6 +170,7 @@ class _BaseImageDataset(ImageDataset):
         self.options = options
         self.on_bad_image = options.on_bad_image
         self.max_image_pixels = options.max_image_pixels
+        self.image_formats = pillow_formats(options.extensions)
         self._records: list[ImageRecord] | None = None
         self._class_map: dict[str, int] | None = None
         self._class_names: dict[str, str] | None = None
