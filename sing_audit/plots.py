@@ -3,7 +3,8 @@
 Every function takes plain numbers and labels, never the result, so third-party report
 sections can reuse them. Labels are drawn as literal text (mathtext off): a class named
 ``$x$`` or ``<img …>`` is drawn as typed, and the pictures are pixels, so nothing in a
-label can reach the page's markup.
+label can reach the page's markup. Names are cut to a bounded length with "…"
+(:data:`ROW_LABEL_CHARS`, :data:`LEGEND_CHARS`, :data:`HEADING_CHARS`), as everywhere in the report.
 
 Margins are measured from the labels rather than found by matplotlib's layout engines,
 which lay every text out several times: charts draw in about half the time.
@@ -23,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .report import short_name
 
 __all__ = [
     "MODEL_COLORS",
@@ -45,10 +48,22 @@ TICK_PT = 8.0
 LABEL_PT = 8.5
 
 
-def short(text: str, width: int = 28) -> str:
-    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+#: Characters of a name the charts draw (class names, model labels, concept words), cut
+#: with "…" by the report's :func:`~sing_audit.report.short_name` like every name of the
+#: report. Each is at least 30, so the readable ImageNet names ("American Staffordshire
+#: terrier") are drawn whole; the full names are in the report's tables and results.json.
+#: Row labels left of the axes (violins, ratio bars, concepts); the axes give way to them.
+ROW_LABEL_CHARS = 40
+#: legend entries (model labels) and names written beside a point of the scatter
+LEGEND_CHARS = 30
+#: the class heading over each group of the concept chart (drawn across the figure)
+HEADING_CHARS = 48
+
+
+def short(text: str, width: int = ROW_LABEL_CHARS) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis
+    (:func:`sing_audit.report.short_name`, kept under this name for chart code)."""
+    return short_name(text, width)
 
 
 @contextmanager
@@ -192,7 +207,7 @@ def _ellipse(ax, pts: np.ndarray, k: float, color: str, style: str) -> None:
 def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: float = 4.2) -> str:
     """Mean IS (x) against mean AS (y) per class, one colour per model, with 1σ (solid)
     and 2σ (dashed) ellipses of the covariance of each model's points."""
-    legend = [f"{short(s.label, 30)} ({len(s.is_means)} classes)" for s in series] + ["flagged class", "1σ ellipse"]
+    legend = [f"{short(s.label, LEGEND_CHARS)} ({len(s.is_means)} classes)" for s in series] + ["flagged class", "1σ ellipse"]
     with _style():
         fig, ax = _axes(width, height, left=0.6, right=_text_width(legend) + 0.55, top=0.15, bottom=0.5)
         ax.axhline(0, color="#9aa0a6", linewidth=0.8, zorder=1)
@@ -205,7 +220,7 @@ def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: f
             flagged = np.asarray(s.flagged, dtype=bool) if len(s.flagged) == len(x) else np.zeros(len(x), bool)
             size = 9 if ok.sum() > 300 else 18
             ax.scatter(x[ok & ~flagged], y[ok & ~flagged], s=size, color=color, alpha=0.55, linewidths=0,
-                       label=f"{short(s.label, 30)} ({int(ok.sum())} classes)", zorder=2)
+                       label=f"{short(s.label, LEGEND_CHARS)} ({int(ok.sum())} classes)", zorder=2)
             if (ok & flagged).any():
                 any_flag = True
                 ax.scatter(x[ok & flagged], y[ok & flagged], s=size * 2.6, facecolor=color, edgecolor=FLAG_COLOR,
@@ -218,7 +233,7 @@ def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: f
                 if 0 <= j < len(x) and ok[j] and j < len(s.names):
                     # alternate above-right and below-left so neighbouring labels do not collide
                     dx, dy, ha, va = (5, 4, "left", "bottom") if n_ann % 2 == 0 else (-5, -4, "right", "top")
-                    ax.annotate(short(s.names[j], 22), (x[j], y[j]), xytext=(dx, dy), textcoords="offset points",
+                    ax.annotate(short(s.names[j], LEGEND_CHARS), (x[j], y[j]), xytext=(dx, dy), textcoords="offset points",
                                 fontsize=7.5, color="#202124", ha=ha, va=va)
         if any_flag:
             ax.scatter([], [], s=30, facecolor="white", edgecolor=FLAG_COLOR, linewidths=1.4, label="flagged class")
@@ -240,7 +255,7 @@ def ratio_bars(labels: Sequence[str], ratios: Sequence[float | None], lows: Sequ
     """Horizontal bars of the IS/AS ratio per model with its 95% bootstrap interval;
     an undefined ratio (no null space) is written out instead of drawn as 0."""
     n = len(labels)
-    names = [short(lab, 34) for lab in labels]
+    names = [short(lab, ROW_LABEL_CHARS) for lab in labels]
     with _style():
         fig, ax = _axes(width, 0.75 + 0.3 * max(n, 1), left=_text_width(names) + 0.2, right=0.3, top=0.1, bottom=0.5)
         ax.grid(axis="y", visible=False)
@@ -279,7 +294,7 @@ def violins(labels: Sequence[str], values: Sequence[np.ndarray], highlight: Sequ
     Classes with fewer than two distinct values are drawn as points.
     """
     n = len(labels)
-    names = [short(lab, 34) for lab in labels]
+    names = [short(lab, ROW_LABEL_CHARS) for lab in labels]
     with _style():
         fig, ax = _axes(width, 0.7 + 0.34 * max(n, 1), left=_text_width(names, bold=any(highlight)) + 0.2,
                         right=0.25, top=0.1, bottom=0.5)
@@ -327,11 +342,11 @@ def concept_bars(panels: Sequence[tuple[str, Sequence[tuple[str, float, float | 
     ys: list[float] = []
     y = 0.0
     for title, items in panels:
-        heads.append((y, short(title, 44)))
+        heads.append((y, short(title, HEADING_CHARS)))
         y -= 1.0
         for concept, as_value, angle in items:
             ys.append(y)
-            labels.append(short(concept, 30))
+            labels.append(short(concept, ROW_LABEL_CHARS))
             values.append(float(as_value) if as_value is not None else 0.0)
             angles.append(angle)
             y -= 1.0
@@ -370,7 +385,7 @@ def sensitivity_lines(series: Sequence[tuple[str, Sequence[float], Sequence[floa
     as a percentage), one line per model. ``series``: ``(label, x, as_abs, is_, color)``."""
     from matplotlib.figure import Figure
 
-    legend = [short(s[0], 30) for s in series]
+    legend = [short(s[0], LEGEND_CHARS) for s in series]
     right = _text_width(legend) + 0.55
     height = 2.6
     with _style():
@@ -385,7 +400,7 @@ def sensitivity_lines(series: Sequence[tuple[str, Sequence[float], Sequence[floa
             order = np.argsort(x, kind="stable")
             for ax, ys in zip(axes, (as_abs, is_)):
                 y = np.asarray([np.nan if v is None else v for v in ys], dtype=float)
-                ax.plot(x[order], y[order], marker="o", markersize=3.5, linewidth=1.3, color=c, label=short(label, 30))
+                ax.plot(x[order], y[order], marker="o", markersize=3.5, linewidth=1.3, color=c, label=short(label, LEGEND_CHARS))
         axes[0].set_ylabel("mean |AS| (°)")
         axes[1].set_ylabel("mean IS (°)")
         from matplotlib.ticker import FuncFormatter, MaxNLocator
