@@ -211,6 +211,9 @@ def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: f
     with _style():
         fig, ax = _axes(width, height, left=0.6, right=_text_width(legend) + 0.55, top=0.15, bottom=0.5)
         ax.axhline(0, color="#9aa0a6", linewidth=0.8, zorder=1)
+        every_x = np.concatenate([np.asarray(s.is_means, dtype=float) for s in series] or [np.zeros(0)])
+        every_x = every_x[np.isfinite(every_x)]
+        x_mid = float(every_x.min() + every_x.max()) / 2 if every_x.size else 0.0
         any_flag = False
         for i, s in enumerate(series):
             color = s.color or MODEL_COLORS[i % len(MODEL_COLORS)]
@@ -231,8 +234,10 @@ def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: f
                 _ellipse(ax, pts, 2.0, color, "--")
             for n_ann, j in enumerate(s.annotate):
                 if 0 <= j < len(x) and ok[j] and j < len(s.names):
-                    # alternate above-right and below-left so neighbouring labels do not collide
-                    dx, dy, ha, va = (5, 4, "left", "bottom") if n_ann % 2 == 0 else (-5, -4, "right", "top")
+                    # toward the middle, so a long name stays inside the axes; alternately above and
+                    # below, so neighbouring labels do not collide
+                    dx, ha = (5, "left") if x[j] <= x_mid else (-5, "right")
+                    dy, va = (4, "bottom") if n_ann % 2 == 0 else (-4, "top")
                     ax.annotate(short(s.names[j], LEGEND_CHARS), (x[j], y[j]), xytext=(dx, dy), textcoords="offset points",
                                 fontsize=7.5, color="#202124", ha=ha, va=va)
         if any_flag:
