@@ -4,7 +4,7 @@ Every function takes plain numbers and labels, never the result, so third-party 
 sections can reuse them. Labels are drawn as literal text (mathtext off): a class named
 ``$x$`` or ``<img …>`` is drawn as typed, and the pictures are pixels, so nothing in a
 label can reach the page's markup. Names are cut to a bounded length with "…"
-(:data:`ROW_LABEL_CHARS`, :data:`LEGEND_CHARS`, :data:`HEADING_CHARS`), as everywhere in the report.
+(:data:`ROW_LABEL_CHARS`, :data:`LABEL_CHARS`, :data:`HEADING_CHARS`), as everywhere in the report.
 
 Margins are measured from the labels rather than found by matplotlib's layout engines,
 which lay every text out several times: charts draw in about half the time.
@@ -52,10 +52,12 @@ LABEL_PT = 8.5
 #: with "…" by the report's :func:`~sing_audit.report.short_name` like every name of the
 #: report. Each is at least 30, so the readable ImageNet names ("American Staffordshire
 #: terrier") are drawn whole; the full names are in the report's tables and results.json.
-#: Row labels left of the axes (violins, ratio bars, concepts); the axes give way to them.
+#: Row labels left of the axes naming a class or a model (violins, ratio bars); the axes
+#: give way to them.
 ROW_LABEL_CHARS = 40
-#: legend entries (model labels) and names written beside a point of the scatter
-LEGEND_CHARS = 30
+#: legend entries (model labels), names written beside a point of the scatter, and concept
+#: words (rows of the concept chart, whose long axis label needs the width)
+LABEL_CHARS = 30
 #: the class heading over each group of the concept chart (drawn across the figure)
 HEADING_CHARS = 48
 
@@ -159,6 +161,15 @@ def _cached(fn):
     return wrapper
 
 
+def _xlabel(fig, ax, text: str) -> None:
+    """The x-axis label, centred under the figure rather than the axes when it is wider than
+    the axes (long row labels push the axes right, and the label would run off the figure)."""
+    ax.set_xlabel(text)
+    pos = ax.get_position()
+    if _text_width([text], LABEL_PT) > pos.width * fig.get_figwidth():
+        ax.xaxis.label.set_x((0.5 - pos.x0) / pos.width)
+
+
 def _row_labels(ax, ys: Sequence[float], labels: Sequence[str], colors: Sequence[str | None] = (),
                 bold: Sequence[bool] = ()) -> None:
     """Labels left of the axes at data heights ``ys`` (cheaper than tick labels)."""
@@ -207,7 +218,7 @@ def _ellipse(ax, pts: np.ndarray, k: float, color: str, style: str) -> None:
 def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: float = 4.2) -> str:
     """Mean IS (x) against mean AS (y) per class, one colour per model, with 1σ (solid)
     and 2σ (dashed) ellipses of the covariance of each model's points."""
-    legend = [f"{short(s.label, LEGEND_CHARS)} ({len(s.is_means)} classes)" for s in series] + ["flagged class", "1σ ellipse"]
+    legend = [f"{short(s.label, LABEL_CHARS)} ({len(s.is_means)} classes)" for s in series] + ["flagged class", "1σ ellipse"]
     with _style():
         fig, ax = _axes(width, height, left=0.6, right=_text_width(legend) + 0.55, top=0.15, bottom=0.5)
         ax.axhline(0, color="#9aa0a6", linewidth=0.8, zorder=1)
@@ -223,7 +234,7 @@ def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: f
             flagged = np.asarray(s.flagged, dtype=bool) if len(s.flagged) == len(x) else np.zeros(len(x), bool)
             size = 9 if ok.sum() > 300 else 18
             ax.scatter(x[ok & ~flagged], y[ok & ~flagged], s=size, color=color, alpha=0.55, linewidths=0,
-                       label=f"{short(s.label, LEGEND_CHARS)} ({int(ok.sum())} classes)", zorder=2)
+                       label=f"{short(s.label, LABEL_CHARS)} ({int(ok.sum())} classes)", zorder=2)
             if (ok & flagged).any():
                 any_flag = True
                 ax.scatter(x[ok & flagged], y[ok & flagged], s=size * 2.6, facecolor=color, edgecolor=FLAG_COLOR,
@@ -238,7 +249,7 @@ def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: f
                     # below, so neighbouring labels do not collide
                     dx, ha = (5, "left") if x[j] <= x_mid else (-5, "right")
                     dy, va = (4, "bottom") if n_ann % 2 == 0 else (-4, "top")
-                    ax.annotate(short(s.names[j], LEGEND_CHARS), (x[j], y[j]), xytext=(dx, dy), textcoords="offset points",
+                    ax.annotate(short(s.names[j], LABEL_CHARS), (x[j], y[j]), xytext=(dx, dy), textcoords="offset points",
                                 fontsize=7.5, color="#202124", ha=ha, va=va)
         if any_flag:
             ax.scatter([], [], s=30, facecolor="white", edgecolor=FLAG_COLOR, linewidths=1.4, label="flagged class")
@@ -281,7 +292,7 @@ def ratio_bars(labels: Sequence[str], ratios: Sequence[float | None], lows: Sequ
         _row_labels(ax, ys, names)
         ax.set_xlim(0, top * 1.15)
         ax.set_ylim(-0.6, n - 0.4)
-        ax.set_xlabel("IS/AS ratio: mean IS / mean |AS| (higher: null space moves meaning less per degree)")
+        _xlabel(fig, ax, "IS/AS ratio: mean IS / mean |AS| (higher: null space moves meaning less per degree)")
         return figure_to_data_uri(fig)
 
 
@@ -329,7 +340,7 @@ def violins(labels: Sequence[str], values: Sequence[np.ndarray], highlight: Sequ
         hl = [i < len(highlight) and bool(highlight[i]) for i in range(n)]
         _row_labels(ax, pos, names, colors=[FLAG_COLOR if h else None for h in hl], bold=hl)
         ax.set_ylim(-0.7, n - 0.3)
-        ax.set_xlabel("per-image AS (°)" + (f"; dotted: ±{threshold:g}° policy threshold on class mean |AS|" if threshold else ""))
+        _xlabel(fig, ax, "per-image AS (°)" + (f"; dotted: ±{threshold:g}° policy threshold on class mean |AS|" if threshold else ""))
         return figure_to_data_uri(fig)
 
 
@@ -351,7 +362,7 @@ def concept_bars(panels: Sequence[tuple[str, Sequence[tuple[str, float, float | 
         y -= 1.0
         for concept, as_value, angle in items:
             ys.append(y)
-            labels.append(short(concept, ROW_LABEL_CHARS))
+            labels.append(short(concept, LABEL_CHARS))
             values.append(float(as_value) if as_value is not None else 0.0)
             angles.append(angle)
             y -= 1.0
@@ -376,7 +387,7 @@ def concept_bars(panels: Sequence[tuple[str, Sequence[tuple[str, float, float | 
         ax.axvline(0, color="#9aa0a6", linewidth=0.8)
         ax.set_xlim(-1.3 * span if min(values, default=0.0) < 0 else 0.0, 1.3 * span)
         ax.set_ylim(y + 0.6, 0.6)
-        ax.set_xlabel("AS toward the concept (°); at each bar: angle between T(f) and the concept")
+        _xlabel(fig, ax, "AS toward the concept (°); at each bar: angle between T(f) and the concept")
         return figure_to_data_uri(fig)
 
 
@@ -390,7 +401,7 @@ def sensitivity_lines(series: Sequence[tuple[str, Sequence[float], Sequence[floa
     as a percentage), one line per model. ``series``: ``(label, x, as_abs, is_, color)``."""
     from matplotlib.figure import Figure
 
-    legend = [short(s[0], LEGEND_CHARS) for s in series]
+    legend = [short(s[0], LABEL_CHARS) for s in series]
     right = _text_width(legend) + 0.55
     height = 2.6
     with _style():
@@ -405,7 +416,7 @@ def sensitivity_lines(series: Sequence[tuple[str, Sequence[float], Sequence[floa
             order = np.argsort(x, kind="stable")
             for ax, ys in zip(axes, (as_abs, is_)):
                 y = np.asarray([np.nan if v is None else v for v in ys], dtype=float)
-                ax.plot(x[order], y[order], marker="o", markersize=3.5, linewidth=1.3, color=c, label=short(label, LEGEND_CHARS))
+                ax.plot(x[order], y[order], marker="o", markersize=3.5, linewidth=1.3, color=c, label=short(label, LABEL_CHARS))
         axes[0].set_ylabel("mean |AS| (°)")
         axes[1].set_ylabel("mean IS (°)")
         from matplotlib.ticker import FuncFormatter, MaxNLocator

@@ -143,7 +143,7 @@ def test_ordinary_imagenet_names_are_never_cut():
     for n in imagenet_names():
         assert short_name(n) == n
         assert tpl.render(n=n) == f"{escape(n)}|{escape(n)}"  # no span, no tooltip: printed as it is
-        for width in (plots.ROW_LABEL_CHARS, plots.LEGEND_CHARS, plots.HEADING_CHARS):
+        for width in (plots.ROW_LABEL_CHARS, plots.LABEL_CHARS, plots.HEADING_CHARS):
             if len(n) <= 30:  # every readable name of a timm head; the charts draw them whole
                 assert plots.short(n, width) == n
     result = small_result(name0="American Staffordshire terrier")
