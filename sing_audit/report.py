@@ -298,7 +298,7 @@ def _is_cut(text: str, width: int) -> bool:
 
 
 #: characters between the break opportunities (``<wbr>``) put into a cut name's runs without spaces
-_CHUNK = 16
+_CHUNK = 10
 _RUN = re.compile(r"\S{%d,}" % (_CHUNK + 1))
 
 
