@@ -538,7 +538,7 @@ def _named_result(run_dir: Path, names: list[str], n_models: int = 5, per_class:
         (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         with (run_dir / rel).open("w", encoding="utf-8") as fh:
             fh.write("image_id,label,is,as\n")
-            fh.writelines(f"img{i:06d},{labels[i]},{is_img[i]!r},{as_img[i]!r}\n" for i in range(labels.size))
+            fh.writelines(f"img{i:06d},{labels[i]},{float(is_img[i])!r},{float(as_img[i])!r}\n" for i in range(labels.size))
         classes = []
         for k in range(c):
             a, s = as_img[labels == k], is_img[labels == k]
@@ -633,6 +633,7 @@ def bench_report_names(n_models: int = 5, n_classes: int = 1000, kinds: tuple = 
                 "name_chars_max": max(len(n) for n in names), "names_cut": sum(len(" ".join(n.split())) > NAME_CHARS for n in names),
                 "html_seconds": html_s, "pdf_seconds": pdf_s, "html_mb": h.stat().st_size / 2**20, "pdf_mb": p.stat().st_size / 2**20,
                 "pdf_pages": pages, "print_html_mb": len(printed.encode()) / 2**20,
+                "charts": printed.count("data:image/png;base64,"),  # scatter, ratio bars, a violin and a concept chart per model
                 # in the text weasyprint lays out (tags and attributes dropped)
                 "longest_name_piece_in_print_text": _longest_name_piece(text_of(printed), long_ones, NAME_CHARS) if long_ones else None,
             }
