@@ -10,6 +10,10 @@ Prints a table and writes every measurement as JSON to OUT.json. Scales:
   α by leave-one-out at 10k; extraction with resnet50 at 224 px on 256 images;
 - ``full``: as ``issue`` plus α by leave-one-out at 50k.
 
+``report-names`` (report.html and report.pdf of 5 models × 1000 classes, ordinary names
+against 5000-character names) and ``process-rerun`` (a cold and a warm ``sing-audit run``,
+whole processes) are the same at every scale.
+
 m=2048 features, n=768 embedding dimensions and c=1000 classes at every scale.
 Analysis and growth each run in a fresh subprocess so peak memory is per measurement:
 ``tracemalloc`` peak over the analysis (numpy reports its buffers to it), and the
@@ -41,6 +45,14 @@ SCALES = {
     "issue": {"analysis": 50_000, "growth": [10_000, 50_000, 200_000], "loo": [10_000], "images": 256, "model": "resnet50", "px": 224},
     "full": {"analysis": 50_000, "growth": [10_000, 50_000, 200_000], "loo": [10_000, 50_000], "images": 256, "model": "resnet50", "px": 224},
 }
+
+
+def _load() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (the machine may be shared: ratios are taken in one run)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _maxrss_mb() -> float:
@@ -487,6 +499,218 @@ def bench_report(n_models: int = 5, n_classes: int = 1000) -> dict:
     return {"models": n_models, "classes": n_classes, "seconds": seconds, "html_mb": size / 2**20}
 
 
+def _report_names(n_classes: int, kind: str) -> list[str]:
+    """Class names for the ``report-names`` measure. ``ordinary``: ImageNet's own (timm's
+    WordNet descriptions, "tabby, tabby cat", up to 121 characters; "class k" without timm);
+    ``long``: 5000 characters each, one unbreakable word (the worst case for layout);
+    ``long-words``: 5000 characters of words."""
+    if kind == "ordinary":
+        try:
+            from timm.data import ImageNetInfo
+
+            info = ImageNetInfo()
+            return [info.index_to_description(k % 1000) + ("" if k < 1000 else f" {k}") for k in range(n_classes)]
+        except Exception:  # noqa: BLE001 - no timm: plain names
+            return [f"class {k}" for k in range(n_classes)]
+    if kind == "long":
+        return [f"{k:04d}" + "x" * (5000 - 4) for k in range(n_classes)]
+    if kind == "long-words":
+        return [(f"{k:04d} " + "tabby cat " * 500)[:5000] for k in range(n_classes)]
+    raise ValueError(kind)
+
+
+def _named_result(run_dir: Path, names: list[str], n_models: int = 5, per_class: int = 10, seed: int = 0):
+    """``n_models`` models × ``len(names)`` classes called ``names``, with what makes the report
+    print a name: per-image CSVs (violins), the 12 most leaking images (no thumbnails: the image
+    table), concepts of every class, and a steering prompt toward every class."""
+    from sing_audit.results import AuditResult, ClassResult, Fidelity, ImageEvidence, Interval, ModelResult, Provenance
+
+    rng = np.random.default_rng(seed)
+    c = len(names)
+    models = []
+    for j in range(n_models):
+        labels = np.repeat(np.arange(c), per_class)
+        leak = rng.gamma(1.0, 0.6, size=c)
+        leak[rng.choice(c, 3, replace=False)] += 12.0
+        as_img = rng.normal(-leak[labels], 0.8)
+        is_img = np.abs(rng.normal(3 + leak[labels], 1.0))
+        rel = f"models/m{j}/images.csv"
+        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        with (run_dir / rel).open("w", encoding="utf-8") as fh:
+            fh.write("image_id,label,is,as\n")
+            fh.writelines(f"img{i:06d},{labels[i]},{float(is_img[i])!r},{float(as_img[i])!r}\n" for i in range(labels.size))
+        classes = []
+        for k in range(c):
+            a, s = as_img[labels == k], is_img[labels == k]
+            m_abs = float(np.mean(np.abs(a)))
+            flagged = m_abs - 0.5 > 4.0
+            classes.append(ClassResult(
+                index=k, name=names[k], n=per_class, as_mean=float(a.mean()), as_abs_mean=m_abs, as_contrast=float(0.9 * a.mean()),
+                is_mean=float(s.mean()), as_mean_ci=Interval(low=float(a.mean()) - 0.4, high=float(a.mean()) + 0.4),
+                as_abs_ci=Interval(low=m_abs - 0.5, high=m_abs + 0.5), is_ci=Interval(low=float(s.mean()) - 0.3, high=float(s.mean()) + 0.3),
+                flagged=flagged, flag_reasons=["the lower bound of mean |AS| is above the 4° threshold"] if flagged else [],
+            ))
+        top = [ImageEvidence(image_id=f"img{i:06d}", label=int(labels[i]), class_name=names[labels[i]], as_score=float(as_img[i]),
+                             is_score=float(is_img[i]), as_contrast=float(0.9 * as_img[i])) for i in np.argsort(-np.abs(as_img))[:12]]
+        concepts = {"per_class": {names[k]: [{"concept": f"concept {q}", "as": float(rng.normal(0, 3)), "angle": float(rng.uniform(60, 90))}
+                                             for q in range(5)] for k in range(c)}}
+        steering = {"epsilon_mode": "relative", "epsilon": 1.0, "targets": [
+            {"prompt": names[k], "source": "all other classes", "n": per_class * (c - 1), "as_mean": float(rng.normal(5, 2)),
+             "as_std": 1.0, "epsilon": 1.0, "logit_drift": 2e-15} for k in range(c)]}
+        flagged_names = [x.name for x in classes if x.flagged]
+        models.append(ModelResult(
+            name=f"model-{j}", backbone=f"model-{j}", target="clip", random_weights=False, rank_rule="rank", rank=c,
+            null_dim=M - c, num_features=M, num_classes=c, null_energy=0.4, n_images=int(labels.size),
+            is_mean=float(is_img.mean()), as_abs_mean=float(np.abs(as_img).mean()), is_as_ratio=2.5,
+            is_as_ratio_ci=Interval(low=2.2, high=2.8),
+            summary=f"model-{j} (with clip) hides class meaning in its null space for {len(flagged_names)} class(es) ({', '.join(flagged_names[:3])}).",
+            policy_failures=[f"{len(flagged_names)} flagged class(es) ({', '.join(flagged_names[:5])}), more than the 0 allowed"],
+            fidelity=Fidelity(cosine=0.8, r2=0.6, mse=0.002, folds=5, translator="linear", null_energy=0.3),
+            n_flagged=len(flagged_names), flagged_classes=flagged_names, passed=not flagged_names, classes=classes,
+            top_images=top, probes={"concepts": concepts, "steering": steering}, files={"images_csv": rel},
+        ))
+    return AuditResult(
+        name="bench-names", passed=all(m.passed for m in models), verdict="bench", models=models,
+        policy={"as_threshold": 4.0, "min_images": 10, "max_flagged": 0},
+        provenance=Provenance(config={"name": "bench-names", "steering": {"pairs": [{"from": names[0], "to": names[1]}]}},
+                              versions={}),
+    )
+
+
+def text_of(page: str) -> str:
+    """An HTML page's text: ``<wbr>`` dropped, every other tag (and its attributes) a line
+    break (two table cells are not one text), entities decoded."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]*>", "\n", page.replace("<wbr>", "")))
+
+
+def _longest_name_piece(text: str, names: list[str], cap: int) -> int:
+    """Length of the longest piece of any of ``names`` that occurs in ``text`` (``cap + 1``
+    when a piece longer than ``cap`` does). Pieces neither start nor end with a space (the
+    space before a name in "sing-audit · name" is not part of it)."""
+
+    def found(n: int) -> bool:
+        return any(w in text for name in names for w in {name[i:i + n] for i in range(len(name) - n + 1)} if w == w.strip())
+
+    return max((n for n in range(1, cap + 2) if found(n)), default=0)
+
+
+def bench_report_names(n_models: int = 5, n_classes: int = 1000, kinds: tuple = ("ordinary", "long", "long-words")) -> dict:
+    """report.html and report.pdf of the same result with ordinary class names and with names of
+    5000 characters, through the registered reporters (as a run writes them: html, then pdf,
+    which reuses the charts the html drew)."""
+    from sing_audit import plots
+    from sing_audit.host import create_registry
+    from sing_audit.report import NAME_CHARS, render_report
+
+    registry = create_registry()
+    html = registry.get("reporter", "html").factory()
+    pdf = registry.get("reporter", "pdf").factory()
+    out = {"models": n_models, "classes": n_classes, "name_chars": NAME_CHARS, "load_average_before": _load()}
+    for kind in kinds:
+        names = _report_names(n_classes, kind)
+        with tempfile.TemporaryDirectory(prefix="sing-bench-n-") as tmp:
+            run_dir = Path(tmp)
+            result = _named_result(run_dir, names, n_models)
+            plots._CACHE.clear()
+            start = time.perf_counter()
+            [h] = html.write(result, run_dir, "html")
+            html_s = time.perf_counter() - start
+            start = time.perf_counter()
+            [p] = pdf.write(result, run_dir, "pdf")
+            pdf_s = time.perf_counter() - start
+            pages = None
+            try:
+                info = subprocess.run(["pdfinfo", str(p)], capture_output=True, text=True, check=True).stdout
+                pages = int(next(line.split()[-1] for line in info.splitlines() if line.startswith("Pages:")))
+            except (OSError, subprocess.CalledProcessError, StopIteration, ValueError):
+                pass
+            printed = render_report(result, run_dir, medium="print", registry=registry)
+            long_ones = sorted({n for n in names if len(n) > NAME_CHARS})[:20]
+            out[kind] = {
+                "name_chars_max": max(len(n) for n in names), "names_cut": sum(len(" ".join(n.split())) > NAME_CHARS for n in names),
+                "html_seconds": html_s, "pdf_seconds": pdf_s, "html_mb": h.stat().st_size / 2**20, "pdf_mb": p.stat().st_size / 2**20,
+                "pdf_pages": pages, "print_html_mb": len(printed.encode()) / 2**20,
+                "charts": printed.count("data:image/png;base64,"),  # scatter, ratio bars, a violin and a concept chart per model
+                # in the text weasyprint lays out (tags and attributes dropped)
+                "longest_name_piece_in_print_text": _longest_name_piece(text_of(printed), long_ones, NAME_CHARS) if long_ones else None,
+            }
+        print(f"report-names {kind}: html {html_s:.1f}s, pdf {pdf_s:.1f}s", flush=True)
+    out["load_average_after"] = _load()
+    return out
+
+
+# --------------------------------------------------------------------------- whole processes: cold and warm rerun
+
+
+def bench_process_rerun(n_images: int = 160, image_px: int = 64, model: str = "resnet50", target: str = "ViT-B-32") -> dict:
+    """Two whole ``sing-audit run`` processes on a fresh output folder, as a user meets them:
+    cold (nothing in the store), then warm (the same config again, nothing changed).
+    Start-up, imports, model construction and writing results.json are included; the
+    operating system's file cache is warm for both (a process importing the libraries runs
+    first, and is timed too). timm ``model`` and open_clip ``target`` at ``weights: random``
+    (no download), ``n_images`` JPEGs of ``image_px`` pixels in three ImageNet classes,
+    probes [null_removal], formats [json]."""
+    from PIL import Image
+
+    from sing_audit.synthetic import SYNSETS
+
+    exe = Path(sys.executable).with_name("sing-audit")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sing_audit"]
+    env = dict(os.environ)
+    root_dir = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("SING_AUDIT_LOAD_PLUGINS", "")
+    with tempfile.TemporaryDirectory(prefix="sing-bench-p-") as tmp:
+        tmp = Path(tmp)
+        root = tmp / "images"
+        per_class = max(1, n_images // len(SYNSETS))
+        rng = np.random.default_rng(0)
+        for s in SYNSETS:
+            (root / s).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, size=(image_px, image_px, 3), dtype=np.uint8)).save(root / s / f"{s}_{i}.jpg", quality=90)
+        cfg = {
+            "name": "process-rerun",
+            "output": str(tmp / "out"),
+            "dataset": {"plugin": "image_folder", "root": str(root)},
+            "target": {"plugin": "open_clip", "name": "clip-random", "model": target, "weights": "random"},
+            "backbones": [{"name": f"{model}-random", "plugin": "timm", "model": model, "weights": "random"}],
+            "probes": ["null_removal"],
+            "report": {"formats": ["json"]},
+            "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
+        }
+        path = tmp / "audit.yaml"
+        path.write_text(json.dumps(cfg))
+
+        def one(*args: str, argv: list[str] | None = None) -> dict:
+            argv = argv or [*cmd, *args]
+            start = time.perf_counter()
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+            seconds = time.perf_counter() - start
+            if proc.returncode not in (0, 1):  # 1: the policy failed, still a complete run
+                raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+            return {"seconds": seconds, "exit": proc.returncode}
+
+        load_before = _load()
+        # what every run pays before any work: importing the libraries of these components
+        imports = one(argv=[sys.executable, "-c", "import torch, timm, open_clip, sing_audit.runner"])
+        cold = one("run", str(path))
+        cold_stages = json.loads((tmp / "out" / "results.json").read_text())["provenance"]["stage_seconds"]
+        warm = one("run", str(path))
+        warm_stages = json.loads((tmp / "out" / "results.json").read_text())["provenance"]["stage_seconds"]
+    return {
+        "images": per_class * len(SYNSETS), "image_px": image_px, "backbone": f"timm {model} (random init)",
+        "target": f"open_clip {target} (random init)", "command": " ".join(Path(c).name for c in cmd) + " run audit.yaml",
+        "import_seconds": imports["seconds"], "cold_seconds": cold["seconds"], "warm_seconds": warm["seconds"],
+        "warm_over_cold": warm["seconds"] / cold["seconds"], "exit": [cold["exit"], warm["exit"]],
+        "cold_stage_seconds": cold_stages, "warm_stage_seconds": warm_stages,
+        "load_average_before": load_before, "load_average_after": _load(),
+    }
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -507,8 +731,8 @@ def table(res: dict) -> str:
         for w, v in x.get("by_workers", {}).items():
             rows.append((f"  compute idle (CPU waits for data), num_workers {w}", f"{100 * v.get('compute_idle_share', float('nan')):.1f}%", "",
                          f"wait {v.get('wait_seconds', 0):.1f}s, forward {v.get('forward_seconds', 0):.1f}s, store writes {v.get('write_seconds', 0):.2f}s of {v.get('total_seconds', 0):.1f}s; ÷ bare {v['overhead_ratio']:.2f}"))
-        rows.append(("warm rerun ÷ cold run", f"{x['warm_over_cold']:.3f}", "≤ 0.05",
-                     f"{x['warm_run_seconds']:.2f}s vs {x['cold_run_seconds']:.2f}s"))
+        rows.append(("warm rerun ÷ cold run, in-process run_audit", f"{x['warm_over_cold']:.3f}", "",
+                     f"{x['warm_run_seconds']:.2f}s vs {x['cold_run_seconds']:.2f}s (start-up and imports not included)"))
     a = res.get("analysis", {})
     if "seconds" in a:
         core = a["stages"].get("translator", 0) + a["stages"].get("probes", 0)
@@ -534,6 +758,23 @@ def table(res: dict) -> str:
     r = res.get("report", {})
     if r:
         rows.append((f"report {r['models']} models × {r['classes']} classes", f"{r['seconds']:.1f}s", "", f"HTML {r['html_mb']:.1f} MB"))
+    rn = res.get("report_names", {})
+    base = rn.get("ordinary")
+    for kind, what in (("ordinary", "ordinary names (ImageNet's)"), ("long", "5000-character names, one word each"),
+                       ("long-words", "5000-character names of words")):
+        v = rn.get(kind)
+        if not v:
+            continue
+        ratio = f" ({v['pdf_seconds'] / base['pdf_seconds']:.2f}× ordinary)" if base and kind != "ordinary" else ""
+        rows.append((f"report {rn['models']} × {rn['classes']} classes, {what}", f"PDF {v['pdf_seconds']:.1f}s", "bounded" if kind != "ordinary" else "",
+                     f"HTML {v['html_seconds']:.1f}s ({v['html_mb']:.1f} MB), PDF {v['pdf_mb']:.1f} MB, {v['pdf_pages']} pages{ratio}; "
+                     f"{v['names_cut']} names cut to {rn['name_chars']}; longest piece of a cut name in the print text {v['longest_name_piece_in_print_text']}"))
+    pr = res.get("process_rerun", {})
+    if "warm_over_cold" in pr:
+        rows.append(("warm rerun ÷ cold run, whole `sing-audit run` processes", f"{pr['warm_over_cold']:.3f}", "≤ 0.05",
+                     f"{pr['warm_seconds']:.2f}s vs {pr['cold_seconds']:.2f}s; {pr['backbone']} + {pr['target']}, {pr['images']} JPEGs {pr['image_px']}px, "
+                     f"[null_removal], [json]; a process importing torch, timm, open_clip alone {pr['import_seconds']:.2f}s; "
+                     f"warm stages {sum(pr['warm_stage_seconds'].values()):.2f}s"))
     w = [max(len(str(row[i])) for row in rows + [("measure", "value", "goal", "detail")]) for i in range(3)]
     lines = [f"| {'measure':<{w[0]}} | {'value':<{w[1]}} | {'goal':<{w[2]}} | detail |", f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|---|"]
     lines += [f"| {r0:<{w[0]}} | {r1:<{w[1]}} | {r2:<{w[2]}} | {r3} |" for r0, r1, r2, r3 in rows]
@@ -555,14 +796,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="where to write the JSON")
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--only", action="append", default=[], help="extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report")
+    p.add_argument("--only", action="append", default=[],
+                   help="extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report, "
+                        "report-names, process-rerun")
     p.add_argument("--workers", default="0,2", help="num_workers values for the extraction idle measurement")
     args = p.parse_args(argv)
     sc = SCALES[args.scale]
-    want = set(args.only) or {"extraction", "analysis", "growth", "loo", "steering", "report"}
+    want = set(args.only) or {"extraction", "analysis", "growth", "loo", "steering", "report", "report-names", "process-rerun"}
     res: dict = {"scale": args.scale, "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     if "report" in want:
         res["report"] = bench_report()
+    if "report-names" in want:
+        res["report_names"] = bench_report_names()
+        _progress(res, args.out)
+    if "process-rerun" in want:
+        res["process_rerun"] = bench_process_rerun()
+        _progress(res, args.out)
     if "steering" in want:
         res["steering"] = bench_steering()
         _progress(res, args.out)

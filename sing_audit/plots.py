@@ -3,7 +3,8 @@
 Every function takes plain numbers and labels, never the result, so third-party report
 sections can reuse them. Labels are drawn as literal text (mathtext off): a class named
 ``$x$`` or ``<img …>`` is drawn as typed, and the pictures are pixels, so nothing in a
-label can reach the page's markup.
+label can reach the page's markup. Names are cut to a bounded length with "…"
+(:data:`ROW_LABEL_CHARS`, :data:`LABEL_CHARS`, :data:`HEADING_CHARS`), as everywhere in the report.
 
 Margins are measured from the labels rather than found by matplotlib's layout engines,
 which lay every text out several times: charts draw in about half the time.
@@ -23,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .report import short_name
 
 __all__ = [
     "MODEL_COLORS",
@@ -45,10 +48,24 @@ TICK_PT = 8.0
 LABEL_PT = 8.5
 
 
-def short(text: str, width: int = 28) -> str:
-    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+#: Characters of a name the charts draw (class names, model labels, concept words), cut
+#: with "…" by the report's :func:`~sing_audit.report.short_name` like every name of the
+#: report. Each is at least 30, so the readable ImageNet names ("American Staffordshire
+#: terrier") are drawn whole; the full names are in the report's tables and results.json.
+#: Row labels left of the axes naming a class or a model (violins, ratio bars); the axes
+#: give way to them.
+ROW_LABEL_CHARS = 40
+#: legend entries (model labels), names written beside a point of the scatter, and concept
+#: words (rows of the concept chart, whose long axis label needs the width)
+LABEL_CHARS = 30
+#: the class heading over each group of the concept chart (drawn across the figure)
+HEADING_CHARS = 48
+
+
+def short(text: str, width: int = ROW_LABEL_CHARS) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis
+    (:func:`sing_audit.report.short_name`, kept under this name for chart code)."""
+    return short_name(text, width)
 
 
 @contextmanager
@@ -144,6 +161,15 @@ def _cached(fn):
     return wrapper
 
 
+def _xlabel(fig, ax, text: str) -> None:
+    """The x-axis label, centred under the figure rather than the axes when it is wider than
+    the axes (long row labels push the axes right, and the label would run off the figure)."""
+    ax.set_xlabel(text)
+    pos = ax.get_position()
+    if _text_width([text], LABEL_PT) > pos.width * fig.get_figwidth():
+        ax.xaxis.label.set_x((0.5 - pos.x0) / pos.width)
+
+
 def _row_labels(ax, ys: Sequence[float], labels: Sequence[str], colors: Sequence[str | None] = (),
                 bold: Sequence[bool] = ()) -> None:
     """Labels left of the axes at data heights ``ys`` (cheaper than tick labels)."""
@@ -192,10 +218,13 @@ def _ellipse(ax, pts: np.ndarray, k: float, color: str, style: str) -> None:
 def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: float = 4.2) -> str:
     """Mean IS (x) against mean AS (y) per class, one colour per model, with 1σ (solid)
     and 2σ (dashed) ellipses of the covariance of each model's points."""
-    legend = [f"{short(s.label, 30)} ({len(s.is_means)} classes)" for s in series] + ["flagged class", "1σ ellipse"]
+    legend = [f"{short(s.label, LABEL_CHARS)} ({len(s.is_means)} classes)" for s in series] + ["flagged class", "1σ ellipse"]
     with _style():
         fig, ax = _axes(width, height, left=0.6, right=_text_width(legend) + 0.55, top=0.15, bottom=0.5)
         ax.axhline(0, color="#9aa0a6", linewidth=0.8, zorder=1)
+        every_x = np.concatenate([np.asarray(s.is_means, dtype=float) for s in series] or [np.zeros(0)])
+        every_x = every_x[np.isfinite(every_x)]
+        x_mid = float(every_x.min() + every_x.max()) / 2 if every_x.size else 0.0
         any_flag = False
         for i, s in enumerate(series):
             color = s.color or MODEL_COLORS[i % len(MODEL_COLORS)]
@@ -205,7 +234,7 @@ def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: f
             flagged = np.asarray(s.flagged, dtype=bool) if len(s.flagged) == len(x) else np.zeros(len(x), bool)
             size = 9 if ok.sum() > 300 else 18
             ax.scatter(x[ok & ~flagged], y[ok & ~flagged], s=size, color=color, alpha=0.55, linewidths=0,
-                       label=f"{short(s.label, 30)} ({int(ok.sum())} classes)", zorder=2)
+                       label=f"{short(s.label, LABEL_CHARS)} ({int(ok.sum())} classes)", zorder=2)
             if (ok & flagged).any():
                 any_flag = True
                 ax.scatter(x[ok & flagged], y[ok & flagged], s=size * 2.6, facecolor=color, edgecolor=FLAG_COLOR,
@@ -216,9 +245,11 @@ def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: f
                 _ellipse(ax, pts, 2.0, color, "--")
             for n_ann, j in enumerate(s.annotate):
                 if 0 <= j < len(x) and ok[j] and j < len(s.names):
-                    # alternate above-right and below-left so neighbouring labels do not collide
-                    dx, dy, ha, va = (5, 4, "left", "bottom") if n_ann % 2 == 0 else (-5, -4, "right", "top")
-                    ax.annotate(short(s.names[j], 22), (x[j], y[j]), xytext=(dx, dy), textcoords="offset points",
+                    # toward the middle, so a long name stays inside the axes; alternately above and
+                    # below, so neighbouring labels do not collide
+                    dx, ha = (5, "left") if x[j] <= x_mid else (-5, "right")
+                    dy, va = (4, "bottom") if n_ann % 2 == 0 else (-4, "top")
+                    ax.annotate(short(s.names[j], LABEL_CHARS), (x[j], y[j]), xytext=(dx, dy), textcoords="offset points",
                                 fontsize=7.5, color="#202124", ha=ha, va=va)
         if any_flag:
             ax.scatter([], [], s=30, facecolor="white", edgecolor=FLAG_COLOR, linewidths=1.4, label="flagged class")
@@ -240,7 +271,7 @@ def ratio_bars(labels: Sequence[str], ratios: Sequence[float | None], lows: Sequ
     """Horizontal bars of the IS/AS ratio per model with its 95% bootstrap interval;
     an undefined ratio (no null space) is written out instead of drawn as 0."""
     n = len(labels)
-    names = [short(lab, 34) for lab in labels]
+    names = [short(lab, ROW_LABEL_CHARS) for lab in labels]
     with _style():
         fig, ax = _axes(width, 0.75 + 0.3 * max(n, 1), left=_text_width(names) + 0.2, right=0.3, top=0.1, bottom=0.5)
         ax.grid(axis="y", visible=False)
@@ -261,7 +292,7 @@ def ratio_bars(labels: Sequence[str], ratios: Sequence[float | None], lows: Sequ
         _row_labels(ax, ys, names)
         ax.set_xlim(0, top * 1.15)
         ax.set_ylim(-0.6, n - 0.4)
-        ax.set_xlabel("IS/AS ratio: mean IS / mean |AS| (higher: null space moves meaning less per degree)")
+        _xlabel(fig, ax, "IS/AS ratio: mean IS / mean |AS| (higher: null space moves meaning less per degree)")
         return figure_to_data_uri(fig)
 
 
@@ -279,7 +310,7 @@ def violins(labels: Sequence[str], values: Sequence[np.ndarray], highlight: Sequ
     Classes with fewer than two distinct values are drawn as points.
     """
     n = len(labels)
-    names = [short(lab, 34) for lab in labels]
+    names = [short(lab, ROW_LABEL_CHARS) for lab in labels]
     with _style():
         fig, ax = _axes(width, 0.7 + 0.34 * max(n, 1), left=_text_width(names, bold=any(highlight)) + 0.2,
                         right=0.25, top=0.1, bottom=0.5)
@@ -309,7 +340,7 @@ def violins(labels: Sequence[str], values: Sequence[np.ndarray], highlight: Sequ
         hl = [i < len(highlight) and bool(highlight[i]) for i in range(n)]
         _row_labels(ax, pos, names, colors=[FLAG_COLOR if h else None for h in hl], bold=hl)
         ax.set_ylim(-0.7, n - 0.3)
-        ax.set_xlabel("per-image AS (°)" + (f"; dotted: ±{threshold:g}° policy threshold on class mean |AS|" if threshold else ""))
+        _xlabel(fig, ax, "per-image AS (°)" + (f"; dotted: ±{threshold:g}° policy threshold on class mean |AS|" if threshold else ""))
         return figure_to_data_uri(fig)
 
 
@@ -327,11 +358,11 @@ def concept_bars(panels: Sequence[tuple[str, Sequence[tuple[str, float, float | 
     ys: list[float] = []
     y = 0.0
     for title, items in panels:
-        heads.append((y, short(title, 44)))
+        heads.append((y, short(title, HEADING_CHARS)))
         y -= 1.0
         for concept, as_value, angle in items:
             ys.append(y)
-            labels.append(short(concept, 30))
+            labels.append(short(concept, LABEL_CHARS))
             values.append(float(as_value) if as_value is not None else 0.0)
             angles.append(angle)
             y -= 1.0
@@ -356,7 +387,7 @@ def concept_bars(panels: Sequence[tuple[str, Sequence[tuple[str, float, float | 
         ax.axvline(0, color="#9aa0a6", linewidth=0.8)
         ax.set_xlim(-1.3 * span if min(values, default=0.0) < 0 else 0.0, 1.3 * span)
         ax.set_ylim(y + 0.6, 0.6)
-        ax.set_xlabel("AS toward the concept (°); at each bar: angle between T(f) and the concept")
+        _xlabel(fig, ax, "AS toward the concept (°); at each bar: angle between T(f) and the concept")
         return figure_to_data_uri(fig)
 
 
@@ -370,7 +401,7 @@ def sensitivity_lines(series: Sequence[tuple[str, Sequence[float], Sequence[floa
     as a percentage), one line per model. ``series``: ``(label, x, as_abs, is_, color)``."""
     from matplotlib.figure import Figure
 
-    legend = [short(s[0], 30) for s in series]
+    legend = [short(s[0], LABEL_CHARS) for s in series]
     right = _text_width(legend) + 0.55
     height = 2.6
     with _style():
@@ -385,7 +416,7 @@ def sensitivity_lines(series: Sequence[tuple[str, Sequence[float], Sequence[floa
             order = np.argsort(x, kind="stable")
             for ax, ys in zip(axes, (as_abs, is_)):
                 y = np.asarray([np.nan if v is None else v for v in ys], dtype=float)
-                ax.plot(x[order], y[order], marker="o", markersize=3.5, linewidth=1.3, color=c, label=short(label, 30))
+                ax.plot(x[order], y[order], marker="o", markersize=3.5, linewidth=1.3, color=c, label=short(label, LABEL_CHARS))
         axes[0].set_ylabel("mean |AS| (°)")
         axes[1].set_ylabel("mean IS (°)")
         from matplotlib.ticker import FuncFormatter, MaxNLocator

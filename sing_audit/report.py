@@ -45,6 +45,8 @@ import datetime as dt
 import inspect
 import logging
 import math
+import re
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +61,15 @@ from jinja2 import (
     PackageLoader,
     StrictUndefined,
     Template,
+    pass_context,
 )
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from .errors import SingAuditError
 from .store import safe_child
 
 __all__ = [
+    "NAME_CHARS",
     "ImagesTable",
     "RenderedSection",
     "ReportRenderError",
@@ -74,10 +78,12 @@ __all__ = [
     "create_environment",
     "embed_image",
     "load_weasyprint",
+    "long_names",
     "read_images_csv",
     "render_html",
     "render_pdf",
     "render_report",
+    "short_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -126,7 +132,14 @@ class ReportSection:
     result's policy dict) and everything :meth:`context` returns. Filters: ``num``
     (``value|num(digits, suffix)``, ``—`` for ``None``), ``deg`` (degrees), ``ci`` (an
     :class:`~sing_audit.results.Interval` as ``low–high``), ``pct``, ``sci`` (scientific
-    notation) and ``when`` (an ISO timestamp, readable).
+    notation), ``when`` (an ISO timestamp, readable), and for user-controlled names
+    (class, model, target, concept, prompt, image id): ``name`` (cut to
+    :data:`NAME_CHARS` with "…", the full name in a ``title`` tooltip on screen;
+    ``name(keep_end=true)`` keeps the end, for ids), ``short_name`` (the same cut as plain
+    text, for attributes such as ``alt``) and ``names_in`` (free text such as a model's
+    summary, with every over-long name it quotes cut the same way). Print every name
+    through one of them: a long name is not only unreadable, it makes the PDF's table
+    layout slow (see :data:`NAME_CHARS`).
 
     The heading is drawn by the report; the template renders the section's body only.
     """
@@ -246,6 +259,130 @@ def _when(value) -> str:
     return t.strftime("%Y-%m-%d %H:%M %z").strip()
 
 
+#: Characters of a user-controlled name (class, model, backbone, target, concept word,
+#: steering prompt, image id) the report prints; a longer name is cut to this many, ending
+#: in "…" (:func:`short_name`). The full name stays in results.json and, in report.html, in
+#: the ``title`` tooltip of the cut text. 80 keeps whole every timm and open_clip model name,
+#: the readable ImageNet names sing-audit derives from a timm head (30 characters at most:
+#: "American Staffordshire terrier") and 990 of the 1000 full WordNet descriptions
+#: ("tabby, tabby cat"; the longest is 121).
+#:
+#: The bound is also what keeps the PDF's time in check: to size an automatic table column,
+#: weasyprint measures a cell's narrowest layout by breaking its text at every opportunity,
+#: laying out the rest of the text again each time, and under ``overflow-wrap: anywhere``
+#: (the class column) every character is one. A cell therefore costs time quadratic in its
+#: length: one 5000-character class name took the demo's PDF from 3 s to 4 minutes. A cut
+#: name is at most 80 characters, and breaks only where :func:`_breakable` lets it.
+NAME_CHARS = 80
+
+_ELLIPSIS = "…"
+
+
+def short_name(value, width: int = NAME_CHARS, *, keep_end: bool = False) -> str:
+    """``value`` as text on one line (runs of white space as one space), cut to ``width``
+    characters with "…" when it is longer: at the end, or in the middle with ``keep_end``
+    (for ids and paths, whose end tells them apart). The plain-text form of the ``name``
+    filter; the charts (:mod:`sing_audit.plots`) cut their labels with it too."""
+    text = "" if value is None else " ".join(str(value).split())
+    if len(text) <= width:
+        return text
+    keep = max(int(width) - 1, 0)
+    if keep_end and keep >= 2:
+        head = keep // 2
+        return text[:head].rstrip() + _ELLIPSIS + text[len(text) - (keep - head):].lstrip()
+    return text[:keep].rstrip() + _ELLIPSIS
+
+
+def _is_cut(text: str, width: int) -> bool:
+    return len(text) > width and len(" ".join(text.split())) > width
+
+
+#: characters between the break opportunities (``<wbr>``) put into a cut name's runs without spaces
+_CHUNK = 10
+_RUN = re.compile(r"\S{%d,}" % (_CHUNK + 1))
+
+
+def _breakable(text: str) -> Markup:
+    """``text`` escaped, with a ``<wbr>`` every :data:`_CHUNK` characters of a run without
+    spaces. A cut name is laid out with ``overflow-wrap: break-word`` and these break
+    opportunities, never ``anywhere``: a few opportunities per name instead of one per
+    character, so sizing its table column costs what an ordinary name does."""
+    out, pos = [], 0
+    for match in _RUN.finditer(text):
+        run = match.group()
+        out.append(escape(text[pos:match.start()]))
+        out.append(Markup("<wbr>").join(escape(run[i:i + _CHUNK]) for i in range(0, len(run), _CHUNK)))
+        pos = match.end()
+    out.append(escape(text[pos:]))
+    return Markup("").join(out)
+
+
+@pass_context
+def _name(ctx, value, width: int = NAME_CHARS, keep_end: bool = False) -> Markup:
+    """A name, autoescaped; when cut, the cut text in ``<span class="cut">`` whose
+    ``title`` holds the full name (screen only: nothing in print shows a tooltip)."""
+    text = "" if value is None else str(value)
+    if not _is_cut(text, width):
+        return escape(text)
+    shown = _breakable(short_name(text, width, keep_end=keep_end))
+    if ctx.get("medium") == "print":
+        return Markup('<span class="cut">{}</span>').format(shown)
+    return Markup('<span class="cut" title="{}">{}</span>').format(text, shown)
+
+
+def long_names(result, width: int = NAME_CHARS) -> list[str]:
+    """The user-controlled names of ``result`` longer than ``width`` characters (those the
+    report cuts), shortest first: what ``names_in`` looks for in free text."""
+    found: set[str] = set()
+
+    def add(*values) -> None:
+        for v in values:
+            if isinstance(v, str) and _is_cut(v, width):
+                found.add(v)
+
+    add(getattr(result, "name", None))
+    for m in getattr(result, "models", None) or []:
+        add(m.name, m.backbone, m.target, *m.flagged_classes)
+        add(*(c.name for c in m.classes))
+        add(*(x for ev in m.top_images for x in (ev.image_id, ev.class_name)))
+        concepts = m.probes.get("concepts")
+        per = concepts.get("per_class") if isinstance(concepts, dict) else None
+        if isinstance(per, dict):
+            add(*per)
+            add(*(x.get("concept") for items in per.values() if isinstance(items, list) for x in items if isinstance(x, dict)))
+        steering = m.probes.get("steering")
+        targets = steering.get("targets") if isinstance(steering, dict) else None
+        if isinstance(targets, list):
+            add(*(t.get(k) for t in targets if isinstance(t, dict) for k in ("prompt", "source")))
+    for a in getattr(result, "target_agreement", None) or []:
+        add(*a.targets, *a.models)
+    for c in getattr(result, "model_comparisons", None) or []:
+        add(c.target, c.model_a, c.model_b)
+    return sorted(found, key=len)
+
+
+@pass_context
+def _names_in(ctx, value) -> Markup:
+    """Free text (a summary, a warning), autoescaped, with every over-long name of the
+    result it quotes rendered by the ``name`` filter."""
+    text = "" if value is None else str(value)
+    names = ctx.get("long_names")
+    if names is None:
+        result = ctx.get("result")
+        names = long_names(result) if result is not None else []
+    lengths = [len(n) for n in names]
+    quoted = [n for n in names[: bisect_right(lengths, len(text))] if n in text]
+    if not quoted:
+        return escape(text)
+    pattern = re.compile("|".join(re.escape(n) for n in sorted(quoted, key=len, reverse=True)))
+    out, pos = [], 0
+    for match in pattern.finditer(text):
+        out.extend((escape(text[pos:match.start()]), _name(ctx, match.group())))
+        pos = match.end()
+    out.append(escape(text[pos:]))
+    return Markup("").join(out)
+
+
 def create_environment(extra_dirs: Iterable[Path] = ()) -> Environment:
     """The jinja2 environment of the report: autoescaped, strict, with the report filters."""
     loaders: list[BaseLoader] = [PackageLoader("sing_audit", "report_templates")]
@@ -259,8 +396,10 @@ def create_environment(extra_dirs: Iterable[Path] = ()) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=_fmt, deg=_deg, ci=_ci, pct=_pct, sci=_sci, when=_when)
-    env.globals.update(zip=zip)
+    env.filters.update(num=_fmt, deg=_deg, ci=_ci, pct=_pct, sci=_sci, when=_when,
+                       name=_name, short_name=short_name, names_in=_names_in)
+    # long_names: the result's over-long names, set by render_report (None: names_in finds them itself)
+    env.globals.update(zip=zip, name_chars=NAME_CHARS, long_names=None)
     return env
 
 
@@ -425,6 +564,7 @@ def render_report(
         if d is not None and d not in dirs:
             dirs.append(d)
     env = create_environment(dirs)
+    env.globals["long_names"] = long_names(result)  # found once, for every names_in of the document
     rendered = [r for r in (_render_section(env, s, result, run_dir, medium) for s in sections) if r is not None]
     return env.get_template("report.html.j2").render(result=result, sections=rendered, medium=medium)
 

@@ -171,7 +171,7 @@ def spectrum_chart(series: list[tuple[str, list[float], str]], width: float = 5.
         fig.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.2)
         ax = fig.add_subplot()
         for label, sv, color in series:
-            ax.plot(range(1, len(sv) + 1), sv, linewidth=1.3, color=color, label=plots.short(label, 30))
+            ax.plot(range(1, len(sv) + 1), sv, linewidth=1.3, color=color, label=plots.short(label, plots.LABEL_CHARS))
         ax.set_yscale("log")
         ax.set_xlabel("index of the singular value")
         ax.set_ylabel("σ of ∂f/∂x")

@@ -17,7 +17,7 @@ import yaml
 
 from sing_audit import plots
 from sing_audit.hookspecs import hookimpl
-from sing_audit.report import ReportSection, embed_image, read_images_csv
+from sing_audit.report import NAME_CHARS, ReportSection, embed_image, read_images_csv, short_name
 from sing_audit.stats import MIN_OUTLIER_VALUES
 
 #: per-class rows the pdf keeps per model (plus every flagged, outlier and waived class)
@@ -221,8 +221,10 @@ class PerClassSection(ReportSection):
                 bottom = [c for c in have[VIOLIN_TOP:][-VIOLIN_BOTTOM:]]
                 chosen = top + bottom
                 if chosen:
+                    counts = [f" (n={table.as_by_label[c.index].size})" for c in chosen]
                     entry["violin"] = plots.violins(
-                        [f"{c.name} (n={table.as_by_label[c.index].size})" for c in chosen],
+                        # the name is cut, never the image count after it
+                        [short_name(c.name, plots.ROW_LABEL_CHARS - len(n)) + n for c, n in zip(chosen, counts)],
                         [table.as_by_label[c.index] for c in chosen],
                         highlight=[c.flagged and not c.waived for c in chosen],
                         threshold=threshold,
@@ -484,6 +486,24 @@ class ImageEvidenceSection(ReportSection):
 # --------------------------------------------------------------------------- 8. provenance
 
 
+def _short_strings(value):
+    """``value`` (a config) with every string longer than :data:`NAME_CHARS` cut for display,
+    keeping the end of paths; the configuration itself is in results.json and config.resolved.yaml.
+    It holds user-controlled names (steering pairs, waivers, class names), printed here like
+    everywhere else in the report."""
+    if isinstance(value, str):
+        return short_name(value, keep_end="/" in value or "\\" in value) if len(value) > NAME_CHARS else value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            shown = _short_strings(k)
+            out[k if shown in out else shown] = _short_strings(v)  # two keys cut alike: keep the second whole
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_short_strings(v) for v in value]
+    return value
+
+
 class ProvenanceSection(ReportSection):
     """What was run: resolved config, package versions, weights and data digests, seeds, timing."""
 
@@ -495,8 +515,9 @@ class ProvenanceSection(ReportSection):
 
     def context(self, result, run_dir: Path) -> dict[str, Any]:
         prov = result.provenance
-        config_yaml = yaml.safe_dump(prov.config, sort_keys=False, allow_unicode=True, width=100) if prov.config else ""
-        dataset_yaml = yaml.safe_dump(prov.dataset, sort_keys=False, allow_unicode=True, width=100) if prov.dataset else ""
+        config, dataset = _short_strings(prov.config), _short_strings(prov.dataset)
+        config_yaml = yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100) if config else ""
+        dataset_yaml = yaml.safe_dump(dataset, sort_keys=False, allow_unicode=True, width=100) if dataset else ""
         total = sum(prov.stage_seconds.values()) if prov.stage_seconds else 0.0
         return {
             "prov": prov,
