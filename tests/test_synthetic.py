@@ -55,9 +55,10 @@ def test_shipped_demo_data_is_regenerable(tmp_path):
     # from the arrays above. From bit-identical arrays only float64 rounding differs: 64-term
     # products and 32-dim cosines, ~64·eps64 relative, i.e. 64·eps64·180° at most on an angle
     # (the angles here lie between 11° and 59°, away from 0° and 180° where arccos amplifies
-    # cosine errors by 1/sin θ). From arrays a
-    # float32 step apart the inputs are known to eps32 only, and so is each angle: eps32·180°.
-    # Either bound is far below the smallest truth value (0.09°) and the 1.5° the audit is held to.
+    # cosine errors by 1/sin θ); Prescott kernels move it by 1e-13 relative, 1.5e-14°. From
+    # arrays a float32 step apart the inputs are known to eps32 only, and so is each angle:
+    # eps32·180°. Either bound is far below the smallest truth value (0.09°) and the 1.5° that
+    # tests/test_runner.py holds the audit to.
     atol = (64 * EPS64 if bit_identical else EPS32) * 180.0
     for model, scores in old_as.items():
         for cls, value in scores.items():

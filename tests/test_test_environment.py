@@ -130,6 +130,7 @@ def _imports(tree: ast.AST):
     yield from visit(tree, True)
 
 
+@cache
 def _scan() -> dict[str, list[str]]:
     """Third-party top-level module name -> the places that import it."""
     found: dict[str, list[str]] = {}
