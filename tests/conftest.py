@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,16 @@ import pytest
 import yaml
 
 from sing_audit.synthetic import make_scenario, write_scenario
+
+
+def pytest_configure(config):
+    """Children see SIGINT as a terminal would send it. A command started in the background
+    by a non-interactive shell (``pytest &`` in a script, some CI runners) starts with SIGINT
+    ignored, and every process it starts inherits that: a sing-audit run would then shrug off
+    the SIGINT that tests/test_scale.py sends to interrupt it. Handled here, a handler is
+    reset to the default in each child at exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -186,7 +186,17 @@ def test_torch_forward_matches_predict_and_differentiates(nonlinear):
     x, z, xt, _ = nonlinear
     t = make("mlp3", epochs=2).fit(x, z)
     f = torch.as_tensor(xt[:5], dtype=torch.float64).requires_grad_(True)
-    u = t.torch_forward(f)
+    # predict runs torch_forward itself (the same cached float64 module on the same rows),
+    # under no_grad, on the translator's `threads` (1 here). On that thread count the two are
+    # one computation, so bit-equal: autograd does not change the kernels. On another thread
+    # count MKL may split the layers' sums differently (4e-16 apart on 2 threads), which is
+    # rounding, not a different T: so the comparison runs on the translator's thread count.
+    before = torch.get_num_threads()
+    torch.set_num_threads(t.options.threads)
+    try:
+        u = t.torch_forward(f)
+    finally:
+        torch.set_num_threads(before)
     np.testing.assert_array_equal(u.detach().numpy(), t.predict(xt[:5]))
     (g,) = torch.autograd.grad(u[:, 0].sum(), f)
     assert g.shape == f.shape and torch.all(torch.isfinite(g))
