@@ -122,6 +122,11 @@ class PolicyConfig(_Strict):
 class ReportConfig(_Strict):
     formats: list[str] = Field(default_factory=lambda: ["json", "csv", "html"])
     top_images: int = Field(default=12, ge=0, description="most leaking images listed per model (with thumbnails)")
+    templates: Path | None = Field(
+        default=None,
+        description="folder of jinja2 templates searched before the built-in ones: a file of the same name "
+        "overrides a built-in template, and {% extends \"default:NAME\" %} extends it",
+    )
 
 
 class RunSettings(_Strict):
@@ -180,6 +185,11 @@ class AuditConfig(_Strict):
             raise ValueError("several targets share a name: give each one a 'name'")
         if "null_removal" not in [p if isinstance(p, str) else p.plugin for p in self.probes]:
             raise ValueError("probes must include null_removal: the audit's scores come from it")
+        if self.report.templates is not None:
+            folder = self.resolve_path(self.report.templates).resolve()
+            if not folder.is_dir():
+                raise ValueError(f"report.templates: {folder} is not a folder")
+            self.report.templates = folder  # absolute: results.json records where the templates were
         return self
 
     def target_specs(self) -> list[TargetSpec]:

@@ -59,6 +59,7 @@ from jinja2 import (
     Environment,
     FileSystemLoader,
     PackageLoader,
+    PrefixLoader,
     StrictUndefined,
     Template,
     pass_context,
@@ -383,9 +384,20 @@ def _names_in(ctx, value) -> Markup:
     return Markup("").join(out)
 
 
-def create_environment(extra_dirs: Iterable[Path] = ()) -> Environment:
-    """The jinja2 environment of the report: autoescaped, strict, with the report filters."""
-    loaders: list[BaseLoader] = [PackageLoader("sing_audit", "report_templates")]
+def create_environment(extra_dirs: Iterable[Path] = (), user_dir: Path | None = None) -> Environment:
+    """The jinja2 environment of the report: autoescaped, strict, with the report filters.
+
+    Templates are looked up in ``user_dir`` first (``report.templates``: a user's own
+    templates override any built-in one of the same name), then in the built-in
+    ``report_templates``, then in ``extra_dirs`` (the folders of the modules that define
+    sections). A built-in template stays reachable as ``default:<name>``, so a user's
+    template can extend the one it replaces (``{% extends "default:report.html.j2" %}``),
+    as in datasette."""
+    builtin = PackageLoader("sing_audit.report_templates", ".")
+    loaders: list[BaseLoader] = []
+    if user_dir is not None:
+        loaders.append(FileSystemLoader(str(user_dir)))
+    loaders += [PrefixLoader({"default": builtin}, delimiter=":"), builtin]
     dirs = [str(d) for d in extra_dirs]
     if dirs:
         loaders.append(FileSystemLoader(dirs))
@@ -563,10 +575,25 @@ def render_report(
         d = _module_dir(s)
         if d is not None and d not in dirs:
             dirs.append(d)
-    env = create_environment(dirs)
+    env = create_environment(dirs, user_templates(result))
     env.globals["long_names"] = long_names(result)  # found once, for every names_in of the document
     rendered = [r for r in (_render_section(env, s, result, run_dir, medium) for s in sections) if r is not None]
     return env.get_template("report.html.j2").render(result=result, sections=rendered, medium=medium)
+
+
+def user_templates(result) -> Path | None:
+    """The user's template folder the audit was configured with (``report.templates``),
+    an absolute path recorded in the result's provenance; ``None`` when there is none."""
+    folder = ((result.provenance.config or {}).get("report") or {}).get("templates")
+    if not folder:
+        return None
+    path = Path(folder)
+    if not path.is_dir():
+        raise ReportRenderError(
+            f"report.templates folder {path} (recorded in results.json) does not exist; restore it, or re-render "
+            "without it by removing report.templates from the config and running the audit again"
+        )
+    return path
 
 
 def render_html(result, run_dir: Path | None = None, **kwargs) -> str:

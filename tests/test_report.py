@@ -8,6 +8,7 @@ import csv
 import html.parser
 import importlib
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -721,3 +722,41 @@ def test_renderings_and_translator_families_when_present(tmp_path):
     assert images.count("data:image/jpeg;base64,") == 2 and "original" in images and "equivalent" in images
     trust = page[page.index('id="section-trust"'):page.index('id="section-images"')]
     assert "Other translator families" in trust and "mlp3" in trust and "(non-linear)" in trust and "0.950" in trust
+
+
+# --------------------------------------------------------------------------- a user's own templates
+
+
+def test_a_users_template_folder_overrides_and_extends_the_builtin_ones(synthetic_config, tmp_path):
+    """report.templates is searched first: a file of a built-in name replaces it, and
+    "default:NAME" reaches the built-in one to extend it."""
+    from sing_audit.cli import main
+
+    folder = tmp_path / "my-templates"
+    folder.mkdir()
+    (folder / "section_verdict.html.j2").write_text(
+        "<p class=\"mine\">Our own verdict: {{ result.outcome }} — {{ rows|length }} models</p>", encoding="utf-8"
+    )
+    (folder / "report.html.j2").write_text(
+        '{% extends "default:report.html.j2" %}', encoding="utf-8"
+    )
+    cfg = synthetic_config(report={"formats": ["json", "html"], "templates": "my-templates"})
+    assert main(["run", str(cfg)]) == 1
+    out = tmp_path / "out"
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert '<p class="mine">Our own verdict: failed — 2 models</p>' in html
+    assert '<div class="verdict-box' not in html and "Per-class analysis" in html  # the rest is the built-in report
+    recorded = json.loads((out / "results.json").read_text())["provenance"]["config"]["report"]["templates"]
+    assert recorded == str(folder.resolve())
+    # re-rendering from results.json alone uses the same folder
+    (out / "report.html").unlink()
+    assert main(["report", str(out), "--format", "html"]) == 0
+    assert "Our own verdict" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_missing_template_folder_is_a_config_error(synthetic_config, tmp_path, capsys):
+    from sing_audit.cli import main
+
+    cfg = synthetic_config(report={"templates": "nowhere"})
+    assert main(["validate", str(cfg)]) == 2
+    assert "report.templates" in capsys.readouterr().err
