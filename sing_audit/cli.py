@@ -305,8 +305,8 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_schema(args) -> int:
-    from .config import config_schema
     from .host import create_registry
+    from .schema import config_schema
 
     _say_json(config_schema(create_registry()))
     return 0
@@ -345,15 +345,6 @@ def _split_formats(values: list[str]) -> list[str]:
     return out
 
 
-def _reporters_by_format(registry) -> dict:
-    available = {}
-    for name in registry.names("reporter"):
-        reg = registry.get("reporter", name)
-        for fmt in getattr(reg.factory, "formats", ()):
-            available[fmt] = reg
-    return available
-
-
 def _cmd_report(args) -> int:
     from .compare import load_result
     from .host import create_registry, suggest
@@ -369,7 +360,7 @@ def _cmd_report(args) -> int:
             formats, where = _split_formats(recorded), "report.formats recorded in results.json"
         else:
             formats, where = list(DEFAULT_REPORT_FORMATS), "default formats"
-    available = _reporters_by_format(create_registry())
+    available = create_registry().reporters_by_format()
     for fmt in formats:
         if fmt not in available:
             hint = "" if where == "--format" else "; choose others with --format"

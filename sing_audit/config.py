@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
-from .host import Registry, suggest
+from .terminal import suggest
 
 __all__ = [
     "ComponentSpec",
@@ -29,8 +29,6 @@ __all__ = [
     "AuditConfig",
     "load_config",
     "apply_overrides",
-    "resolve_options",
-    "config_schema",
     "format_validation_error",
 ]
 
@@ -344,80 +342,3 @@ def load_config(source: "AuditConfig | dict | str | Path", overrides: list[str] 
         return AuditConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, AuditConfig, name)) from None
-
-
-def resolve_options(registry: Registry, kind: str, spec: ComponentSpec, where: str, base_dir: Path, source: str = "<config>"):
-    """Validate ``spec``'s options with its plugin's own ``Options`` model.
-
-    Returns ``(registered, options)``. A plugin options model with a ``base_dir`` field
-    receives the config's folder, so relative paths resolve like the rest of the file.
-    """
-    registered = registry.get(kind, spec.plugin, where=f"{source}: {where}.plugin")
-    model = registered.options_model
-    raw = spec.options()
-    if model is None:
-        if raw:
-            raise ConfigError(f"{source}: {where}: plugin {spec.plugin!r} takes no options, got {sorted(raw)}")
-        return registered, None
-    if "base_dir" in model.model_fields and "base_dir" not in raw:
-        raw["base_dir"] = base_dir
-    try:
-        return registered, model.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, model, source, prefix=where)) from None
-
-
-def config_schema(registry: Registry) -> dict:
-    """JSON Schema of ``audit.yaml`` with every installed plugin's options."""
-    schema = AuditConfig.model_json_schema(by_alias=True)
-    schema["properties"].pop("base_dir", None)
-    defs = schema.setdefault("$defs", {})
-
-    def variants(kind: str, extra: dict | None = None) -> dict:
-        out = []
-        for name in registry.names(kind):
-            reg = registry.get(kind, name)
-            model = reg.options_model
-            sub = model.model_json_schema() if model is not None else {"type": "object", "properties": {}}
-            for d, v in sub.pop("$defs", {}).items():
-                defs.setdefault(d, v)
-            props = {k: v for k, v in sub.get("properties", {}).items() if k != "base_dir"}
-            props = {"plugin": {"const": name}, **(extra or {}), **props}
-            out.append(
-                {
-                    "title": f"{kind} {name}",
-                    "description": f"from {reg.package}",
-                    "type": "object",
-                    "properties": props,
-                    "required": ["plugin", *[r for r in sub.get("required", []) if r != "base_dir"], *((extra or {}).keys())],
-                    "additionalProperties": False,
-                }
-            )
-        return {"oneOf": out} if out else {"type": "object"}
-
-    props = schema["properties"]
-    props["dataset"] = {"anyOf": [variants("dataset"), {"type": "null"}]}
-    target = variants("target", None)
-    for v in target.get("oneOf", []):
-        v["properties"]["name"] = {"type": "string"}
-    props["target"] = target
-    props["targets"] = {"type": "array", "items": target}
-    backbone = variants("backbone", {"name": {"type": "string"}})
-    props["backbones"] = {"type": "array", "minItems": 1, "items": backbone}
-    props["translator"] = variants("translator")
-    props["visualizer"] = {"anyOf": [variants("visualizer"), {"type": "null"}]}
-    probe = variants("probe")
-    props["probes"] = {"type": "array", "items": {"anyOf": [{"enum": registry.names("probe")}, probe]}}
-    props["report"] = {
-        "type": "object",
-        "properties": {"formats": {"type": "array", "items": {"enum": sorted(_report_formats(registry))}}},
-        "additionalProperties": False,
-    }
-    return schema
-
-
-def _report_formats(registry: Registry) -> set[str]:
-    formats: set[str] = set()
-    for name in registry.names("reporter"):
-        formats.update(getattr(registry.get("reporter", name).factory, "formats", ()))
-    return formats

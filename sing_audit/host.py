@@ -8,8 +8,8 @@ which installed plugins load.
 
 from __future__ import annotations
 
-import difflib
 import importlib
+import inspect
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -17,16 +17,23 @@ from typing import Any
 
 import pluggy
 
+from pathlib import Path
+
 from . import __version__, hookspecs
 from .errors import ConfigError, PluginError
+from .terminal import suggest
 
 __all__ = [
     "DEFAULT_PLUGINS",
     "KINDS",
+    "BuildContext",
+    "Component",
     "Registered",
     "Registry",
+    "create_component",
     "create_plugin_manager",
     "create_registry",
+    "resolve_options",
     "suggest",
 ]
 
@@ -85,14 +92,6 @@ class Registered:
     @property
     def options_model(self):
         return getattr(self.factory, "Options", None)
-
-
-def suggest(name: str, choices: list[str]) -> str:
-    """' (did you mean "x"?)' for the close matches of ``name``, or the valid choices."""
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    if close:
-        return " (did you mean " + " or ".join(f'"{c}"' for c in close) + "?)"
-    return "; valid choices: " + ", ".join(sorted(choices)) if len(choices) <= 12 else ""
 
 
 def _allowed_entry_points() -> set[str] | None:
@@ -168,6 +167,15 @@ class Registry:
     def all(self) -> list[Registered]:
         return [r for kind in KINDS for _, r in sorted(self._entries.get(kind, {}).items())]
 
+    def reporters_by_format(self) -> dict[str, Registered]:
+        """Every output format (``report.formats``) and the reporter that writes it."""
+        out: dict[str, Registered] = {}
+        for name in self.names("reporter"):
+            reg = self.get("reporter", name)
+            for fmt in getattr(reg.factory, "formats", ()):
+                out[fmt] = reg
+        return out
+
     def get(self, kind: str, name: str, where: str = "") -> Registered:
         """Look up a component; unknown names raise :class:`ConfigError` with close matches."""
         entries = self._entries.get(kind, {})
@@ -206,3 +214,84 @@ def create_registry(pm: pluggy.PluginManager | None = None) -> Registry:
             args = {"register": register}
             impl.function(**{a: args[a] for a in impl.argnames if a in args})
     return Registry(entries)
+
+
+# --------------------------------------------------------------------------- building components
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What building a component may depend on besides its options: the run's registry
+    (a probe that builds concept sets looks them up there, so a third party's are found),
+    the folder relative paths start from (the config file's), and where the spec came
+    from (``source``: the config file; ``where``: the field path), for messages."""
+
+    registry: Registry
+    base_dir: Path
+    source: str = "<config>"
+    where: str = ""
+
+    def at(self, where: str) -> "BuildContext":
+        """The same context for a spec found at ``where`` (e.g. ``probes[2].sets[0]``)."""
+        return BuildContext(self.registry, self.base_dir, self.source, where)
+
+
+@dataclass
+class Component:
+    """A built component: what the config asked for (``kind``, ``name``, ``plugin``), the
+    package that provides it, the object and its validated options."""
+
+    kind: str
+    name: str
+    plugin: str
+    package: str
+    instance: Any
+    options: Any
+
+
+def resolve_options(context: BuildContext, kind: str, spec) -> tuple[Registered, Any]:
+    """Look up ``spec.plugin`` and validate the spec's options with the plugin's own
+    ``Options`` model. Returns ``(registered, options)``; an options model with a
+    ``base_dir`` field receives the context's folder, so relative paths resolve like the
+    rest of the config."""
+    from pydantic import ValidationError
+
+    from .config import format_validation_error
+
+    where = context.where
+    registered = context.registry.get(kind, spec.plugin, where=f"{context.source}: {where}.plugin")
+    model = registered.options_model
+    raw = spec.options()
+    if model is None:
+        if raw:
+            raise ConfigError(f"{context.source}: {where}: plugin {spec.plugin!r} takes no options, got {sorted(raw)}")
+        return registered, None
+    if "base_dir" in model.model_fields and "base_dir" not in raw:
+        raw["base_dir"] = context.base_dir
+    try:
+        return registered, model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, context.source, prefix=where)) from None
+
+
+def _wants_context(factory: Any) -> bool:
+    try:
+        return "context" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def create_component(context: BuildContext, kind: str, spec, name: str | None = None) -> Component:
+    """Build the component ``spec`` asks for: the one function every factory is called
+    through. The factory receives its validated options, and the build context as
+    ``context=`` when its signature takes one (``def __init__(self, options, context)``).
+    A ``ValueError`` or ``TypeError`` from the factory is a config error at ``where``."""
+    registered, options = resolve_options(context, kind, spec)
+    factory = registered.factory
+    args = () if options is None else (options,)
+    kwargs = {"context": context} if _wants_context(factory) else {}
+    try:
+        instance = factory(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{context.source}: {context.where}: {exc}") from exc
+    return Component(kind, name or spec.plugin, spec.plugin, registered.package, instance, options)

@@ -43,10 +43,11 @@ from .components import (
     LinearHead,
     Target,
 )
-from .config import AuditConfig, load_config, resolve_options
+from .config import AuditConfig, load_config
 from .errors import ConfigError, DataError, OutputWriteError, SingAuditError, WriterFailure
 from .extraction import check_head_reproduces_logits, extract, resolve_device
-from .host import Registry, create_registry
+from .host import BuildContext, Component, Registry, create_component, create_registry
+from .terminal import suggest
 from .nullspace import HeadSubspaces, null_energy, split_head
 from .probes import ProbeContext, row_chunks
 from .run_folder import RunFolder
@@ -74,16 +75,6 @@ log = logging.getLogger("sing_audit")
 
 
 @dataclass
-class Component:
-    kind: str
-    name: str
-    plugin: str
-    package: str
-    instance: Any
-    options: Any
-
-
-@dataclass
 class Plan:
     """Validated config with every component built (nothing loaded yet)."""
 
@@ -101,12 +92,7 @@ class Plan:
 
 
 def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str, name: str | None = None) -> Component:
-    registered, options = resolve_options(registry, kind, spec, where, cfg.base_dir, source)
-    try:
-        instance = registered.factory(options) if options is not None else registered.factory()
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{source}: {where}: {exc}") from exc
-    return Component(kind, name or spec.plugin, spec.plugin, registered.package, instance, options)
+    return create_component(BuildContext(registry, cfg.base_dir, source, where), kind, spec, name or spec.plugin)
 
 
 def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -> Plan:
@@ -123,15 +109,9 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     ]
     probes = [_build(registry, "probe", p, f"probes[{i}]", cfg, source) for i, p in enumerate(cfg.probe_specs())]
     reporters: dict[str, Component] = {}
-    available: dict[str, Any] = {}
-    for name in registry.names("reporter"):
-        reg = registry.get("reporter", name)
-        for fmt in getattr(reg.factory, "formats", ()):
-            available[fmt] = reg
+    available = registry.reporters_by_format()
     for i, fmt in enumerate(cfg.report.formats):
         if fmt not in available:
-            from .host import suggest
-
             raise ConfigError(f"{source}: report.formats[{i}]: unknown format {fmt!r}{suggest(fmt, list(available))}")
         reg = available[fmt]
         reporters[fmt] = Component("reporter", fmt, reg.name, reg.package, reg.factory(), None)
@@ -1091,11 +1071,10 @@ def _versions() -> dict[str, str]:
 
 def _json_reporter(registry: Registry) -> Component:
     """results.json is the contract: written even when report.formats leaves json out."""
-    for name in registry.names("reporter"):
-        reg = registry.get("reporter", name)
-        if "json" in getattr(reg.factory, "formats", ()):
-            return Component("reporter", "json", reg.name, reg.package, reg.factory(), None)
-    raise ConfigError("no installed reporter writes the json format (results.json)")
+    reg = registry.reporters_by_format().get("json")
+    if reg is None:
+        raise ConfigError("no installed reporter writes the json format (results.json)")
+    return Component("reporter", "json", reg.name, reg.package, reg.factory(), None)
 
 
 @dataclass

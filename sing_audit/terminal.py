@@ -9,7 +9,10 @@ line the CLI prints goes through :func:`plain`, which shows such characters esca
 
 from __future__ import annotations
 
-__all__ = ["plain", "shorten", "TERMINAL_NAME_CHARS"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["plain", "shorten", "close_matches", "suggest", "TERMINAL_NAME_CHARS"]
 
 #: longest name printed whole on a terminal line; longer ones are shortened with an ellipsis
 TERMINAL_NAME_CHARS = 80
@@ -32,3 +35,19 @@ def shorten(text, limit: int = TERMINAL_NAME_CHARS) -> str:
     """``text`` cut to at most ``limit`` characters, with ``…`` where it was cut."""
     text = str(text)
     return text if len(text) <= limit else text[: max(1, limit - 1)] + "…"
+
+
+def close_matches(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """The choices closest to a misspelled ``name``, best first (the one "did you mean"
+    helper every message uses)."""
+    return difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=cutoff)
+
+
+def suggest(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) -> str:
+    """``' (did you mean "x"?)'`` for the close matches of ``name``, or the valid choices
+    when there are few (never a whole catalogue)."""
+    choices = list(choices)
+    close = close_matches(name, choices, n=n, cutoff=cutoff)
+    if close:
+        return " (did you mean " + " or ".join(f'"{c}"' for c in close) + "?)"
+    return "; valid choices: " + ", ".join(sorted(choices)) if len(choices) <= 12 else ""

@@ -503,3 +503,38 @@ def test_open_clip_text_encoder_path(tiny_clip_target, tmp_path):
     # the concept embeddings are the target's own template ensembles
     emb = probe._text_cache[next(iter(probe._text_cache))]
     assert np.allclose(emb[-3:], target.class_text_embeddings(["red car", "striped cat", "foggy street"]), atol=1e-6)
+
+
+def test_a_concept_set_registered_by_a_third_party_plugin_is_found(synthetic_config):
+    """The concepts probe looks sets up in the run's registry (its build context), not in
+    a registry of its own, so a set registered in-process or by a third party is found."""
+    import types
+
+    from sing_audit import hookimpl
+    from sing_audit.config import load_config
+    from sing_audit.host import create_plugin_manager
+    from sing_audit.runner import build_plan
+
+    class Words:
+        """A third party's concept set."""
+
+        def concepts(self):
+            return ["plaid", "striped"]
+
+    plugin = types.ModuleType("third_party_words")
+
+    @hookimpl
+    def register_concept_sets(register):
+        register("my_words", Words)
+
+    plugin.register_concept_sets = register_concept_sets
+    pm = create_plugin_manager()
+    pm.register(plugin, name="third_party_words")
+    registry = create_registry(pm)
+    cfg = load_config(synthetic_config(probes=["null_removal", {"plugin": "concepts", "sets": ["my_words"]}]))
+    plan = build_plan(cfg, registry, "audit.yaml")
+    (probe,) = [p.instance for p in plan.probes if p.plugin == "concepts"]
+    assert [s.concepts() for s in probe.sets] == [["plaid", "striped"]]
+    with pytest.raises(ConfigError, match=r"unknown concept set plugin 'my_wordz' at audit.yaml: probes\[1\].sets\[0\].plugin \(did you mean \"my_words\"\?\)"):
+        build_plan(load_config(synthetic_config(probes=["null_removal", {"plugin": "concepts", "sets": ["my_wordz"]}])),
+                   registry, "audit.yaml")

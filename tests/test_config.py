@@ -14,12 +14,11 @@ from sing_audit.config import (
     BackboneSpec,
     ComponentSpec,
     apply_overrides,
-    config_schema,
     load_config,
-    resolve_options,
 )
 from sing_audit.errors import BadInputError, ConfigError
-from sing_audit.host import create_plugin_manager, create_registry
+from sing_audit.host import BuildContext, create_plugin_manager, create_registry, resolve_options
+from sing_audit.schema import config_schema
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "synthetic" / "audit.yaml"
 
@@ -323,7 +322,7 @@ def test_load_from_dict_does_not_mutate_input(tmp_path):
 
 def test_resolve_options_with_precomputed_backbone(registry, tmp_path):
     spec = BackboneSpec(name="b", plugin="precomputed", path="data/b.npz")
-    reg, opts = resolve_options(registry, "backbone", spec, "backbones[0]", tmp_path, "audit.yaml")
+    reg, opts = resolve_options(BuildContext(registry, tmp_path, "audit.yaml", "backbones[0]"), "backbone", spec)
     assert reg.name == "precomputed"
     assert opts.path == Path("data/b.npz")
     assert opts.base_dir == tmp_path
@@ -334,7 +333,7 @@ def test_resolve_options_with_precomputed_backbone(registry, tmp_path):
 def test_resolve_options_unknown_key_did_you_mean(registry, tmp_path):
     spec = BackboneSpec(name="b", plugin="precomputed", pth="data/b.npz")
     with pytest.raises(ConfigError) as err:
-        resolve_options(registry, "backbone", spec, "backbones[0]", tmp_path, "audit.yaml")
+        resolve_options(BuildContext(registry, tmp_path, "audit.yaml", "backbones[0]"), "backbone", spec)
     msg = str(err.value)
     assert "audit.yaml: backbones[0].pth" in msg
     assert 'did you mean "path"' in msg
@@ -343,10 +342,10 @@ def test_resolve_options_unknown_key_did_you_mean(registry, tmp_path):
 def test_resolve_options_bad_type_and_unknown_plugin(registry, tmp_path):
     spec = BackboneSpec(name="b", plugin="precomputed", path="x.npz", random_weights="perhaps")
     with pytest.raises(ConfigError, match=r"backbones\[1\]\.random_weights"):
-        resolve_options(registry, "backbone", spec, "backbones[1]", tmp_path, "audit.yaml")
+        resolve_options(BuildContext(registry, tmp_path, "audit.yaml", "backbones[1]"), "backbone", spec)
     spec = BackboneSpec(name="b", plugin="precomputd", path="x.npz")
     with pytest.raises(ConfigError, match="did you mean") as err:
-        resolve_options(registry, "backbone", spec, "backbones[0]", tmp_path, "audit.yaml")
+        resolve_options(BuildContext(registry, tmp_path, "audit.yaml", "backbones[0]"), "backbone", spec)
     assert "backbones[0].plugin" in str(err.value)
 
 
@@ -364,9 +363,10 @@ def test_resolve_options_plugin_without_options_model(tmp_path):
     pm = create_plugin_manager(load_entry_points=False)
     pm.register(P(), name="p")
     reg = create_registry(pm)
-    assert resolve_options(reg, "probe", ComponentSpec(plugin="bare"), "probes[1]", tmp_path)[1] is None
+    context = BuildContext(reg, tmp_path, where="probes[1]")
+    assert resolve_options(context, "probe", ComponentSpec(plugin="bare"))[1] is None
     with pytest.raises(ConfigError, match="no options"):
-        resolve_options(reg, "probe", ComponentSpec(plugin="bare", x=1), "probes[1]", tmp_path)
+        resolve_options(context, "probe", ComponentSpec(plugin="bare", x=1))
 
 
 # --------------------------------------------------------------------------- schema

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 import sing_audit
 from sing_audit.components import PluginOptions, Translator
-from sing_audit.config import ComponentSpec, resolve_options
+from sing_audit.config import ComponentSpec
 from sing_audit.errors import ConfigError, DataError, WeightsError
-from sing_audit.host import create_registry
+from sing_audit.host import BuildContext, create_registry, resolve_options
 from sing_audit.plugins.linear_translator import LinearTranslator
 from sing_audit.plugins.mlp_translators import (
     MLP3Translator,
@@ -79,13 +79,7 @@ def test_options_reject_unknown_and_bad_values(tmp_path):
         SingReferenceTranslator.Options(path="x", expect_checkpoint="resnet")
     reg = create_registry()
     with pytest.raises(ConfigError, match="hiden_dim"):
-        resolve_options(
-            reg,
-            "translator",
-            ComponentSpec(plugin="mlp3", hiden_dim=8),
-            "translator",
-            tmp_path,
-        )
+        resolve_options(BuildContext(reg, tmp_path, where="translator"), "translator", ComponentSpec(plugin="mlp3", hiden_dim=8))
 
 
 # --------------------------------------------------------------------------- MLP families

@@ -95,9 +95,12 @@ class ConceptsProbe(Probe):
         def _templates(cls, v: list[str] | None) -> list[str] | None:
             return None if v is None else check_templates(v)
 
-    def __init__(self, options: ConceptsProbe.Options | None = None, registry=None):
+    def __init__(self, options: ConceptsProbe.Options | None = None, context=None):
+        """``context``: the run's :class:`~sing_audit.host.BuildContext`; concept sets are
+        looked up in its registry, so a set a third-party plugin registers is found. Without
+        one (a probe built by hand), a fresh registry of the installed plugins is used."""
         self.options = options or self.Options()
-        self._registry = registry
+        self._context = context
         self.sets: list[ConceptSet | _PrecomputedSet] = []
         seen: set[str] = set()
         for j, spec in enumerate(self.options.sets):
@@ -125,25 +128,21 @@ class ConceptsProbe(Probe):
 
     # ------------------------------------------------------------------ sets
 
-    @property
-    def registry(self):
-        if self._registry is None:
-            from sing_audit.host import create_registry
+    def _build_context(self, where: str):
+        from sing_audit.host import BuildContext, create_registry
 
-            self._registry = create_registry()
-        return self._registry
+        if self._context is None:
+            self._context = BuildContext(create_registry(), self.options.base_dir or Path.cwd(), "concepts probe", "")
+        base = self._context
+        prefix = f"{base.where}." if base.where else ""
+        return BuildContext(base.registry, self.options.base_dir or base.base_dir, base.source, f"{prefix}{where}")
 
     def _build_set(self, spec: ComponentSpec, where: str) -> ConceptSet:
-        from sing_audit.config import resolve_options
+        from sing_audit.host import create_component
 
-        base_dir = self.options.base_dir or Path.cwd()
-        registered, options = resolve_options(self.registry, "concept_set", spec, where, base_dir, source="concepts probe")
-        try:
-            obj = registered.factory(options) if options is not None else registered.factory()
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"concepts probe: {where}: {exc}") from exc
+        obj = create_component(self._build_context(where), "concept_set", spec).instance
         if not callable(getattr(obj, "concepts", None)):
-            raise ConfigError(f"concepts probe: {where}: plugin {spec.plugin!r} does not build a concept set")
+            raise ConfigError(f"{self._build_context(where).where}: plugin {spec.plugin!r} does not build a concept set")
         if not isinstance(obj, ConceptSet):  # a third-party set with only concepts(): give it the rest
             obj = _Adapted(obj, spec.plugin)
         obj.concepts()  # read files now: a missing or malformed file fails before any model runs
