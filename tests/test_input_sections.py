@@ -102,11 +102,6 @@ def test_section_renders_every_probe_with_data():
 def test_section_prints_too():
     page = render_report(small_result(probes=probe_summaries()), medium="print")
     assert 'id="section-input_space"' in page and "could not be rendered" not in page
-    weasyprint = pytest.importorskip("weasyprint")
-    del weasyprint
-    from sing_audit.report import render_pdf
-
-    assert render_pdf(small_result(probes=probe_summaries())).startswith(b"%PDF")
 
 
 def test_section_absent_without_input_probes():

@@ -15,7 +15,7 @@ import pytest
 
 from sing_audit import plots
 from sing_audit.plugins import report_sections
-from sing_audit.report import NAME_CHARS, create_environment, long_names, render_html, render_pdf, render_report, short_name
+from sing_audit.report import NAME_CHARS, create_environment, long_names, render_html, render_report, short_name
 from sing_audit.results import ImageEvidence, TargetAgreement
 
 from .test_report import CHROMIUM, PDFTOTEXT, assert_self_contained, elements, run_chromium, small_result
@@ -280,23 +280,6 @@ def test_violin_labels_keep_the_image_count_after_a_cut_name(tmp_path, monkeypat
 
 
 # --------------------------------------------------------------------------- pdf and browser
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(PDFTOTEXT is None, reason="pdftotext is not installed (apt-get install poppler-utils)")
-@pytest.mark.parametrize("name", [WORD, WORDS], ids=["word", "words"])
-def test_pdf_text_shows_the_cut_name(tmp_path, name):
-    result = everywhere(name)
-    pdf = tmp_path / "report.pdf"
-    pdf.write_bytes(render_pdf(result, tmp_path))
-    text = subprocess.run([PDFTOTEXT, str(pdf), "-"], capture_output=True, text=True, check=True).stdout
-    assert "…" in text and "Names longer than" in text
-    assert longest_piece(text, name) < NAME_CHARS
-    if name == WORD:
-        runs = [len(r) for r in re.findall("ж+", text)]
-        # table cells wrap the cut name over lines; together a cut shows NAME_CHARS - 1 of it
-        assert runs and max(runs) <= NAME_CHARS - 1
-        assert "ж" * 20 in text
 
 
 @pytest.mark.slow

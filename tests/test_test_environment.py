@@ -1,9 +1,11 @@
-"""The suite needs nothing beyond the README's set-up command, ``pip install -e ".[dev]"``.
+"""The suite needs nothing beyond the README's set-up command, ``pip install -r requirements-dev.txt``.
 
-Every third-party module that a test, ``tests/conftest.py``, the library or the example
-plugin (``examples/sing-audit-tinynet``: its sources and tests run inside this suite)
-imports must belong to a distribution that sing-audit's dependencies or its ``dev`` extra
-require, directly or through their own requirements (``importlib.metadata.requires``).
+That file installs the core (with its ``dev`` extra) and every plugin family under
+``plugins/``, editable. Every third-party module that a test, a conftest, the library, a
+plugin family or the example plugin (``examples/sing-audit-tinynet``: its sources and
+tests run inside this suite) imports must belong to a distribution that one of those
+projects requires, directly or through their own requirements
+(``importlib.metadata.requires``).
 A module that only the developer's machine happens to have (``jsonschema`` once) would
 otherwise pass here and stop a fresh environment at collection.
 
@@ -26,11 +28,16 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "sing-audit-tinynet"
-#: the code this suite imports: its own tests, the library, the example plugin and its tests
-SCANNED = [REPO / "tests", REPO / "sing_audit", EXAMPLE / "src", EXAMPLE / "tests"]
+SETUP = REPO / "requirements-dev.txt"
+FAMILIES = sorted(p.parent for p in (REPO / "plugins").glob("*/pyproject.toml"))
+#: the code this suite imports: its own tests, the library, each plugin family (sources and
+#: tests), the example plugin and its tests
+SCANNED = [REPO / "tests", REPO / "sing_audit", *(f / d for f in FAMILIES for d in ("src", "tests")), EXAMPLE / "src", EXAMPLE / "tests"]
 #: top-level names of this repository's own code (the example package is installed by
 #: tests/test_third_party.py itself, into a private folder)
-LOCAL = {"tests", "sing_audit", "sing_audit_tinynet", "conftest"}
+LOCAL = {"tests", "sing_audit", "sing_audit_tinynet", "conftest"} | {
+    p.name for f in FAMILIES for p in (f / "src").iterdir() if p.is_dir() and (p / "__init__.py").is_file()
+}
 #: opt-in comparisons with a checkout of the original authors' code, never installed: they
 #: are imported only inside a test, after it has skipped unless the checkout's path is set
 OPT_IN = {
@@ -52,21 +59,52 @@ def _pyproject(path: Path) -> dict | None:
     return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
+def _setup_projects() -> list[tuple[Path, list[str]]]:
+    """The projects the set-up command installs: ``(folder, extras)`` of every ``-e`` line
+    of requirements-dev.txt (paths relative to the repository, where the README runs it)."""
+    out = []
+    for line in SETUP.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line.startswith("-e "):
+            assert not line, f"requirements-dev.txt: {line!r} is not an editable project of this repository"
+            continue
+        spec = line[3:].strip()
+        path, _, extras = spec.partition("[")
+        out.append((REPO / path, [e.strip() for e in extras.rstrip("]").split(",") if e.strip()]))
+    return out
+
+
 def _declared() -> list[Requirement]:
-    """sing-audit's dependencies and ``dev`` extra: as pyproject.toml states them now where
-    it can be read (an older install's metadata may lag behind it), else as installed."""
-    data = _pyproject(REPO / "pyproject.toml")
-    if data is not None:
-        project = data["project"]
-        return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
-    reqs = [Requirement(r) for r in metadata.requires("sing-audit") or []]
-    return [r for r in reqs if r.marker is None or r.marker.evaluate({"extra": "dev"})]
+    """What the set-up command asks for: each project's dependencies and the extras it is
+    installed with, as its pyproject.toml states them now where it can be read (an older
+    install's metadata may lag behind it), else as installed; and the projects themselves."""
+    out = []
+    for folder, extras in _setup_projects():
+        data = _pyproject(folder / "pyproject.toml")
+        if data is not None:
+            project = data["project"]
+            out.append(Requirement(project["name"]))
+            out += [Requirement(r) for r in project.get("dependencies", [])]
+            for extra in extras:
+                out += [Requirement(r) for r in project["optional-dependencies"][extra]]
+            continue
+        # Python 3.10 (no tomllib): the installed metadata of the editable project in ``folder``
+        dist = next(d for d in metadata.distributions() if folder.as_uri() in (d.read_text("direct_url.json") or ""))
+        out.append(Requirement(dist.metadata["Name"]))
+        reqs = [Requirement(r) for r in dist.requires or []]
+        out += [r for r in reqs if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in extras)]
+    return out
+
+
+def test_the_set_up_command_installs_the_core_and_every_plugin_family():
+    installed = {folder.resolve() for folder, _ in _setup_projects()}
+    assert REPO in installed and set(FAMILIES) <= installed, "requirements-dev.txt misses a plugin family"
 
 
 @cache
 def _required() -> frozenset[str]:
-    """Canonical names of every distribution that ``pip install -e ".[dev]"`` installs:
-    sing-audit's declared requirements, closed over the installed distributions' own
+    """Canonical names of every distribution that the set-up command installs: the
+    projects' declared requirements, closed over the installed distributions' own
     requirements, each with the extras asked for and markers evaluated for this interpreter."""
     todo = _declared()
     seen: dict[str, set[str]] = {}
@@ -165,8 +203,8 @@ def test_every_imported_module_is_installed_by_the_dev_extra():
             who = ", ".join(sorted(set(providers))) or "no installed distribution"
             missing.append(f"{name} ({who}) imported at {', '.join(where[:3])}")
     assert not missing, (
-        "imported by the suite but not installed by pip install -e \".[dev]\"; add each to the dev extra "
-        "(or to the dependencies if the library needs it):\n  " + "\n  ".join(missing)
+        "imported by the suite but not installed by pip install -r requirements-dev.txt; add each to the dev "
+        "extra (or to the dependencies of the project that needs it):\n  " + "\n  ".join(missing)
     )
 
 

@@ -1,4 +1,4 @@
-"""Built-in reporters: ``json`` (results.json), ``csv`` (per-class table), ``html``, ``pdf``.
+"""Built-in reporters: ``json`` (results.json), ``csv`` (per-class table), ``html``.
 
 The html and pdf reporters render every registered report section
 (:class:`sing_audit.report.ReportSection`) in order; see :mod:`sing_audit.report`.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sing_audit.components import Reporter
 from sing_audit.hookspecs import hookimpl
-from sing_audit.store import atomic_write_bytes, atomic_write_text
+from sing_audit.store import atomic_write_text
 
 
 class JsonReporter(Reporter):
@@ -83,28 +83,8 @@ class HtmlReporter(Reporter):
         return [path]
 
 
-class PdfReporter(Reporter):
-    """``report.pdf``: the same sections with print styling (weasyprint; needs Pango)."""
-
-    formats = ("pdf",)
-
-    def __init__(self) -> None:
-        from sing_audit.report import load_weasyprint
-
-        # fail before the audit runs, with the library to install, not after it
-        load_weasyprint()
-
-    def write(self, result, output_dir: Path, fmt: str) -> list[Path]:
-        from sing_audit.report import render_pdf
-
-        path = Path(output_dir) / "report.pdf"
-        atomic_write_bytes(path, render_pdf(result, Path(output_dir), registry=self.registry))
-        return [path]
-
-
 @hookimpl
 def register_reporters(register):
     register("json", JsonReporter)
     register("csv", ClassTableReporter)
     register("html", HtmlReporter)
-    register("pdf", PdfReporter)

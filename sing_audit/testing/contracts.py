@@ -137,7 +137,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def check_head(head, name: str = "backbone"):
     """Check that ``head`` is a well-formed :class:`~sing_audit.components.LinearHead`; return it."""
-    from .components import LinearHead
+    from sing_audit.components import LinearHead
 
     assert isinstance(head, LinearHead), f"{name}: head() returned a {type(head).__name__}, not a LinearHead"
     w, b = head.weight, head.bias
@@ -178,7 +178,7 @@ def check_features_are_head_input(backbone, images, head_module, features=None, 
     """
     import torch
 
-    from .heads import head_inputs, head_modules
+    from sing_audit.heads import head_inputs, head_modules
 
     modules = head_modules(head_module)
     inputs, logits = head_inputs(lambda x: backbone.logits(x), modules, images)
@@ -253,7 +253,7 @@ def check_backbone(
     """
     import torch
 
-    from .components import ImageBackbone
+    from sing_audit.components import ImageBackbone
 
     label = name or type(backbone).__name__
     start = time.perf_counter()
