@@ -186,9 +186,9 @@ def test_numerical_rank_matches_nullspace_rule():
 def test_testing_module_example_runs():
     import doctest
 
-    import sing_audit.testing
+    import sing_audit.testing.contracts
 
-    result = doctest.testmod(sing_audit.testing, raise_on_error=False, verbose=False)
+    result = doctest.testmod(sing_audit.testing.contracts, raise_on_error=False, verbose=False)
     assert result.attempted >= 5 and result.failed == 0
 
 
