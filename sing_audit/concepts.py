@@ -2,7 +2,7 @@
 per-class angles / Attribute Scores toward K concepts.
 
 Pure helpers (no config, no files): the concept-set *plugins* live in
-``sing_audit.plugins.concept_sets`` and the probe in ``sing_audit.plugins.concepts_probe``.
+``sing_audit.builtins.concept_sets`` and the probe in ``sing_audit.builtins.concepts_probe``.
 
 Shapes: ``T(f)`` and ``T(f̃)`` are B×n (one row per image of a chunk), concept embeddings
 K×n (unit rows), labels B head indices, c classes. Angles are degrees, float64. Only

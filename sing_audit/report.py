@@ -28,7 +28,7 @@ The html and pdf reporters collect every registered factory that is a
 :class:`ReportSection` subclass from a fresh registry, keep those whose
 :meth:`~ReportSection.applies` is true, and render them in ``order`` (then ``key``),
 each through its own template, into one document. The built-in sections
-(:mod:`sing_audit.plugins.report_sections`) are registered the same way.
+(:mod:`sing_audit.builtins.report_sections`) are registered the same way.
 
 Rendering reads only the :class:`~sing_audit.results.AuditResult` and files it names
 inside the run folder (per-image CSVs, thumbnails), always through

@@ -30,7 +30,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from sing_audit.errors import DataError
-from sing_audit.plugins.image_datasets import ImageFolderDataset
+from sing_audit.builtins.image_datasets import ImageFolderDataset
 from sing_audit.synthetic import SYNSETS, write_image_folder
 
 from .conftest import PIPELINE_POLICY, write_config
@@ -332,7 +332,7 @@ def test_whatever_a_pillow_plugin_raises_is_bad_data(tmp_path, monkeypatch, erro
 
 
 def test_image_list_has_max_image_pixels_too(tmp_path):
-    from sing_audit.plugins.image_datasets import ImageListDataset
+    from sing_audit.builtins.image_datasets import ImageListDataset
 
     (tmp_path / "big.png").write_bytes(png_bytes(40))
     (tmp_path / "small.png").write_bytes(png_bytes(8))

@@ -13,7 +13,7 @@ import pytest
 
 from sing_audit.cli import main
 from sing_audit.compare import diff_results, load_result
-from sing_audit.plugins.ci_reporters import (
+from sing_audit.builtins.ci_reporters import (
     JUnitReporter,
     MarkdownReporter,
     md_escape,

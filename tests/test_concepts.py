@@ -28,13 +28,13 @@ from sing_audit.concepts import (
 from sing_audit.errors import ConfigError, DataError
 from sing_audit.host import create_registry
 from sing_audit.nullspace import split_head
-from sing_audit.plugins.concept_sets import (
+from sing_audit.builtins.concept_sets import (
     AttributeConcepts,
     FileConcepts,
     ImageNet1kConcepts,
     attribute_versions,
 )
-from sing_audit.plugins.concepts_probe import ConceptsProbe
+from sing_audit.builtins.concepts_probe import ConceptsProbe
 from sing_audit.probes import ProbeContext
 from sing_audit.synthetic import CLASS_NAMES, PLANTED
 
@@ -473,7 +473,7 @@ TINY_CLIP = {
 def tiny_clip_target(tmp_path_factory):
     import open_clip
 
-    from sing_audit.plugins.open_clip_target import OpenClipTarget
+    from sing_audit.builtins.open_clip_target import OpenClipTarget
 
     path = tmp_path_factory.mktemp("clipcfg") / "sing-concepts-tiny-clip.json"
     path.write_text(json.dumps(TINY_CLIP))

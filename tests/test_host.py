@@ -123,7 +123,7 @@ def test_duplicate_of_a_builtin_name_names_the_builtin():
     pm.register(_plugin("register_backbones", "precomputed"), name="impostor")
     with pytest.raises(PluginError) as err:
         create_registry(pm)
-    assert "impostor" in str(err.value) and "sing_audit.plugins.precomputed" in str(err.value)
+    assert "impostor" in str(err.value) and "sing_audit.builtins.precomputed" in str(err.value)
 
 
 def test_same_name_in_two_kinds_is_fine():
@@ -131,7 +131,7 @@ def test_same_name_in_two_kinds_is_fine():
     pm.register(_plugin("register_concept_sets", "linear"), name="cs")
     reg = create_registry(pm)
     assert reg.get("concept_set", "linear").plugin == "cs"
-    assert reg.get("translator", "linear").plugin == "sing_audit.plugins.linear_translator"
+    assert reg.get("translator", "linear").plugin == "sing_audit.builtins.linear_translator"
 
 
 def test_invalid_registered_name_is_plugin_error():
@@ -259,7 +259,7 @@ def test_entry_point_duplicating_a_builtin_names_both_packages(tmp_path, monkeyp
             create_registry()
         msg = str(err.value)
         assert "html" in msg and "dupplug" in msg and "0.4.0" in msg
-        assert "sing_audit.plugins.reporters" in msg and "built-in" in msg
+        assert "sing_audit.builtins.reporters" in msg and "built-in" in msg
     finally:
         sys.modules.pop(module, None)
 

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from sing_audit.components import ImageDataset, ImageRecord
 from sing_audit.errors import DataError
-from sing_audit.plugins import image_datasets as ids
-from sing_audit.plugins.image_datasets import ImageFolderDataset, ImageListDataset, load_mapping_file
+from sing_audit.builtins import image_datasets as ids
+from sing_audit.builtins.image_datasets import ImageFolderDataset, ImageListDataset, load_mapping_file
 
 
 def _img(path: Path, color=(10, 20, 30), fmt: str | None = None, mode: str = "RGB") -> None:

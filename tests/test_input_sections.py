@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sing_audit.host import create_registry
-from sing_audit.plugins import input_probes as P
-from sing_audit.plugins.input_sections import InputSpaceSection
+from sing_audit.builtins import input_probes as P
+from sing_audit.builtins.input_sections import InputSpaceSection
 from sing_audit.report import collect_sections, render_html, render_report
 
 from .test_report import XSS, assert_self_contained, elements, small_result
@@ -74,7 +74,7 @@ def _section_html(page: str) -> str:
 def test_section_is_registered_from_its_own_module():
     registry = create_registry()
     reg = registry.get("reporter", "section:input_space")
-    assert reg.factory is InputSpaceSection and reg.plugin == "sing_audit.plugins.input_sections"
+    assert reg.factory is InputSpaceSection and reg.plugin == "sing_audit.builtins.input_sections"
     keys = [s.key for s in collect_sections(registry)]
     assert keys.index("images") < keys.index("input_space") < keys.index("provenance")
 

@@ -10,7 +10,7 @@ timm = pytest.importorskip("timm")
 
 from sing_audit import input_space as S  # noqa: E402
 from sing_audit.errors import ConfigError  # noqa: E402
-from sing_audit.plugins import input_probes as P  # noqa: E402
+from sing_audit.builtins import input_probes as P  # noqa: E402
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -452,7 +452,7 @@ def tiny_clip_target(tmp_path_factory):
     path = tmp_path_factory.mktemp("clipcfg") / "sing-tiny-clip-px.json"
     path.write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(path)
-    from sing_audit.plugins.open_clip_target import OpenClipTarget
+    from sing_audit.builtins.open_clip_target import OpenClipTarget
 
     t = OpenClipTarget({"model": "sing-tiny-clip-px", "weights": "random"})
     t.load("cpu")

@@ -290,7 +290,7 @@ def test_the_resume_command_keeps_shard_and_debug_and_names_torchrun(monkeypatch
 
 
 def test_ctrl_c_during_extraction_names_it_and_keeps_committed_chunks(tmp_path, monkeypatch, capsys):
-    from sing_audit.plugins import torch_module
+    from sing_audit.builtins import torch_module
     from sing_audit.synthetic import SYNSETS
 
     # a resnet18 with a 3-class head: the test is about extraction, not about a big head

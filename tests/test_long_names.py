@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sing_audit import plots
-from sing_audit.plugins import report_sections
+from sing_audit.builtins import report_sections
 from sing_audit.report import NAME_CHARS, create_environment, long_names, render_html, render_report, short_name
 from sing_audit.results import ImageEvidence, TargetAgreement
 
@@ -238,7 +238,7 @@ def _chart_texts(monkeypatch, draw) -> list[str]:
 
 @pytest.mark.parametrize("name", [WORD, HOSTILE], ids=["word", "hostile"])
 def test_charts_draw_the_short_label(monkeypatch, name):
-    from sing_audit.plugins.input_sections import spectrum_chart
+    from sing_audit.builtins.input_sections import spectrum_chart
 
     values = [np.linspace(-1, 1, 5) * (k + 1) for k in range(3)]
     draws = {

@@ -51,7 +51,7 @@ PDFTOTEXT = shutil.which("pdftotext")
 BUILTIN_KEYS = ["verdict", "models", "classes", "concepts", "steering", "trust", "images", "input_space", "provenance"]
 #: sections that appear only when their probes ran
 CONDITIONAL_KEYS = {"input_space"}
-SECTION_MODULES = {"input_space": "sing_audit.plugins.input_sections"}
+SECTION_MODULES = {"input_space": "sing_audit.builtins.input_sections"}
 
 
 @pytest.fixture(autouse=True)
@@ -271,7 +271,7 @@ def test_builtin_sections_are_registered_section_plugins():
     assert sorted(names) == sorted(f"section:{k}" for k in BUILTIN_KEYS)
     for name in names:
         key = name.split(":", 1)[1]
-        assert registry.get("reporter", name).plugin == SECTION_MODULES.get(key, "sing_audit.plugins.report_sections")
+        assert registry.get("reporter", name).plugin == SECTION_MODULES.get(key, "sing_audit.builtins.report_sections")
 
 
 def test_a_section_name_is_not_a_report_format(synthetic_config):
@@ -358,7 +358,7 @@ def section_plugin(tmp_path, monkeypatch):
 
 
 def test_third_party_section_renders_in_order(section_plugin, tmp_path):
-    from sing_audit.plugins.reporters import HtmlReporter
+    from sing_audit.builtins.reporters import HtmlReporter
 
     keys = [s.key for s in collect_sections()]
     assert keys.index("verdict") < keys.index("licence") < keys.index("models")

@@ -437,7 +437,7 @@ def test_fold_sums_refuse_cross_validated_alpha():
 
 
 def test_linear_translator_fits_folds_together_only_where_it_pays():
-    from sing_audit.plugins.linear_translator import LinearTranslator
+    from sing_audit.builtins.linear_translator import LinearTranslator
 
     rng = np.random.default_rng(0)
     x, z = rng.normal(size=(100, 8)), rng.normal(size=(100, 3))

@@ -109,7 +109,7 @@ def test_weights_error_before_extraction_does_not_claim_the_folder(tmp_path):
 
 
 def test_a_failing_writer_leaves_results_json_and_the_other_outputs_in_place(synthetic_config, tmp_path, monkeypatch, capsys):
-    from sing_audit.plugins.reporters import HtmlReporter
+    from sing_audit.builtins.reporters import HtmlReporter
     from sing_audit.report import ReportRenderError
 
     def broken(self, result, output_dir, fmt):
@@ -134,7 +134,7 @@ def test_a_failing_writer_leaves_results_json_and_the_other_outputs_in_place(syn
 
 
 def test_a_writer_bug_exits_70_and_the_log_holds_its_traceback(synthetic_config, tmp_path, monkeypatch, capsys):
-    from sing_audit.plugins.ci_reporters import JUnitReporter
+    from sing_audit.builtins.ci_reporters import JUnitReporter
 
     def buggy(self, result, output_dir, fmt):
         raise ZeroDivisionError("oops in a reporter")
@@ -165,7 +165,7 @@ def test_an_internal_error_is_logged_with_its_traceback(synthetic_config, tmp_pa
 
 
 def test_output_write_error_carries_the_result(synthetic_config, tmp_path, monkeypatch):
-    from sing_audit.plugins.ci_reporters import MarkdownReporter
+    from sing_audit.builtins.ci_reporters import MarkdownReporter
     from sing_audit.runner import run_audit
 
     monkeypatch.setattr(MarkdownReporter, "write", lambda *a: (_ for _ in ()).throw(OSError("disk full")))

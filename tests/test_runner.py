@@ -106,7 +106,7 @@ def test_outputs_written(demo_run):
 def test_rerun_is_served_from_cache_and_identical(demo_run, monkeypatch):
     code, out, cfg = demo_run
     before = _results(out)
-    from sing_audit.plugins import linear_translator
+    from sing_audit.builtins import linear_translator
 
     def no_fit(self, *a, **k):
         raise AssertionError("translator refitted although nothing changed")
@@ -321,7 +321,7 @@ def test_non_empty_foreign_folder_is_refused(synthetic_config, tmp_path, capsys)
 
 
 def test_internal_error_exits_70_and_names_the_log(synthetic_config, monkeypatch, capsys):
-    from sing_audit.plugins import null_removal
+    from sing_audit.builtins import null_removal
 
     def boom(self, ctx):
         raise RuntimeError("boom")

@@ -47,7 +47,7 @@ def test_demo_models_differ_and_compared_translators_share_folds(synthetic_confi
 
 
 def test_nonlinear_primary_translator_is_refused(synthetic_config, monkeypatch, capsys):
-    from sing_audit.plugins import linear_translator
+    from sing_audit.builtins import linear_translator
 
     monkeypatch.setattr(linear_translator.LinearTranslator, "linear_map", lambda self: None)
     assert main(["run", str(synthetic_config())]) == 2

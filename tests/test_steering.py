@@ -131,8 +131,8 @@ def test_autograd_path_matches_closed_form(synthetic_config, tmp_path, monkeypat
     """A translator without linear_map is steered through torch_forward; same numbers."""
     import torch
 
-    from sing_audit.plugins import steering_probe
-    from sing_audit.plugins.linear_translator import LinearTranslator
+    from sing_audit.builtins import steering_probe
+    from sing_audit.builtins.linear_translator import LinearTranslator
 
     probes = ["null_removal", {"plugin": "steering", "pairs": [{"from": "sports car", "to": "jellyfish"}]}]
     closed = _run(synthetic_config, tmp_path, probes)

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 
 from sing_audit.components import ImageBackbone, LinearHead
 from sing_audit.errors import ConfigError, HeadError, WeightsError
-from sing_audit.plugins import timm_backbone as tb
-from sing_audit.plugins.timm_backbone import TimmBackbone, imagenet_class_info
+from sing_audit.builtins import timm_backbone as tb
+from sing_audit.builtins.timm_backbone import TimmBackbone, imagenet_class_info
 from sing_audit.weights import file_digest, state_dict_digest
 
 SIZE = 32

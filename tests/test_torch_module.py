@@ -19,7 +19,7 @@ from torch import nn
 
 from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError
 from sing_audit.extraction import check_head_reproduces_logits
-from sing_audit.plugins.torch_module import TorchModuleBackbone
+from sing_audit.builtins.torch_module import TorchModuleBackbone
 from sing_audit.testing import check_backbone
 from sing_audit.weights import file_digest, state_dict_digest
 
@@ -316,7 +316,7 @@ def hf_models(tmp_path_factory):
 
 
 def _hf(**options):
-    from sing_audit.plugins.hf_transformers import TransformersBackbone
+    from sing_audit.builtins.hf_transformers import TransformersBackbone
 
     return TransformersBackbone(TransformersBackbone.Options(**options))
 
@@ -413,7 +413,7 @@ def test_transformers_head_option(hf_models, images):
 
 def test_registered_names():
     from sing_audit.host import create_registry
-    from sing_audit.plugins.hf_transformers import TransformersBackbone
+    from sing_audit.builtins.hf_transformers import TransformersBackbone
 
     registry = create_registry()
     assert registry.get("backbone", "torch_module").factory is TorchModuleBackbone

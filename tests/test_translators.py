@@ -16,13 +16,13 @@ from sing_audit.components import PluginOptions, Translator
 from sing_audit.config import ComponentSpec
 from sing_audit.errors import ConfigError, DataError, WeightsError
 from sing_audit.host import BuildContext, create_registry, resolve_options
-from sing_audit.plugins.linear_translator import LinearTranslator
-from sing_audit.plugins.mlp_translators import (
+from sing_audit.builtins.linear_translator import LinearTranslator
+from sing_audit.builtins.mlp_translators import (
     MLP3Translator,
     MLP4Translator,
     ResidualMLPTranslator,
 )
-from sing_audit.plugins.sing_reference import SingReferenceTranslator
+from sing_audit.builtins.sing_reference import SingReferenceTranslator
 
 MLPS = {
     "mlp3": MLP3Translator,

@@ -25,7 +25,7 @@ from sing_audit.components import ModelOptions
 from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError, exception_summary
 from sing_audit.hookspecs import hookimpl
 from sing_audit.store import jsonable
-from sing_audit.plugins.torch_module import (
+from sing_audit.builtins.torch_module import (
     HookedHeadBackbone,
     find_head_layer,
 )
@@ -238,7 +238,7 @@ class TransformersBackbone(HookedHeadBackbone):
     def _class_keys(self) -> list[str] | None:
         if int(self.head_affine.weight.shape[0]) != 1000 or self._class_names() is None:
             return None
-        from sing_audit.plugins.timm_backbone import imagenet_class_info
+        from sing_audit.builtins.timm_backbone import imagenet_class_info
 
         info = imagenet_class_info(1000)  # HF ImageNet-1k heads use the standard class order
         return list(info[0]) if info is not None else None

@@ -304,7 +304,7 @@ class DinoViTBackbone(ImageBackbone):
             name = self._pretrained_name()
             self._check_pretrained_is_dino(name)
             if hub_offline():
-                from sing_audit.plugins.timm_backbone import TimmBackbone
+                from sing_audit.builtins.timm_backbone import TimmBackbone
 
                 TimmBackbone({"model": name, "weights": "pretrained"})  # raises when not in the local cache
 
@@ -709,7 +709,7 @@ class DinoViTBackbone(ImageBackbone):
     def head(self) -> LinearHead:
         import torch
 
-        from sing_audit.plugins.timm_backbone import imagenet_class_info
+        from sing_audit.builtins.timm_backbone import imagenet_class_info
 
         self._require_model()
         weight = self.linear.weight.detach()

@@ -1,9 +1,9 @@
 """The report section of the input-space probes (issue 7): ``section:input_space``.
 
-Reads, per model, the summaries the probes of :mod:`sing_audit.plugins.input_probes`
+Reads, per model, the summaries the probes of :mod:`sing_audit.builtins.input_probes`
 store under ``model.probes``:
 
-- ``patch_embed_null`` (:class:`~sing_audit.plugins.input_probes.PatchEmbedNullSummary`):
+- ``patch_embed_null`` (:class:`~sing_audit.builtins.input_probes.PatchEmbedNullSummary`):
   null dimension of the patch embedding (full and per colour channel), relative logit
   change of the equivalent images against a norm-matched permuted control, how much of the
   invariance survives 8-bit quantisation, rendered example pairs (``data:image/png``
@@ -29,7 +29,7 @@ from typing import Any
 
 from sing_audit import plots
 from sing_audit.hookspecs import hookimpl
-from sing_audit.plugins.report_sections import model_color, model_label
+from sing_audit.builtins.report_sections import model_color, model_label
 from sing_audit.report import ReportSection
 
 __all__ = ["INPUT_PROBES", "InputSpaceSection", "spectrum_chart"]

@@ -38,7 +38,7 @@ from pydantic import Field
 from sing_audit.components import ImageTarget, TextTargetOptions
 from sing_audit.errors import WeightsError, exception_summary
 from sing_audit.hookspecs import hookimpl
-from sing_audit.plugins.hf_transformers import ProcessorTransform
+from sing_audit.builtins.hf_transformers import ProcessorTransform
 from sing_audit.weights import (
     file_digest,
     hub_cached_file,

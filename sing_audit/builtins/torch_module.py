@@ -85,7 +85,7 @@ def find_head_layer(model, path: str, what: str):
 
 def linear_head_from(affine, class_names: list[str] | None = None, class_keys: list[str] | None = None) -> LinearHead:
     """A :class:`LinearHead` from a folded head; ImageNet names and synsets for 1000 classes."""
-    from sing_audit.plugins.timm_backbone import imagenet_class_info
+    from sing_audit.builtins.timm_backbone import imagenet_class_info
 
     w64 = affine.weight.numpy().copy()
     b64 = None if affine.bias is None else affine.bias.numpy().copy()

@@ -384,7 +384,7 @@ class SingReferenceTranslator(Translator):
     def _load(self, sd: dict[str, Any]) -> None:
         import torch
 
-        from sing_audit.plugins.mlp_translators import build_network
+        from sing_audit.builtins.mlp_translators import build_network
         from sing_audit.weights import load_into
 
         meta = self.metadata

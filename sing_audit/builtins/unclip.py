@@ -25,7 +25,7 @@ from pydantic import Field
 
 from sing_audit.errors import WeightsError
 from sing_audit.hookspecs import hookimpl
-from sing_audit.plugins.karlo import (
+from sing_audit.builtins.karlo import (
     KARLO_REPO,
     PIPELINE_PARTS,
     KarloSource,

@@ -10,7 +10,7 @@ Each maps classifier features to target embeddings with a small network
 trained with AdamW on ``mse``, ``cosine`` (1 − cos) or ``both``, with early stopping on a
 held-out share of the training rows. The module layout (``layers.<i>.*`` for the plain
 MLPs; ``input_proj``/``residual``/``output_proj`` for the residual one) is the one the SING
-authors' reference code saves, so :mod:`sing_audit.plugins.sing_reference` reuses
+authors' reference code saves, so :mod:`sing_audit.builtins.sing_reference` reuses
 :func:`build_network` to load their MLP checkpoints.
 
 Inputs are standardised per dimension; targets are centred per dimension and divided by
