@@ -15,7 +15,7 @@ def run(config, *, force: bool = False, overrides=None):
     Returns the :class:`~sing_audit.results.AuditResult`; raises
     :class:`~sing_audit.errors.BadInputError` on bad input.
     """
-    from .runner import run_audit
+    from .pipeline import run_audit
 
     return run_audit(config, force=force, overrides=overrides)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ __all__ = [
     "not_assessed_reasons",
     "policy_failures",
     "judge_model",
+    "model_verdict",
     "flagged_count",
     "model_summary",
     "audit_passed",
@@ -223,17 +225,21 @@ def policy_failures(m: ModelResult, policy: PolicyConfig) -> list[str]:
     return out
 
 
-def judge_model(m: ModelResult, policy: PolicyConfig) -> ModelResult:
-    """``m`` with its verdict: assessed or not (and why), policy failures, passed, summary.
-
-    A new result; ``m`` is left as it is. A model that is not assessed never passes."""
+def model_verdict(m: ModelResult, policy: PolicyConfig) -> dict[str, Any]:
+    """The verdict fields of the measured model ``m``: ``assessed`` (and
+    ``not_assessed_reasons``), ``policy_failures``, ``passed`` and ``summary``. A model
+    that is not assessed never passes."""
     reasons = not_assessed_reasons(m, policy)
     failures = [] if reasons else policy_failures(m, policy)
-    judged = m.model_copy(
-        update={"assessed": not reasons, "not_assessed_reasons": reasons, "policy_failures": failures,
-                "passed": not reasons and not failures}
-    )
-    return judged.model_copy(update={"summary": model_summary(judged, policy)})
+    verdict: dict[str, Any] = {"assessed": not reasons, "not_assessed_reasons": reasons, "policy_failures": failures,
+                               "passed": not reasons and not failures}
+    verdict["summary"] = model_summary(m.model_copy(update=verdict), policy)
+    return verdict
+
+
+def judge_model(m: ModelResult, policy: PolicyConfig) -> ModelResult:
+    """``m`` with its verdict (:func:`model_verdict`); a new result, ``m`` is left as it is."""
+    return m.model_copy(update=model_verdict(m, policy))
 
 
 def _deg(v: float | None, unit: str = "°") -> str:

@@ -41,12 +41,6 @@ class LabelMapping:
     class_names: list[str]
     how: str
 
-    def index_of(self, label: str) -> int:
-        try:
-            return self.label_to_index[label]
-        except KeyError:
-            raise DataError(f"dataset label {label!r} has no head index") from None
-
 
 def normalize_name(name: str) -> str:
     """Case-insensitive, underscores as spaces: ``"Golden_Retriever"`` -> ``"golden retriever"``."""

@@ -181,11 +181,11 @@ def _print_error(kind: str, exc: BaseException) -> None:
 
 
 def _cmd_run(args) -> int:
-    from .shard import parse_shard, shard_from_env
+    from .pipeline.shard import parse_shard, shard_from_env
 
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
     if shard is None:
-        from .runner import run_audit
+        from .pipeline import run_audit
 
         return _print_result(args, run_audit(args.config, force=args.force, overrides=args.override, wait=args.wait, notify=_warn))
     if shard.distributed:
@@ -214,7 +214,7 @@ def _command(name: str, args, *, same_flags: bool = False) -> str:
 
 
 def _run_one_shard(args, shard):
-    from .runner import run_shard
+    from .pipeline import run_shard
 
     return run_shard(args.config, shard, force=args.force, overrides=args.override, wait=args.wait, notify=_warn)
 
@@ -222,8 +222,9 @@ def _run_one_shard(args, shard):
 def _run_distributed(args, shard) -> int:
     """A torchrun worker: extract this rank's shard, wait for all, rank 0 merges and analyses."""
     from .config import load_config
-    from .runner import resolve_device, run_audit
-    from .shard import barrier_and_leave, init_distributed
+    from .pipeline import run_audit
+    from .pipeline.extraction import resolve_device
+    from .pipeline.shard import barrier_and_leave, init_distributed
 
     init_distributed(resolve_device(load_config(args.config, args.override).run.device))
     _run_one_shard(args, shard)
@@ -236,7 +237,7 @@ def _run_distributed(args, shard) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from .runner import run_audit
+    from .pipeline import run_audit
 
     return _print_result(
         args, run_audit(args.config, force=args.force, overrides=args.override, merge_only=True, wait=args.wait, notify=_warn)
@@ -293,7 +294,7 @@ def _output_dir(args) -> Path | None:
 def _cmd_validate(args) -> int:
     from .config import load_config
     from .host import create_registry
-    from .runner import build_plan
+    from .pipeline import build_plan
 
     cfg = load_config(args.config, args.override)
     plan = build_plan(cfg, create_registry(), str(args.config))
@@ -505,7 +506,7 @@ def _cmd_diff(args) -> int:
 
 
 def _cmd_explain(args) -> int:
-    from .explain import explain_image
+    from .pipeline.explain import explain_image
 
     r = explain_image(
         args.config, args.image, model=args.model, target=args.target, label=args.label, top_k=args.top,
@@ -590,9 +591,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupted(args, exc: KeyboardInterrupt) -> str:
     """What the terminal says on Ctrl-C. For an audit (run, merge): which stage was
-    interrupted (``Runner.stage`` notes it on the exception), that finished work is kept in
+    interrupted (``StageClock.stage`` notes it on the exception), that finished work is kept in
     the cache, and the command line that resumes it, rebuilt from the parsed arguments."""
-    from .stages import stage_exit
+    from .pipeline.stages import stage_exit
 
     if args.command not in ("run", "merge"):
         return "sing-audit: interrupted"
@@ -615,7 +616,7 @@ def _interrupted(args, exc: KeyboardInterrupt) -> str:
     shard = getattr(args, "shard", None)
     if args.command == "run" and shard is None:
         try:
-            from .shard import shard_from_env
+            from .pipeline.shard import shard_from_env
 
             if shard_from_env() is not None:  # a torchrun worker: its command line is torchrun's
                 lines.append("Resume by starting the same torchrun command again: every rank continues its shard.")

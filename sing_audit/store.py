@@ -437,7 +437,3 @@ class PartialEntry:
             os.rename(folder, self.folder)
         except OSError:
             shutil.rmtree(folder, ignore_errors=True)
-
-    def discard(self) -> None:
-        self.values = self.ok = None
-        shutil.rmtree(self.folder, ignore_errors=True)

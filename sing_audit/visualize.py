@@ -1,9 +1,10 @@
 """Visualizers: original and equivalent features rendered as pictures for the report.
 
 A visualizer plugin registers a factory (``register_visualizers``) that builds a
-:class:`Visualizer`. The runner calls :func:`check_visualizer` when it builds the plan
-(some target must be one the visualizer can render from), then :func:`render_evidence`
-for every model once its top images are known.
+:class:`Visualizer`. The run calls :func:`check_visualizer` when it builds the plan
+(some target must be one the visualizer can render from), then
+:func:`sing_audit.pipeline.evidence.render_evidence` for every model once its top images
+are known.
 
 The protocol (SING): both features are translated into the target space by the
 cross-fitted translator that did not see the image, ``T(f)`` and ``T(f̃)`` with
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import io
-import logging
 from typing import Any
 
 import numpy as np
@@ -26,12 +25,8 @@ from pydantic import Field
 
 from .components import PluginOptions
 from .errors import ConfigError
-from .nullspace import remove_null
-from .store import atomic_write_bytes, content_key, safe_child, slug
 
-__all__ = ["Visualizer", "VisualizerOptions", "check_visualizer", "match_norms", "pair_seed", "render_evidence"]
-
-log = logging.getLogger("sing_audit")
+__all__ = ["RENDER_DIR", "Visualizer", "VisualizerOptions", "check_visualizer", "match_norms", "pair_seed", "visualizer_options"]
 
 RENDER_DIR = "renderings"
 
@@ -73,7 +68,8 @@ class Visualizer(abc.ABC):
         """Everything a picture depends on besides the embedding and the seed."""
 
 
-def _options(component) -> VisualizerOptions | None:
+def visualizer_options(component) -> VisualizerOptions | None:
+    """The options a visualizer component was built with (``None``: none of its own)."""
     opts = getattr(component.instance, "options", None)
     return opts if isinstance(opts, VisualizerOptions) else None
 
@@ -83,7 +79,7 @@ def check_visualizer(component, targets: list, source: str = "<config>") -> None
     vis = component.instance
     if not isinstance(vis, Visualizer):
         raise ConfigError(f"{source}: visualizer: plugin {component.plugin!r} does not build a visualizer")
-    opts = _options(component)
+    opts = visualizer_options(component)
     wanted = opts.target if opts is not None else None
     candidates = [t for t in targets if wanted is None or t.name == wanted]
     if wanted is not None and not candidates:
@@ -119,82 +115,3 @@ def match_norms(equivalent: np.ndarray, original: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(eq, axis=1, keepdims=True)
     scale = np.divide(target, norms, out=np.zeros_like(norms), where=norms > 0)
     return eq * scale
-
-
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def render_evidence(runner, component, ctx, top_images) -> dict[str, Any]:
-    """Render the model's top images (its ``top_images`` evidence) as (original,
-    equivalent) pairs; returns what ``results.json`` keeps under
-    ``models[i].probes["renderings"]``."""
-    vis: Visualizer = component.instance
-    opts = _options(component)
-    info: dict[str, Any] = {"plugin": component.plugin}
-    if opts is not None and opts.target is not None and opts.target != ctx.target_name:
-        info["note"] = f"not rendered: the visualizer renders under target {opts.target!r}"
-        return info
-    reason = vis.check_target(ctx.target)
-    if reason is not None:
-        info["note"] = f"not rendered under target {ctx.target_name}: {reason}"
-        return info
-    limit = opts.max_images if opts is not None else 4
-    evidence = list(top_images)[:limit]
-    if not evidence:
-        return info
-    positions = {image_id: i for i, image_id in enumerate(ctx.image_ids)}
-    rows = np.array([positions[ev.image_id] if ctx.image_ids else int(ev.image_id) for ev in evidence], dtype=np.int64)
-
-    original = np.asarray(ctx.translated[rows], dtype=np.float64)
-    if ctx.subspaces.null_dim == 0:
-        equivalent = original.copy()
-    else:
-        equivalent = np.asarray(ctx.translate(remove_null(ctx.features[rows], ctx.subspaces), rows), dtype=np.float64)
-    scale_note = None
-    if ctx.translators and getattr(ctx.translators[0], "normalized_targets", False):
-        # a translator fitted on unit embeddings: bring T(f) back to the renderer's scale
-        raw_norm = float(np.median(np.linalg.norm(np.asarray(ctx.embeddings, dtype=np.float64), axis=1)))
-        original = original / np.maximum(np.linalg.norm(original, axis=1, keepdims=True), 1e-300) * raw_norm
-        scale_note = f"translator outputs unit embeddings; originals rescaled to the median raw norm {raw_norm:.6g}"
-    equivalent = match_norms(equivalent, original)
-    seeds = [pair_seed(runner.cfg.run.seed, ev.image_id) for ev in evidence]
-
-    describe = vis.describe()
-    folder = f"{RENDER_DIR}/{slug(ctx.model_name)}@{slug(ctx.target_name)}"
-    out_root = runner.out
-    names = []
-    for i, ev in enumerate(evidence):
-        key = content_key(
-            "rendering", describe, hashlib.sha256(original[i].tobytes() + equivalent[i].tobytes()).hexdigest(), seeds[i]
-        )[:20]
-        names.append((f"{folder}/{i:03d}-{key}-original.png", f"{folder}/{i:03d}-{key}-equivalent.png"))
-    todo = [
-        i for i, pair in enumerate(names) if not all(safe_child(out_root, rel).is_file() for rel in pair)
-    ]
-    if todo:
-        runner.ensure_loaded(vis)
-        pairs = vis.render(original[todo], equivalent[todo], [seeds[i] for i in todo])
-        if len(pairs) != len(todo):
-            raise RuntimeError(f"visualizer {component.plugin} returned {len(pairs)} pairs for {len(todo)} requested")
-        for i, (img_o, img_e) in zip(todo, pairs):
-            atomic_write_bytes(safe_child(out_root, names[i][0]), _png(img_o))
-            atomic_write_bytes(safe_child(out_root, names[i][1]), _png(img_e))
-    else:
-        log.info("visualizer %s: %d pair(s) from earlier runs", component.plugin, len(names))
-    info.update(
-        describe=describe,
-        protocol={
-            "original": "cross-fitted T(f)",
-            "equivalent": "cross-fitted T(f - Π_n f), rescaled to the norm of the original",
-            "seed": "one per pair, from run.seed and the image id; both renders share it",
-            **({"scale": scale_note} if scale_note else {}),
-        },
-        images={
-            ev.image_id: {"original": names[i][0], "equivalent": names[i][1], "seed": seeds[i]}
-            for i, ev in enumerate(evidence)
-        },
-    )
-    return info

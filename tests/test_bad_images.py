@@ -171,7 +171,7 @@ def test_truncated_jpeg_stays_bad_data_after_a_library_allowed_truncated_images(
 
 
 def test_truncated_jpeg_is_skipped_under_skip(tmp_path, flag_restored):
-    from sing_audit.extraction import _Images
+    from sing_audit.pipeline.extraction import _Images
 
     root, image_id = folder_with(tmp_path, "cut.jpg", truncated_jpeg())
     ds = dataset(root, on_bad_image="skip")
@@ -323,7 +323,7 @@ def test_whatever_a_pillow_plugin_raises_is_bad_data(tmp_path, monkeypatch, erro
     msg = str(err.value)
     assert image_id in msg and type(error).__name__ in msg and "on_bad_image: skip" in msg
 
-    from sing_audit.extraction import _Images
+    from sing_audit.pipeline.extraction import _Images
 
     skipping = dataset(root, on_bad_image="skip")
     records = skipping.records()

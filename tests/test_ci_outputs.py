@@ -227,7 +227,7 @@ def test_markdown_appends_to_github_step_summary(run_a, tmp_path, monkeypatch):
 
 
 def test_report_rerenders_from_results_json_alone(run_a, tmp_path, monkeypatch, capsys):
-    import sing_audit.runner
+    import sing_audit.pipeline.sources
     import sing_audit.store
 
     run = tmp_path / "copy"
@@ -240,7 +240,7 @@ def test_report_rerenders_from_results_json_alone(run_a, tmp_path, monkeypatch, 
     def forbidden(*a, **k):
         raise AssertionError("report must not load models, data or the cache")
 
-    monkeypatch.setattr(sing_audit.runner.Runner, "__init__", forbidden)
+    monkeypatch.setattr(sing_audit.pipeline.sources.Sources, "__init__", forbidden)
     monkeypatch.setattr(sing_audit.store.ArrayStore, "load", forbidden)
     assert main(["report", str(run), "--format", "html,json"]) == 0
     html = (run / "report.html").read_text(encoding="utf-8")

@@ -513,7 +513,7 @@ def test_a_concept_set_registered_by_a_third_party_plugin_is_found(synthetic_con
     from sing_audit import hookimpl
     from sing_audit.config import load_config
     from sing_audit.host import create_plugin_manager
-    from sing_audit.runner import build_plan
+    from sing_audit.pipeline import build_plan
 
     class Words:
         """A third party's concept set."""

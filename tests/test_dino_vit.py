@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sing_audit.errors import ConfigError, HeadError, WeightsError
-from sing_audit.extraction import check_head_reproduces_logits
+from sing_audit.pipeline.extraction import check_head_reproduces_logits
 from sing_audit.builtins.dino_vit import LAYOUTS, DinoViTBackbone, official_head_url
 from sing_audit.testing import check_backbone
 from sing_audit.weights import file_digest

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sing_audit.cli import main
-from sing_audit.explain import explain_image
+from sing_audit.pipeline.explain import explain_image
 
 
 def test_dataset_image_matches_its_row_in_the_audit(synthetic_config, tmp_path, capsys):

@@ -23,7 +23,10 @@ from sing_audit.cli import main
 from sing_audit.components import ImageTarget
 from sing_audit.config import load_config
 from sing_audit.host import create_registry
-from sing_audit.runner import EmbeddingSource, Runner, build_plan
+from sing_audit.pipeline.devices import ModelLoader
+from sing_audit.pipeline.stages import StageClock
+from sing_audit.pipeline.text import TextEncoder
+from sing_audit.store import ArrayStore
 
 from .conftest import PIPELINE_POLICY, image_folder_audit, write_config
 
@@ -65,17 +68,22 @@ class FakeTextTarget(ImageTarget):
         return np.array(rows, dtype=np.float64).reshape(len(prompts), self.dim)
 
 
-def _runner(synthetic_config) -> Runner:
-    cfg = load_config(synthetic_config())
-    return Runner(build_plan(cfg, create_registry(), "test"))
+class _Run:
+    """The text stage's services in the synthetic audit's output folder."""
 
+    def __init__(self, synthetic_config):
+        cfg = load_config(synthetic_config())
+        self.out = cfg.output_dir
+        self.clock = StageClock()
+        self.store = ArrayStore(self.out / "cache")
+        self.loader = ModelLoader(cfg.run.device)
 
-def _source(target) -> EmbeddingSource:
-    return EmbeddingSource("fake", np.zeros((1, target.dim)), None, None, target, True, target.describe())
+    def text(self, target) -> TextEncoder:
+        return TextEncoder(self.store, self.clock, self.loader, target, target.describe(), "fake")
 
 
 def _chunks(out: Path) -> list[Path]:
-    from sing_audit.text_stage import CHUNK_KIND
+    from sing_audit.pipeline.text import CHUNK_KIND
 
     folder = out / "cache" / CHUNK_KIND
     # committed entries only: a chunk being written lives in a hidden temporary folder
@@ -86,36 +94,36 @@ def _chunks(out: Path) -> list[Path]:
 
 
 def test_stage_log_says_finished_interrupted_or_failed(synthetic_config, caplog):
-    from sing_audit.stages import stage_exit
+    from sing_audit.pipeline.stages import stage_exit
 
-    runner = _runner(synthetic_config)
+    run = _Run(synthetic_config)
     caplog.set_level(logging.INFO, logger="sing_audit")
-    with runner.stage("dataset"):
+    with run.clock.stage("dataset"):
         pass
     with pytest.raises(KeyboardInterrupt) as interrupted:
-        with runner.stage("text"):
+        with run.clock.stage("text"):
             raise KeyboardInterrupt
     with pytest.raises(ValueError) as failed:
-        with runner.stage("translator"):
+        with run.clock.stage("translator"):
             raise ValueError("bad")
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("stage dataset: ") and line.endswith("s") and "after" not in line for line in lines)
     assert any(line.startswith("stage text: interrupted after ") for line in lines), lines
     assert any(line.startswith("stage translator: failed after ") and line.endswith("s (ValueError)") for line in lines), lines
     # an unfinished stage is not counted as if it had finished
-    assert set(runner.stage_seconds) == {"dataset"}
+    assert set(run.clock.seconds) == {"dataset"}
     assert stage_exit(interrupted.value).name == "text"
     assert stage_exit(failed.value).name == "translator"
 
 
 def test_nested_stages_name_the_innermost(synthetic_config, caplog):
-    from sing_audit.stages import stage_exit
+    from sing_audit.pipeline.stages import stage_exit
 
-    runner = _runner(synthetic_config)
+    run = _Run(synthetic_config)
     caplog.set_level(logging.INFO, logger="sing_audit")
     with pytest.raises(KeyboardInterrupt) as info:
-        with runner.stage("probes"):
-            with runner.stage("text"):
+        with run.clock.stage("probes"):
+            with run.clock.stage("text"):
                 raise KeyboardInterrupt
     where = stage_exit(info.value)
     assert where.name == "text" and where.outer == ("probes",)
@@ -127,21 +135,21 @@ def test_nested_stages_name_the_innermost(synthetic_config, caplog):
 
 
 def test_chunked_class_text_equals_the_target_ensemble(synthetic_config):
-    from sing_audit.text_stage import TEXT_CHUNK_PROMPTS
+    from sing_audit.pipeline.text import TEXT_CHUNK_PROMPTS
 
-    runner = _runner(synthetic_config)
+    run = _Run(synthetic_config)
     target = FakeTextTarget()
     names = [f"class {i}" for i in range(301)]
-    got = runner.class_text(_source(target), names)
+    got = run.text(target).class_text(names)
     expected = FakeTextTarget().class_text_embeddings(names)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
     assert got.shape == (301, target.dim)
     assert len(target.calls) > 1 and all(len(c) <= TEXT_CHUNK_PROMPTS for c in target.calls)
     assert sum(len(c) for c in target.calls) == 301 * 3
     # the ensemble is stored; its chunks were resume state only
-    assert _chunks(runner.out) == []
+    assert _chunks(run.out) == []
     again = FakeTextTarget()
-    np.testing.assert_array_equal(_runner(synthetic_config).class_text(_source(again), names), got)
+    np.testing.assert_array_equal(_Run(synthetic_config).text(again).class_text(names), got)
     assert again.calls == [] and again.loads == 0
 
 
@@ -150,7 +158,7 @@ def test_chunks_of_whole_classes_give_the_same_ensemble(tmp_path, n_templates, c
     from contextlib import nullcontext
 
     from sing_audit.store import ArrayStore
-    from sing_audit.text_stage import ChunkedText
+    from sing_audit.pipeline.text import ChunkedText
 
     target = FakeTextTarget()
     target.templates = tuple(f"{{}} number {k}" for k in range(n_templates))
@@ -164,48 +172,48 @@ def test_chunks_of_whole_classes_give_the_same_ensemble(tmp_path, n_templates, c
 
 
 def test_interrupted_class_text_keeps_finished_chunks(synthetic_config, caplog):
-    from sing_audit.stages import stage_exit
-    from sing_audit.text_stage import TEXT_CHUNK_PROMPTS
+    from sing_audit.pipeline.stages import stage_exit
+    from sing_audit.pipeline.text import TEXT_CHUNK_PROMPTS
 
     names = [f"class {i}" for i in range(400)]
     first = FakeTextTarget(interrupt_at=3)
     with pytest.raises(KeyboardInterrupt) as info:
-        _runner(synthetic_config).class_text(_source(first), names)
+        _Run(synthetic_config).text(first).class_text(names)
     assert stage_exit(info.value).name == "text"
-    runner = _runner(synthetic_config)
-    assert len(_chunks(runner.out)) == 2  # the two chunks before the interrupt
+    run = _Run(synthetic_config)
+    assert len(_chunks(run.out)) == 2  # the two chunks before the interrupt
 
     caplog.set_level(logging.INFO, logger="sing_audit")
     resumed = FakeTextTarget()
-    got = runner.class_text(_source(resumed), names)
+    got = run.text(resumed).class_text(names)
     n_chunks = math.ceil(len(names) / max(1, TEXT_CHUNK_PROMPTS // len(FakeTextTarget.templates)))
     assert n_chunks >= 4
     assert f"text: 2 of {n_chunks} prompt chunks from cache" in caplog.text
     # only the chunks not finished before the interrupt are encoded again
     assert len(resumed.calls) == n_chunks - 2 and resumed.calls[0] == first.calls[2]
     np.testing.assert_allclose(got, FakeTextTarget().class_text_embeddings(names), rtol=0, atol=1e-12)
-    assert _chunks(runner.out) == []
+    assert _chunks(run.out) == []
 
 
 def test_text_encoder_is_chunked_and_resumable(synthetic_config, caplog):
-    from sing_audit.text_stage import TEXT_CHUNK_PROMPTS
+    from sing_audit.pipeline.text import TEXT_CHUNK_PROMPTS
 
     prompts = [f"concept {i}" for i in range(2 * TEXT_CHUNK_PROMPTS + 17)]
     first = FakeTextTarget(interrupt_at=2)
     with pytest.raises(KeyboardInterrupt):
-        _runner(synthetic_config).text_encoder(_source(first))(prompts)
-    runner = _runner(synthetic_config)
-    assert len(_chunks(runner.out)) == 1
+        _Run(synthetic_config).text(first).encode(prompts)
+    run = _Run(synthetic_config)
+    assert len(_chunks(run.out)) == 1
 
     caplog.set_level(logging.INFO, logger="sing_audit")
     resumed = FakeTextTarget()
-    got = runner.text_encoder(_source(resumed))(prompts)
+    got = run.text(resumed).encode(prompts)
     assert "text: 1 of 3 prompt chunks from cache" in caplog.text
     assert [len(c) for c in resumed.calls] == [TEXT_CHUNK_PROMPTS, 17]
     np.testing.assert_array_equal(got, FakeTextTarget().encode_text(prompts))
     # concept prompts keep their chunks: they are the cache of ctx.encode_text
     cached = FakeTextTarget()
-    np.testing.assert_array_equal(_runner(synthetic_config).text_encoder(_source(cached))(prompts), got)
+    np.testing.assert_array_equal(_Run(synthetic_config).text(cached).encode(prompts), got)
     assert cached.calls == [] and cached.loads == 0
 
 
@@ -215,7 +223,7 @@ def test_a_target_that_overrides_class_text_embeddings_keeps_its_own(synthetic_c
             return np.tile(np.eye(self.dim)[0], (len(class_names), 1))
 
     target = Own()
-    got = _runner(synthetic_config).class_text(_source(target), ["a", "b"])
+    got = _Run(synthetic_config).text(target).class_text(["a", "b"])
     np.testing.assert_array_equal(got, np.tile(np.eye(target.dim)[0], (2, 1)))
     assert target.calls == []
 
@@ -224,12 +232,12 @@ def test_a_target_that_overrides_class_text_embeddings_keeps_its_own(synthetic_c
 
 
 def test_ctrl_c_in_a_stage_names_it_the_cache_and_the_resume_command(synthetic_config, monkeypatch, capsys):
-    from sing_audit import runner
+    from sing_audit.pipeline import model
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "fit_family", interrupted)
+    monkeypatch.setattr(model, "fit_family", interrupted)
     cfg = synthetic_config()
     out = load_config(cfg).output_dir
     assert main(["run", str(cfg), "--force", "-o", "run.bootstrap=200", "-o", "name=my audit"]) == 130
@@ -246,12 +254,12 @@ def test_ctrl_c_in_a_stage_names_it_the_cache_and_the_resume_command(synthetic_c
 
 
 def test_ctrl_c_outside_a_stage_still_says_how_to_resume(synthetic_config, monkeypatch, capsys):
-    from sing_audit import runner
+    from sing_audit.pipeline.run_folder import RunFolder
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.RunFolder, "open", interrupted)
+    monkeypatch.setattr(RunFolder, "open", interrupted)
     cfg = synthetic_config()
     assert main(["run", str(cfg)]) == 130
     err = capsys.readouterr().err
@@ -260,19 +268,19 @@ def test_ctrl_c_outside_a_stage_still_says_how_to_resume(synthetic_config, monke
 
 
 def test_ctrl_c_outside_an_audit_just_says_interrupted(synthetic_config, monkeypatch, capsys):
-    from sing_audit import runner
+    import sing_audit.pipeline as pipeline
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "build_plan", interrupted)
+    monkeypatch.setattr(pipeline, "build_plan", interrupted)
     assert main(["validate", str(synthetic_config())]) == 130
     assert capsys.readouterr().err == "sing-audit: interrupted\n"
 
 
 def test_the_resume_command_keeps_shard_and_debug_and_names_torchrun(monkeypatch):
     from sing_audit.cli import _interrupted, build_parser
-    from sing_audit.stages import record_stage_exit
+    from sing_audit.pipeline.stages import record_stage_exit
 
     exc = KeyboardInterrupt()
     record_stage_exit(exc, "extract", 1.5)

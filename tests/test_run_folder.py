@@ -23,7 +23,7 @@ import pytest
 
 from sing_audit.cli import main
 from sing_audit.errors import OutputFolderError, OutputWriteError
-from sing_audit.run_folder import MARKER, RunFolder
+from sing_audit.pipeline.run_folder import MARKER, RunFolder
 from sing_audit.store import SLUG_MAX, slug
 
 from .conftest import write_config
@@ -150,12 +150,12 @@ def test_a_writer_bug_exits_70_and_the_log_holds_its_traceback(synthetic_config,
 
 
 def test_an_internal_error_is_logged_with_its_traceback(synthetic_config, tmp_path, monkeypatch, capsys):
-    import sing_audit.runner as runner
+    from sing_audit.pipeline import audit
 
     def explode(*a, **k):
         raise RuntimeError("a bug in the analysis")
 
-    monkeypatch.setattr(runner, "analyse", explode)
+    monkeypatch.setattr(audit, "analyse_model", explode)
     out = tmp_path / "out"
     assert main(["run", str(synthetic_config())]) == 70
     err = capsys.readouterr().err
@@ -166,7 +166,7 @@ def test_an_internal_error_is_logged_with_its_traceback(synthetic_config, tmp_pa
 
 def test_output_write_error_carries_the_result(synthetic_config, tmp_path, monkeypatch):
     from sing_audit.builtins.ci_reporters import MarkdownReporter
-    from sing_audit.runner import run_audit
+    from sing_audit.pipeline import run_audit
 
     monkeypatch.setattr(MarkdownReporter, "write", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OutputWriteError) as info:
@@ -183,7 +183,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from sing_audit.run_folder import RunFolder
+    from sing_audit.pipeline.run_folder import RunFolder
     with RunFolder(Path(sys.argv[1]), "someone-else's audit", force=True):
         print("held", flush=True)
         time.sleep(float(sys.argv[2]))

@@ -333,12 +333,12 @@ def test_internal_error_exits_70_and_names_the_log(synthetic_config, monkeypatch
 
 
 def test_interrupt_exits_130(synthetic_config, monkeypatch):
-    from sing_audit import runner
+    import sing_audit.pipeline as pipeline
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run_audit", interrupted)
+    monkeypatch.setattr(pipeline, "run_audit", interrupted)
     assert main(["run", str(synthetic_config())]) == 130
 
 

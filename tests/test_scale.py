@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -81,6 +80,24 @@ def _progress(out: Path) -> int:
     return done
 
 
+#: ``sing-audit run CONFIG`` with half a second's pause after each extracted batch (the
+#: store's write patched in this process only), so the run can be interrupted mid-way
+_SLOW_RUN = """
+import sys, time
+from sing_audit.cli import main
+from sing_audit.store import PartialEntry
+
+write = PartialEntry.write
+
+def slow_write(self, *args, **kwargs):
+    write(self, *args, **kwargs)
+    time.sleep(0.5)
+
+PartialEntry.write = slow_write
+sys.exit(main(["run", sys.argv[1]]))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_killed_extraction_resumes_to_the_same_results(tmp_path, sig):
@@ -91,8 +108,7 @@ def test_killed_extraction_resumes_to_the_same_results(tmp_path, sig):
     reference = _strip(json.loads((tmp_path / "ref" / "results.json").read_text()))
 
     cfg = _config(tmp_path, root, "out", **run)
-    env = dict(os.environ, SING_AUDIT_THROTTLE_BATCH_SECONDS="0.5")
-    proc = subprocess.Popen([sys.executable, "-m", "sing_audit.cli", "run", str(cfg)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while _progress(tmp_path / "out") < 6 and time.time() < deadline and proc.poll() is None:
@@ -161,7 +177,7 @@ def test_device_names_are_checked_against_the_machine(monkeypatch):
     import torch
 
     from sing_audit.errors import ConfigError
-    from sing_audit.extraction import resolve_device
+    from sing_audit.pipeline.extraction import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

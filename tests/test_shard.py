@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from sing_audit.cli import main
 from sing_audit.errors import ConfigError
-from sing_audit.shard import Shard, parse_shard, shard_from_env
+from sing_audit.pipeline.shard import Shard, parse_shard, shard_from_env
 from sing_audit.synthetic import write_image_folder
 
 from .conftest import image_folder_audit, write_config

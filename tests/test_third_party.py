@@ -348,7 +348,7 @@ class LeastSquares(Translator):
 def test_hook_register_translators(synthetic_config, tmp_path):
     """A translator registered by a plugin's ``register_translators`` is chosen by name in the config."""
     from sing_audit.host import create_plugin_manager, create_registry
-    from sing_audit.runner import run_audit
+    from sing_audit.pipeline import run_audit
 
     class Plugin:
         @hookimpl

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError
-from sing_audit.extraction import check_head_reproduces_logits
+from sing_audit.pipeline.extraction import check_head_reproduces_logits
 from sing_audit.builtins.torch_module import TorchModuleBackbone
 from sing_audit.testing import check_backbone
 from sing_audit.weights import file_digest, state_dict_digest

@@ -275,7 +275,7 @@ def test_match_norms_and_pair_seeds():
 def test_visualizer_without_a_compatible_target_is_a_config_error(synthetic_config, karlo_dir, tmp_path):
     from sing_audit.config import load_config
     from sing_audit.host import create_registry
-    from sing_audit.runner import build_plan
+    from sing_audit.pipeline import build_plan
 
     registry = create_registry()
     cfg = load_config(synthetic_config(visualizer={"plugin": "unclip", "weights": str(karlo_dir)}))

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .components import ImageDataset, ImageRecord
-from .errors import DataError, HeadError
+from ..components import ImageDataset, ImageRecord
+from ..errors import DataError, HeadError
 
 __all__ = ["Extracted", "autocast_context", "effective_autocast", "extract", "resolve_device"]
 
@@ -33,21 +33,21 @@ def resolve_device(name: str) -> str:
             return "mps"
         return "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"run.device is {name!r} but no CUDA device is available; use device: auto or cpu")
     if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError("run.device is 'mps' but no Apple GPU (MPS) is available; use device: auto or cpu")
     if name.startswith("cuda:"):
         index = name.split(":", 1)[1]
         if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"run.device is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif name not in ("cpu", "cuda", "mps"):
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"run.device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
     return name
@@ -94,10 +94,6 @@ class Extracted:
     ok: np.ndarray  # N bool
     extra: dict[str, Any]
 
-
-#: testing aid: seconds to sleep after each batch, so tests can interrupt an extraction
-#: deterministically mid-way (see docs/performance.md); never set it in production
-THROTTLE_ENV = "SING_AUDIT_THROTTLE_BATCH_SECONDS"
 
 #: images of the first batch used to check that features and head reproduce the logits
 CHECK_IMAGES = 4
@@ -156,7 +152,6 @@ def extract(
         memory (float32).
     :param autocast: ``none``, ``bf16`` or ``fp16`` (GPU only).
     """
-    import os
     import time
 
     import torch
@@ -179,7 +174,6 @@ def extract(
         prefetch_factor=4 if workers else None,
     )
     chunk_batches = max(1, -(-int(chunk_images) // batch_size))
-    throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
     values: np.ndarray | None = sink.values if sink is not None else None
     ok = np.zeros(len(records), dtype=bool)
     checked = check_first is None
@@ -230,8 +224,6 @@ def extract(
             timing["write_seconds"] += time.perf_counter() - t2
             timing["batches"] += 1
             timing["images"] += len(idx)
-            if throttle:
-                time.sleep(throttle)
     timing["total_seconds"] = time.perf_counter() - started
     if timing["batches"]:
         timing["compute_idle_share"] = timing["wait_seconds"] / max(timing["total_seconds"], 1e-12)

@@ -1,4 +1,6 @@
-"""The text stage in resumable chunks: prompts are embedded a chunk at a time, and every
+"""A target's text encoder as the run's service (:class:`TextEncoder`), cached on disk.
+
+The text stage runs in resumable chunks: prompts are embedded a chunk at a time, and every
 finished chunk is stored in the cache at once, so Ctrl-C (or a crash) loses at most the
 chunk being encoded.
 
@@ -16,16 +18,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
 
-from .components import template_ensemble
-from .errors import DataError
-from .store import ArrayStore, content_key
+from ..components import EmbeddingTarget, Target, template_ensemble
+from ..errors import DataError
+from ..store import ArrayStore, content_key
+from .devices import ModelLoader
+from .stages import StageClock
 
-__all__ = ["TEXT_CHUNK_PROMPTS", "CHUNK_KIND", "ChunkedText"]
+__all__ = ["TEXT_CHUNK_PROMPTS", "CHUNK_KIND", "ChunkedText", "TextEncoder"]
 
 log = logging.getLogger("sing_audit")
 
@@ -45,7 +49,7 @@ class ChunkedText:
     ``describe``: what the embeddings depend on (the target's description; its prompt
     templates are left out of the key, since the prompts themselves are in it).
     ``computing()``: a context entered once around the chunks that must be encoded (the
-    runner's text stage, which also loads the model): never entered when every chunk is
+    run's text stage, which also loads the model): never entered when every chunk is
     in the cache. ``label`` names the target in the log.
     """
 
@@ -136,3 +140,61 @@ class ChunkedText:
         if not chunks:
             raise DataError(f"target {self.label}: no class to embed")
         return np.concatenate(self.run(chunks, lambda raw: template_ensemble(raw, t)), axis=0)
+
+
+class TextEncoder:
+    """One target's text embeddings for the run: new prompts (``encode``, what probes get
+    as ``ctx.encode_text``) and the class prompts' ensemble (``class_text``), both cached
+    on disk; the target is loaded (inside the text stage) only on a miss.
+
+    ``describe``: the target's description as the run keys it; ``name``: its name."""
+
+    def __init__(self, store: ArrayStore, clock: StageClock, loader: ModelLoader, target: Target,
+                 describe: dict[str, Any], name: str):
+        self.store, self.clock, self.loader = store, clock, loader
+        self.target, self.describe, self.name = target, describe, name
+        self._class_text: dict[str, np.ndarray] = {}
+
+    def _chunked(self) -> ChunkedText:
+        @contextmanager
+        def computing():
+            with self.clock.stage("text"):
+                self.loader.ensure_loaded(self.target)
+                yield
+
+        return ChunkedText(self.store, self.describe, self.target.encode_text, computing, self.name)
+
+    def encode(self, prompts: list[str]) -> np.ndarray:
+        """``prompts -> K×n`` raw embeddings, cached on disk in chunks (a rerun after an
+        interrupt encodes only the chunks not yet done). A target without a text encoder
+        raises its own error."""
+        prompts = [str(p) for p in prompts]
+        if isinstance(self.target, EmbeddingTarget):
+            return self.target.encode_text(prompts)
+        return self._chunked().encode(prompts)
+
+    def class_text(self, class_names: list[str]) -> np.ndarray:
+        """c×n unit class embeddings (the template ensemble), cached. Encoded in resumable
+        chunks of whole classes, each stored as it finishes and removed once the ensemble
+        is stored; a target that defines its own ``class_text_embeddings`` is called once."""
+        t = self.target
+        if isinstance(t, EmbeddingTarget):
+            return t.class_text_embeddings(class_names)
+        key = content_key("text", self.describe, list(t.templates), class_names)
+        if key in self._class_text:
+            return self._class_text[key]
+        hit = self.store.load("text", key, mmap=False)
+        if hit is not None:
+            emb = np.asarray(hit[0]["values"])
+        elif type(t).class_text_embeddings is not Target.class_text_embeddings:
+            with self.clock.stage("text"):  # its own ensemble: nothing to chunk from outside
+                self.loader.ensure_loaded(t)
+                emb = t.class_text_embeddings(class_names)
+            self.store.save("text", key, {"values": emb})
+        else:
+            chunked = self._chunked()
+            emb = chunked.class_ensemble(class_names, list(t.templates))
+            self.store.save("text", key, {"values": emb})
+            chunked.forget(chunked.class_chunks(class_names, list(t.templates)))
+        self._class_text[key] = emb
+        return emb

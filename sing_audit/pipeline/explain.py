@@ -9,21 +9,29 @@ models, target, rank rule, probes; the cache makes a second look cheap.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .components import ImageBackbone, ImageRecord, ImageTarget, Translator, open_image
-from .config import load_config
-from .errors import ConfigError, DataError
-from .host import create_registry, suggest
-from .nullspace import null_energy, remove_null
-from .probes import ProbeContext
+from ..components import ImageBackbone, ImageRecord, ImageTarget, Translator, open_image
+from ..config import load_config
+from ..errors import ConfigError, DataError
+from ..host import create_registry, suggest
+from ..nullspace import null_energy, remove_null
+from ..scores import attribute_scores
+from ..store import ArrayStore
+from .crossfit import translate_by_fold
+from .devices import ModelLoader
+from .images import ImageSource
+from .model import Services, first_scores, prepare_model, probe_context, run_probes
+from .plan import audit_identity, build_plan
 from .run_folder import RunFolder
-from .runner import Runner, audit_identity, build_plan, prepare_model
-from .scores import attribute_scores
+from .sources import Sources
+from .stages import StageClock
+from .text import TextEncoder
 
 __all__ = ["ExplainResult", "explain_image"]
 
@@ -86,12 +94,12 @@ def _pick(components, name: str | None, what: str):
     raise ConfigError(f"no {what} named {name!r}{suggest(name, [c.name for c in components])}")
 
 
-def _find_record(runner: Runner, image: str) -> int | None:
-    if runner.records is None:
+def _find_record(records, image: str) -> int | None:
+    if records is None:
         return None
     path = Path(image).expanduser()
     resolved = path.resolve() if path.exists() else None
-    for i, r in enumerate(runner.records):
+    for i, r in enumerate(records):
         if r.image_id == image or (resolved is not None and Path(r.path).resolve() == resolved):
             return i
     return None
@@ -112,15 +120,20 @@ def explain_image(
     registry = create_registry()
     plan = build_plan(cfg, registry, str(config) if isinstance(config, (str, Path)) else "<config>")
     with RunFolder(cfg.output_dir, audit_identity(cfg)) as folder:
-        runner = Runner(plan, folder)
-        runner.load_dataset()
+        clock, loader = StageClock(), ModelLoader(cfg.run.device)
+        store = ArrayStore(cfg.output_dir / "cache", before_write=folder.claim)
+        sources = Sources(plan, store, clock, loader)
+        sources.load_dataset()
+        dataset = plan.dataset.instance if plan.dataset is not None else None
+        services = Services(plan, store, clock, loader, ImageSource(dataset, sources.records, loader), cfg.output_dir)
         bcomp = _pick(plan.backbones, model, "backbone")
         tcomp = _pick(plan.targets, target, "target")
-        esrc = runner.load_target(tcomp)
-        fsrc = runner.load_backbone(bcomp)
-        mi = prepare_model(runner, fsrc, esrc)
+        esrc = sources.load_target(tcomp)
+        fsrc = sources.load_backbone(bcomp)
+        text = TextEncoder(store, clock, loader, esrc.target, esrc.describe, esrc.name)
+        mi = prepare_model(services, fsrc, esrc, text)
 
-        row = _find_record(runner, image)
+        row = _find_record(sources.records, image)
         if row is None and mi.ids is not None and image in mi.ids:
             pos = mi.ids.index(image)
         elif row is not None:
@@ -150,12 +163,12 @@ def explain_image(
             img = plan.dataset.instance.open(record) if plan.dataset is not None else open_image(record)
             import torch
 
-            runner.ensure_loaded(b)
+            loader.ensure_loaded(b)
             with torch.inference_mode():
-                f = b.features(b.transform()(img)[None].to(runner.get_device())).double().cpu().numpy()
+                f = b.features(b.transform()(img)[None].to(loader.device)).double().cpu().numpy()
                 if isinstance(t, ImageTarget):
-                    runner.ensure_loaded(t)
-                    emb = t.encode_images(t.transform()(img)[None].to(runner.get_device())).double().cpu().numpy()
+                    loader.ensure_loaded(t)
+                    emb = t.encode_images(t.transform()(img)[None].to(loader.device)).double().cpu().numpy()
                 else:
                     emb = np.full((1, mi.emb.shape[1]), np.nan)
             source = "file"
@@ -178,27 +191,14 @@ def explain_image(
             cls, label_source = predicted, "predicted"
         labels = np.array([cls])
 
-        def translate(changed, rows):
-            fold_rows = folds[rows]
-            out = np.empty((changed.shape[0], t_f.shape[1]))
-            for k in np.unique(fold_rows):
-                sel = fold_rows == k
-                out[sel] = translators[k].predict(changed[sel])
-            return out
-
-        ctx = ProbeContext(
-            model_name=fsrc.name, backbone_name=fsrc.name, target_name=esrc.name, features=f, labels=labels,
-            head=head, subspaces=sub, embeddings=emb, translated=t_f, class_text=mi.text, class_names=fsrc.class_names,
-            folds=folds, translate=translate, target=esrc.target, generator=np.random.default_rng(cfg.run.seed),
-            image_ids=[image], translators=translators, encode_text=runner.text_encoder(esrc), registry=registry,
+        translate = partial(translate_by_fold, translators, folds, t_f.shape[1])
+        ctx = probe_context(
+            fsrc, esrc, mi, text, registry, np.random.default_rng(cfg.run.seed), features=f, labels=labels,
+            embeddings=emb, translated=t_f, folds=folds, translate=translate, translators=translators, image_ids=[image],
         )
-        summaries: dict[str, dict[str, Any]] = {}
-        scores = None
-        for comp in plan.probes:
-            out = comp.instance.run(ctx)
-            summaries[comp.plugin] = out.summary
-            if out.scores is not None and scores is None:
-                scores = out.scores
+        outputs = run_probes(plan.probes, ctx)
+        summaries = {plugin: out.summary for plugin, out in outputs.items()}
+        scores = first_scores(outputs)
         t_r = t_f if sub.null_dim == 0 else translate(remove_null(f, sub), slice(0, 1))
         shifts = attribute_scores(t_f, t_r, mi.text)[0]
         order = np.argsort(-np.abs(shifts), kind="stable")[:top_k]

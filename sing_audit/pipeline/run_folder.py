@@ -8,7 +8,7 @@
   is free; the holder record it left behind (``.sing-audit/holders/``) is recognised as
   stale and removed, with a log line.
 - **A marker** (``audit.json``): the identity of the audit the folder holds (its inputs,
-  :func:`sing_audit.runner.audit_identity`) and a manifest of the outputs the tool wrote.
+  :func:`sing_audit.pipeline.plan.audit_identity`) and a manifest of the outputs the tool wrote.
   A folder is *claimed* — the marker written — only when the run is about to store
   something it measured (the first cache entry) or its outputs, so a run that fails on a
   config or weights error leaves the folder unclaimed and a corrected config runs there
@@ -31,9 +31,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .errors import OutputFolderError
-from .store import atomic_write_text, safe_child
+from .. import __version__
+from ..errors import OutputFolderError
+from ..store import atomic_write_text, safe_child
 
 __all__ = ["MARKER", "STATE_DIR", "Holder", "RunFolder"]
 

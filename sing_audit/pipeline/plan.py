@@ -1,0 +1,81 @@
+"""The plan: what an audit runs — its config with every component built, nothing loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..components import EmbeddingTarget, FeatureBackbone, ImageBackbone, ImageTarget
+from ..config import AuditConfig
+from ..errors import ConfigError
+from ..host import BuildContext, Component, Registry, create_component
+from ..store import content_key
+from ..terminal import suggest
+from ..visualize import check_visualizer
+
+__all__ = ["Plan", "audit_identity", "build_plan"]
+
+
+@dataclass
+class Plan:
+    """Validated config with every component built (nothing loaded yet)."""
+
+    config: AuditConfig
+    registry: Registry
+    dataset: Component | None
+    targets: list[Component]
+    backbones: list[Component]
+    translator: Component
+    compare_translators: list[Component]
+    probes: list[Component]
+    reporters: dict[str, Component]
+    source: str = "<config>"
+    visualizer: Component | None = None
+
+
+def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str, name: str | None = None) -> Component:
+    return create_component(BuildContext(registry, cfg.base_dir, source, where), kind, spec, name or spec.plugin)
+
+
+def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -> Plan:
+    """Validate every component's options and build the components."""
+    dataset = _build(registry, "dataset", cfg.dataset, "dataset", cfg, source) if cfg.dataset else None
+    targets = [
+        _build(registry, "target", t, f"targets[{i}]" if cfg.targets else "target", cfg, source, t.name or t.plugin)
+        for i, t in enumerate(cfg.target_specs())
+    ]
+    backbones = [_build(registry, "backbone", b, f"backbones[{i}]", cfg, source, b.name) for i, b in enumerate(cfg.backbones)]
+    translator = _build(registry, "translator", cfg.translator, "translator", cfg, source)
+    compared = [
+        _build(registry, "translator", t, f"compare_translators[{i}]", cfg, source) for i, t in enumerate(cfg.compare_translators)
+    ]
+    probes = [_build(registry, "probe", p, f"probes[{i}]", cfg, source) for i, p in enumerate(cfg.probe_specs())]
+    reporters: dict[str, Component] = {}
+    available = registry.reporters_by_format()
+    for i, fmt in enumerate(cfg.report.formats):
+        if fmt not in available:
+            raise ConfigError(f"{source}: report.formats[{i}]: unknown format {fmt!r}{suggest(fmt, list(available))}")
+        reg = available[fmt]
+        reporters[fmt] = Component("reporter", fmt, reg.name, reg.package, reg.factory(), None)
+        reporters[fmt].instance.registry = registry
+    needs_images = [c for c in backbones + targets if isinstance(c.instance, (ImageBackbone, ImageTarget))]
+    if needs_images and dataset is None:
+        raise ConfigError(
+            f"{source}: dataset: {', '.join(c.name for c in needs_images)} run on images, so the config needs a "
+            "dataset (e.g. dataset: {plugin: image_folder, root: data/val})"
+        )
+    for c in backbones:
+        if not isinstance(c.instance, (ImageBackbone, FeatureBackbone)):
+            raise ConfigError(f"{source}: backbone {c.name}: plugin {c.plugin!r} does not build a backbone")
+    for c in targets:
+        if not isinstance(c.instance, (ImageTarget, EmbeddingTarget)):
+            raise ConfigError(f"{source}: target {c.name}: plugin {c.plugin!r} does not build a target")
+    visualizer = _build(registry, "visualizer", cfg.visualizer, "visualizer", cfg, source) if cfg.visualizer else None
+    if visualizer is not None:
+        check_visualizer(visualizer, targets, source)
+    return Plan(cfg, registry, dataset, targets, backbones, translator, compared, probes, reporters, source, visualizer)
+
+
+def audit_identity(cfg: AuditConfig) -> str:
+    """What makes two runs "the same audit" for an output folder: its inputs."""
+    spec = cfg.model_dump(mode="json", include={"dataset", "target", "targets", "backbones"}, by_alias=True)
+    return content_key("audit-identity", spec)
