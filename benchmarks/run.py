@@ -111,7 +111,7 @@ def synthetic(n: int, folder: Path, seed: int = 0) -> dict:
 def _plan(folder: Path, translator: dict | None = None):
     from sing_audit.config import load_config
     from sing_audit.host import create_registry
-    from sing_audit.runner import build_plan
+    from sing_audit.pipeline import build_plan
 
     cfg = {
         "output": str(folder / "out"),
@@ -132,20 +132,22 @@ def ours(folder: Path, translator: dict | None = None, trace: bool = True) -> di
     code, so the timed comparison with the plain way runs without it, as the plain way does)."""
     import shutil
 
-    from sing_audit.runner import Runner, analyse
+    from sing_audit.pipeline.model import Services, analyse_model
+    from sing_audit.pipeline.sources import Sources
 
     shutil.rmtree(folder / "out", ignore_errors=True)
     plan = _plan(folder, translator)
-    runner = Runner(plan)
-    fsrc = runner.load_backbone(plan.backbones[0])
-    esrc = runner.load_target(plan.targets[0])
+    sources = Sources.create(plan)
+    services = Services.of(sources)
+    fsrc = sources.load_backbone(plan.backbones[0])
+    esrc = sources.load_target(plan.targets[0])
     import tracemalloc
 
     rss0 = _maxrss_mb()
     if trace:
         tracemalloc.start()
     start = time.perf_counter()
-    result, per_image = analyse(runner, fsrc, esrc)
+    result, per_image = analyse_model(services, fsrc, esrc, services.text_encoder(esrc))
     seconds = time.perf_counter() - start
     peak = None
     if trace:
@@ -154,7 +156,7 @@ def ours(folder: Path, translator: dict | None = None, trace: bool = True) -> di
     return {
         "analysis_peak_alloc_mb": peak / 2**20 if peak is not None else None,
         "seconds": seconds,
-        "stages": dict(runner.stage_seconds),
+        "stages": dict(sources.clock.seconds),
         "alpha": result.fidelity.params.get("alpha"),
         "is": np.asarray(per_image["is"]),
         "as": np.asarray(per_image["as"]),
@@ -207,15 +209,16 @@ def plain(folder: Path, folds: np.ndarray, alphas: list[float]) -> dict:
 
 
 def _chunked_null_energy_patch() -> None:
-    """What-if for ``--only growth-chunked``: ``analyse()``'s model-level null energy read in
+    """What-if for ``--only growth-chunked``: ``analyse_model()``'s model-level null energy read in
     row chunks (today it converts all features to float64 at once: the analysis' peak)."""
-    from sing_audit import nullspace, runner
+    from sing_audit import nullspace
+    from sing_audit.pipeline import build
     from sing_audit.probes import row_chunks
 
     def chunked(features, sub):
         return np.concatenate([nullspace.null_energy(features[r], sub) for r in row_chunks(features.shape[0])])
 
-    runner.null_energy = chunked
+    build.null_energy = chunked
 
 
 def child_analysis(n: int, mode: str) -> dict:
@@ -384,20 +387,21 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name:
 
         from sing_audit.config import load_config
         from sing_audit.host import create_registry
-        from sing_audit.runner import Runner, build_plan, run_audit
+        from sing_audit.pipeline import build_plan, run_audit
+        from sing_audit.pipeline.sources import Sources
 
         timing_log = _TimingLog()
         plan = build_plan(load_config(config("out0", workers[0])), create_registry())
-        runner = Runner(plan)
-        runner.load_dataset()
+        sources = Sources.create(plan)
+        sources.load_dataset()
         comp = plan.backbones[0]
-        runner.ensure_loaded(comp.instance)
+        sources.loader.ensure_loaded(comp.instance)
         bb = comp.instance
         transform = bb.transform()
         ds = plan.dataset.instance
         # the same batches, decoded once, for the bare loop
         start = time.perf_counter()
-        tensors = [transform(ds.open(r)) for r in runner.records]
+        tensors = [transform(ds.open(r)) for r in sources.records]
         decode = time.perf_counter() - start
         batches = [torch.stack(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]
         del tensors
@@ -415,12 +419,12 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name:
         audits = {}
         for w in workers:
             plan_w = build_plan(load_config(config(f"out{w}", w)), create_registry())
-            runner_w = Runner(plan_w)
-            runner_w.load_dataset()
+            sources_w = Sources.create(plan_w)
+            sources_w.load_dataset()
             plan_w.backbones[0].instance = bb  # the same loaded model (and threads)
-            runner_w._loaded.add(id(bb))
+            sources_w.loader._loaded.add(id(bb))
             start = time.perf_counter()
-            runner_w.load_backbone(plan_w.backbones[0])
+            sources_w.load_backbone(plan_w.backbones[0])
             audits[w] = {"seconds": time.perf_counter() - start, "timing": timing_log.records[-1] if timing_log.records else {}}
             bares.append(bare_loop())  # interleaved, to see the spread of the noisy machine
         bare = float(np.median(bares))
@@ -696,7 +700,7 @@ def bench_process_rerun(n_images: int = 160, image_px: int = 64, model: str = "r
 
         load_before = _load()
         # what every run pays before any work: importing the libraries of these components
-        imports = one(argv=[sys.executable, "-c", "import torch, timm, open_clip, sing_audit.runner"])
+        imports = one(argv=[sys.executable, "-c", "import torch, timm, open_clip, sing_audit.pipeline"])
         cold = one("run", str(path))
         cold_stages = json.loads((tmp / "out" / "results.json").read_text())["provenance"]["stage_seconds"]
         warm = one("run", str(path))

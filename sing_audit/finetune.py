@@ -1,4 +1,4 @@
-"""Fine-tuning with approximate encoder null-space noise as augmentation (issue 7, item 6).
+"""Fine-tuning with approximate encoder null-space noise as augmentation.
 
 What to do when the audit finds meaning hiding in a ViT's null space: make the model
 *less* invariant in the wrong places, or *robustly* invariant in the right ones. The ANF

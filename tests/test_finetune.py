@@ -1,4 +1,4 @@
-"""Fine-tuning with encoder null-space noise (issue 7, item 6) on a tiny random ViT."""
+"""Fine-tuning with encoder null-space noise on a tiny random ViT."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Input-space probes (issue 7) on random-init tiny timm ViTs, with known answers."""
+"""Input-space probes on random-init tiny timm ViTs, with known answers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ctrl-C (issue #11): the log and the terminal name the interrupted stage, the terminal
+"""Ctrl-C: the log and the terminal name the interrupted stage, the terminal
 says how to resume, and chunked stages (extraction, text encoding) keep finished chunks."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sharded extraction (issue 6, item 4): job arrays with --shard + merge, and torchrun.
+"""Sharded extraction: job arrays with --shard + merge, and torchrun.
 
 The merged run must give the same results.json as one process: shards are whole
 batches, so each image meets the same batch (and bit-identical features) either way.

@@ -18,29 +18,19 @@ from ..components import ImageBackbone, ImageTarget
 from ..config import load_config
 from ..host import Registry, create_registry
 from ..results import AuditResult, ModelResult
-from ..store import ArrayStore, atomic_write_text
+from ..store import atomic_write_text
 from .build import build_audit_result, build_model_comparisons, model_key
-from .devices import ModelLoader
-from .images import ImageSource
 from .model import Services, analyse_model
 from .outputs import csv_text, write_outputs
-from .plan import Plan, audit_identity, build_plan
+from .plan import audit_identity, build_plan
 from .run_folder import RunFolder
 from .shard import Shard
 from .sources import Sources
-from .stages import StageClock, file_log
-from .text import TextEncoder
+from .stages import file_log
 
 __all__ = ["ShardReport", "run_audit", "run_shard"]
 
 log = logging.getLogger("sing_audit")
-
-
-def _sources(plan: Plan, folder: RunFolder, clock: StageClock, shard: Shard | None = None, merge_only: bool = False) -> Sources:
-    loader = ModelLoader(plan.config.run.device, getattr(shard, "local_rank", None))
-    # the folder is claimed when the run stores its first measurement (see RunFolder)
-    store = ArrayStore(plan.config.output_dir / "cache", before_write=folder.claim)
-    return Sources(plan, store, clock, loader, shard=shard, merge_only=merge_only)
 
 
 @dataclass
@@ -65,7 +55,8 @@ def run_shard(config, shard: Shard, *, force: bool = False, overrides: list[str]
             file_log(out, f"shard-{shard.index}-of-{shard.count}.log"):
         for note in folder.notes:
             log.warning("%s", note)
-        sources = _sources(plan, folder, StageClock(), shard=shard)
+        # the folder is claimed when the run stores its first measurement (see RunFolder)
+        sources = Sources.create(plan, folder.claim, shard=shard)
         sources.load_dataset()
         names = []
         for comp in plan.targets:
@@ -104,13 +95,11 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
         log.info("sing-audit %s: audit %s into %s", __version__, cfg.name or source, out)
         for note in folder.notes:
             log.warning("%s", note)
-        clock = StageClock()
-        sources = _sources(plan, folder, clock, merge_only=merge_only)
+        sources = Sources.create(plan, folder.claim, merge_only=merge_only)
         sources.load_dataset()
-        images = ImageSource(plan.dataset.instance if plan.dataset is not None else None, sources.records, sources.loader)
-        services = Services(plan, sources.store, clock, sources.loader, images, out)
+        services = Services.of(sources)
         esources = [sources.load_target(t) for t in plan.targets]
-        texts = [TextEncoder(sources.store, clock, sources.loader, e.target, e.describe, e.name) for e in esources]
+        texts = [services.text_encoder(e) for e in esources]
         models: list[ModelResult] = []
         abs_as: dict[tuple[str, str], np.ndarray] = {}
         per_image_files: dict[str, str] = {}
@@ -135,7 +124,7 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
         }
         comparisons = build_model_comparisons(models, abs_as, cfg.run.seed, cfg.run.bootstrap)
         result = build_audit_result(
-            plan, models, comparisons, dataset=sources.dataset_info, stage_seconds=clock.seconds,
+            plan, models, comparisons, dataset=sources.dataset_info, stage_seconds=sources.clock.seconds,
             skipped=sources.skipped(fsources + esources), files=files, started=started,
             finished=dt.datetime.now(dt.timezone.utc),
         )

@@ -22,16 +22,11 @@ from ..errors import ConfigError, DataError
 from ..host import create_registry, suggest
 from ..nullspace import null_energy, remove_null
 from ..scores import attribute_scores
-from ..store import ArrayStore
 from .crossfit import translate_by_fold
-from .devices import ModelLoader
-from .images import ImageSource
 from .model import Services, first_scores, prepare_model, probe_context, run_probes
 from .plan import audit_identity, build_plan
 from .run_folder import RunFolder
 from .sources import Sources
-from .stages import StageClock
-from .text import TextEncoder
 
 __all__ = ["ExplainResult", "explain_image"]
 
@@ -120,17 +115,14 @@ def explain_image(
     registry = create_registry()
     plan = build_plan(cfg, registry, str(config) if isinstance(config, (str, Path)) else "<config>")
     with RunFolder(cfg.output_dir, audit_identity(cfg)) as folder:
-        clock, loader = StageClock(), ModelLoader(cfg.run.device)
-        store = ArrayStore(cfg.output_dir / "cache", before_write=folder.claim)
-        sources = Sources(plan, store, clock, loader)
+        sources = Sources.create(plan, folder.claim)
         sources.load_dataset()
-        dataset = plan.dataset.instance if plan.dataset is not None else None
-        services = Services(plan, store, clock, loader, ImageSource(dataset, sources.records, loader), cfg.output_dir)
+        services, loader = Services.of(sources), sources.loader
         bcomp = _pick(plan.backbones, model, "backbone")
         tcomp = _pick(plan.targets, target, "target")
         esrc = sources.load_target(tcomp)
         fsrc = sources.load_backbone(bcomp)
-        text = TextEncoder(store, clock, loader, esrc.target, esrc.describe, esrc.name)
+        text = services.text_encoder(esrc)
         mi = prepare_model(services, fsrc, esrc, text)
 
         row = _find_record(sources.records, image)

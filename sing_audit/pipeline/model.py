@@ -26,7 +26,7 @@ from .devices import ModelLoader
 from .evidence import render_evidence, top_images
 from .images import ImageSource
 from .plan import Plan
-from .sources import EmbeddingSource, FeatureSource
+from .sources import EmbeddingSource, FeatureSource, Sources
 from .stages import StageClock
 from .text import TextEncoder
 
@@ -44,6 +44,19 @@ class Services:
     loader: ModelLoader
     images: ImageSource
     out: Path
+
+    @classmethod
+    def of(cls, sources: Sources) -> "Services":
+        """The services of a run whose dataset ``sources`` has loaded."""
+        plan = sources.plan
+        dataset = plan.dataset.instance if plan.dataset is not None else None
+        images = ImageSource(dataset, sources.records, sources.loader)
+        return cls(plan, sources.store, sources.clock, sources.loader, images, plan.config.output_dir)
+
+    def text_encoder(self, esrc: EmbeddingSource) -> TextEncoder:
+        """The text encoder of the target ``esrc`` (one per target and run: it keeps the
+        class embeddings it made)."""
+        return TextEncoder(self.store, self.clock, self.loader, esrc.target, esrc.describe, esrc.name)
 
     def fit_settings(self) -> FitSettings:
         run = self.plan.config.run

@@ -68,6 +68,15 @@ class Sources:
         self.records = None
         self.dataset_info: dict[str, Any] | None = None
 
+    @classmethod
+    def create(cls, plan: Plan, before_write=None, shard: Shard | None = None, merge_only: bool = False) -> "Sources":
+        """The sources of ``plan`` in its output folder's cache, with a stage clock and a
+        model loader of their own; ``before_write``: called before the store's first write
+        (the run folder's claim)."""
+        store = ArrayStore(plan.config.output_dir / "cache", before_write=before_write)
+        loader = ModelLoader(plan.config.run.device, getattr(shard, "local_rank", None))
+        return cls(plan, store, StageClock(), loader, shard=shard, merge_only=merge_only)
+
     # ----------------------------------------------------------------- dataset
 
     def load_dataset(self) -> None:
