@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .config import PolicyConfig
-from .results import ClassResult, Fidelity, Interval, ModelComparison, ModelResult, TargetAgreement
+from .results import ClassResult, Interval, ModelComparison, ModelResult, TargetAgreement
 from .scores import unit_rows
 from .terminal import shorten
 from .stats import MIN_OUTLIER_VALUES, MeanCI, bootstrap_mean_ci, robust_outliers

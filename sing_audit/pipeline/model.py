@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from ..analysis import apply_policy, class_results
 from ..components import ImageTarget, LinearHead
 from ..errors import ConfigError, DataError
 from ..nullspace import HeadSubspaces, split_head
-from ..probes import ProbeContext, ProbeOutput, row_chunks
+from ..probes import ProbeContext, ProbeOutput, Scores, row_chunks
 from ..results import ModelResult, NullRemovalDrift
 from ..stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from ..store import ArrayStore, content_key
@@ -191,7 +190,7 @@ class Headline:
     probe it is (its per-image columns keep their own names), and the logit drift."""
 
     probe: str
-    scores: Any  # sing_audit.probes.Scores
+    scores: Scores
     drift: NullRemovalDrift
 
 
