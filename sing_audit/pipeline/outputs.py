@@ -14,7 +14,7 @@ from ..errors import ConfigError, OutputWriteError, WriterFailure
 from ..host import Component, Registry
 from ..results import AuditResult
 from ..store import atomic_write_text
-from .plan import Plan
+from .plan import Plan, create_reporter
 from .run_folder import RunFolder
 
 __all__ = ["csv_text", "write_outputs"]
@@ -50,10 +50,9 @@ def _csv_safe(text: str) -> str:
 
 def _json_reporter(registry: Registry) -> Component:
     """results.json is the contract: written even when report.formats leaves json out."""
-    reg = registry.reporters_by_format().get("json")
-    if reg is None:
+    if "json" not in registry.reporters_by_format():
         raise ConfigError("no installed reporter writes the json format (results.json)")
-    return Component("reporter", "json", reg.name, reg.package, reg.factory(), None)
+    return create_reporter(registry, "json")
 
 
 def write_outputs(result: AuditResult, plan: Plan, folder: RunFolder) -> AuditResult:

@@ -12,7 +12,7 @@ from ..store import content_key
 from ..terminal import suggest
 from ..visualize import check_visualizer
 
-__all__ = ["Plan", "audit_identity", "build_plan"]
+__all__ = ["Plan", "audit_identity", "build_plan", "create_reporter"]
 
 
 @dataclass
@@ -30,6 +30,15 @@ class Plan:
     reporters: dict[str, Component]
     source: str = "<config>"
     visualizer: Component | None = None
+
+
+def create_reporter(registry: Registry, fmt: str) -> Component:
+    """The reporter component that writes format ``fmt`` (one the registry knows), with
+    the run's registry at hand (its report sections are looked up there)."""
+    reg = registry.reporters_by_format()[fmt]
+    reporter = Component("reporter", fmt, reg.name, reg.package, reg.factory(), None)
+    reporter.instance.registry = registry
+    return reporter
 
 
 def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str, name: str | None = None) -> Component:
@@ -54,9 +63,7 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     for i, fmt in enumerate(cfg.report.formats):
         if fmt not in available:
             raise ConfigError(f"{source}: report.formats[{i}]: unknown format {fmt!r}{suggest(fmt, list(available))}")
-        reg = available[fmt]
-        reporters[fmt] = Component("reporter", fmt, reg.name, reg.package, reg.factory(), None)
-        reporters[fmt].instance.registry = registry
+        reporters[fmt] = create_reporter(registry, fmt)
     needs_images = [c for c in backbones + targets if isinstance(c.instance, (ImageBackbone, ImageTarget))]
     if needs_images and dataset is None:
         raise ConfigError(
