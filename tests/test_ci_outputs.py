@@ -227,8 +227,8 @@ def test_markdown_appends_to_github_step_summary(run_a, tmp_path, monkeypatch):
 
 
 def test_report_rerenders_from_results_json_alone(run_a, tmp_path, monkeypatch, capsys):
+    import sing_audit.pipeline.cache
     import sing_audit.pipeline.sources
-    import sing_audit.store
 
     run = tmp_path / "copy"
     shutil.copytree(run_a, run)
@@ -241,7 +241,7 @@ def test_report_rerenders_from_results_json_alone(run_a, tmp_path, monkeypatch, 
         raise AssertionError("report must not load models, data or the cache")
 
     monkeypatch.setattr(sing_audit.pipeline.sources.Sources, "__init__", forbidden)
-    monkeypatch.setattr(sing_audit.store.ArrayStore, "load", forbidden)
+    monkeypatch.setattr(sing_audit.pipeline.cache.ArrayStore, "load", forbidden)
     assert main(["report", str(run), "--format", "html,json"]) == 0
     html = (run / "report.html").read_text(encoding="utf-8")
     assert "<html" in html and "synthetic" in html and not (run / "classes.csv").exists()

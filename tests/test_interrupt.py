@@ -22,11 +22,10 @@ import pytest
 from sing_audit.cli import main
 from sing_audit.components import ImageTarget
 from sing_audit.config import load_config
-from sing_audit.host import create_registry
+from sing_audit.pipeline.cache import ArrayStore
 from sing_audit.pipeline.devices import ModelLoader
 from sing_audit.pipeline.stages import StageClock
 from sing_audit.pipeline.text import TextEncoder
-from sing_audit.store import ArrayStore
 
 from .conftest import PIPELINE_POLICY, image_folder_audit, write_config
 
@@ -157,7 +156,6 @@ def test_chunked_class_text_equals_the_target_ensemble(synthetic_config):
 def test_chunks_of_whole_classes_give_the_same_ensemble(tmp_path, n_templates, chunk):
     from contextlib import nullcontext
 
-    from sing_audit.store import ArrayStore
     from sing_audit.pipeline.text import ChunkedText
 
     target = FakeTextTarget()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sing_audit.store import ArrayStore, PartialEntry
+from sing_audit.pipeline.cache import ArrayStore, PartialEntry
 from sing_audit.synthetic import SYNSETS
 
 from .conftest import PIPELINE_POLICY, write_config
@@ -85,7 +85,7 @@ def _progress(out: Path) -> int:
 _SLOW_RUN = """
 import sys, time
 from sing_audit.cli import main
-from sing_audit.store import PartialEntry
+from sing_audit.pipeline.cache import PartialEntry
 
 write = PartialEntry.write
 

@@ -1,4 +1,5 @@
-"""The content-keyed array store, atomic writes and path safety (sing_audit.store)."""
+"""The run's content-keyed array store (sing_audit.pipeline.cache), atomic writes and path
+safety (sing_audit.store)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sing_audit.store import ArrayStore, atomic_write_bytes, atomic_write_text, content_key, safe_child
+from sing_audit.pipeline.cache import ArrayStore
+from sing_audit.store import atomic_write_bytes, atomic_write_text, content_key, safe_child
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -327,7 +329,7 @@ def test_missing_entry_is_silent(tmp_path, caplog):
 
 
 def _partial(store, key="k", batch_size=2):
-    from sing_audit.store import PartialEntry
+    from sing_audit.pipeline.cache import PartialEntry
 
     return PartialEntry(store, "features", key, 10, "float32", {"batch_size": batch_size})
 
@@ -397,7 +399,7 @@ def test_corrupt_cache_entry_of_a_real_run_is_logged(tmp_path, synthetic_config,
 def test_interrupted_finalize_keeps_its_rows_resumable(tmp_path, monkeypatch):
     """finalize claims the partial folder under a unique name; interrupted before the
     entry is published, the folder gets its partial name back and resumes complete."""
-    from sing_audit import store as store_module
+    from sing_audit.pipeline import cache as store_module
 
     store = ArrayStore(tmp_path)
     p = _partial(store)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sing_audit.store import ArrayStore, PartialEntry
+from sing_audit.pipeline.cache import ArrayStore, PartialEntry
 
 KIND, KEY = "features", "0123456789abcdef"
 

@@ -1,7 +1,7 @@
 """Running image models over a dataset in batches, with the on-disk cache.
 
 Extraction runs under ``torch.inference_mode`` with a progress bar; results go to the
-:class:`~sing_audit.store.ArrayStore` keyed by everything they depend on, so a rerun with
+:class:`~sing_audit.pipeline.cache.ArrayStore` keyed by everything they depend on, so a rerun with
 nothing changed loads them without building the model.
 """
 
@@ -146,7 +146,7 @@ def extract(
 
     The extra ``timing`` (also logged) splits the wall time into waiting for data (the
     device idles), forward and store writes.
-    :param sink: a :class:`~sing_audit.store.PartialEntry`: rows go straight into its
+    :param sink: a :class:`~sing_audit.pipeline.cache.PartialEntry`: rows go straight into its
         memory-mapped files, committed every ``chunk_images`` images (whole batches), and
         extraction starts after its last committed row. Without a sink rows are kept in
         memory (float32).

@@ -18,7 +18,8 @@ from ..nullspace import HeadSubspaces, split_head
 from ..probes import ProbeContext, ProbeOutput, Scores, row_chunks
 from ..results import ModelResult, NullRemovalDrift
 from ..stats import bootstrap_mean_ci, bootstrap_ratio_ci
-from ..store import ArrayStore, content_key
+from ..store import content_key
+from .cache import ArrayStore
 from .build import Statistics, build_model_result, build_per_image
 from .crossfit import CrossFitted, FitSettings, align, check_finite, compare_family, fit_family
 from .devices import ModelLoader

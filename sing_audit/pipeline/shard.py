@@ -152,7 +152,7 @@ def merge_shards(store, kind: str, key: str, n_rows: int, label: str) -> bool:
     Returns ``False`` when there is no shard at all; raises :class:`DataError` when some
     are missing or they do not tile the rows.
     """
-    from ..store import PartialEntry
+    from .cache import PartialEntry
 
     found = shard_entries(store, kind, key)
     complete = sorted(c for c, ix in found.items() if ix == list(range(c)))

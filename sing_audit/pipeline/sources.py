@@ -12,7 +12,8 @@ import numpy as np
 from ..classmap import map_labels
 from ..components import EmbeddingTarget, FeatureBackbone, ImageDataset, LinearHead, Target
 from ..errors import DataError
-from ..store import ArrayStore, PartialEntry, content_key
+from ..store import content_key
+from .cache import ArrayStore, PartialEntry
 from .devices import ModelLoader
 from .extraction import check_head_reproduces_logits, effective_autocast, extract
 from .plan import Plan

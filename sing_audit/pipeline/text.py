@@ -25,7 +25,8 @@ import numpy as np
 
 from ..components import EmbeddingTarget, Target, template_ensemble
 from ..errors import DataError
-from ..store import ArrayStore, content_key
+from ..store import content_key
+from .cache import ArrayStore
 from .devices import ModelLoader
 from .stages import StageClock
 
