@@ -23,21 +23,21 @@ def _scores(n: int, value: float) -> Scores:
 
 def test_headline_takes_the_first_scores_and_the_drift_of_null_removal():
     drift = {"logit_drift_relative_max": 1e-9, "logit_drift_relative_mean": 1e-10, "prediction_agreement": 1.0}
-    outputs = {
-        "concepts": ProbeOutput(summary={"prediction_agreement": 0.5}),
-        "other": ProbeOutput(scores=_scores(3, 2.0)),
-        "null_removal": ProbeOutput(summary=drift, scores=_scores(3, 7.0)),
-    }
+    outputs = [
+        ("concepts", ProbeOutput(summary={"prediction_agreement": 0.5})),
+        ("other", ProbeOutput(scores=_scores(3, 2.0))),
+        ("null_removal", ProbeOutput(summary=drift, scores=_scores(3, 7.0))),
+    ]
     headline = headline_scores(outputs)
     assert headline.probe == "null_removal"
     np.testing.assert_array_equal(headline.scores.image_score, np.full(3, 2.0))
     assert headline.drift.relative_max == 1e-9 and headline.drift.prediction_agreement == 1.0
-    assert headline_scores({"other": ProbeOutput(scores=_scores(2, 1.0))}).drift.relative_max is None
+    assert headline_scores([("other", ProbeOutput(scores=_scores(2, 1.0)))]).drift.relative_max is None
 
 
 def test_no_scores_is_a_config_error_naming_the_probe():
     with pytest.raises(ConfigError, match="include null_removal in probes"):
-        headline_scores({"concepts": ProbeOutput(summary={"n": 3})})
+        headline_scores([("concepts", ProbeOutput(summary={"n": 3}))])
 
 
 class _Scale:

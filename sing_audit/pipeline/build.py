@@ -128,14 +128,14 @@ def build_model_result(fsrc: FeatureSource, esrc: EmbeddingSource, mi: ModelInpu
     return ModelResult(**measured, **model_verdict(ModelResult(**measured), cfg.policy))
 
 
-def build_per_image(fsrc: FeatureSource, mi: ModelInputs, outputs: dict[str, ProbeOutput], headline_probe: str,
+def build_per_image(fsrc: FeatureSource, mi: ModelInputs, outputs: list[tuple[str, ProbeOutput]], headline_probe: str,
                     random_weights: bool) -> dict[str, np.ndarray]:
     """The model's per-image table (``images.csv``): one column per measurement; the
     headline probe's columns keep their names, every other probe's are ``probe.column``."""
     labels = mi.labels
     columns = {
         col if plugin == headline_probe else f"{plugin}.{col}": values
-        for plugin, out in outputs.items()
+        for plugin, out in outputs
         for col, values in out.per_image.items()
     }
     return {

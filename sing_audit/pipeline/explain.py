@@ -23,7 +23,7 @@ from ..host import create_registry, suggest
 from ..nullspace import null_energy, remove_null
 from ..scores import attribute_scores
 from .crossfit import translate_by_fold
-from .model import Services, first_scores, prepare_model, probe_context, run_probes
+from .model import Services, first_scores, prepare_model, probe_context, probe_summaries, run_probes
 from .plan import audit_identity, build_plan
 from .run_folder import RunFolder
 from .sources import Sources
@@ -189,7 +189,7 @@ def explain_image(
             embeddings=emb, translated=t_f, folds=folds, translate=translate, translators=translators, image_ids=[image],
         )
         outputs = run_probes(plan.probes, ctx)
-        summaries = {plugin: out.summary for plugin, out in outputs.items()}
+        summaries = probe_summaries(outputs)
         scores = first_scores(outputs)
         t_r = t_f if sub.null_dim == 0 else translate(remove_null(f, sub), slice(0, 1))
         shifts = attribute_scores(t_f, t_r, mi.text)[0]

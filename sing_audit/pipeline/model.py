@@ -19,8 +19,8 @@ from ..probes import ProbeContext, ProbeOutput, Scores, row_chunks
 from ..results import ModelResult, NullRemovalDrift
 from ..stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from ..store import content_key
-from .cache import ArrayStore
 from .build import Statistics, build_model_result, build_per_image
+from .cache import ArrayStore
 from .crossfit import CrossFitted, FitSettings, align, check_finite, compare_family, fit_family
 from .devices import ModelLoader
 from .evidence import render_evidence, top_images
@@ -30,7 +30,8 @@ from .sources import EmbeddingSource, FeatureSource, Sources
 from .stages import StageClock
 from .text import TextEncoder
 
-__all__ = ["Headline", "ModelInputs", "Services", "analyse_model", "headline_scores", "prepare_model", "run_probes"]
+__all__ = ["Headline", "ModelInputs", "ProbeOutputs", "Services", "analyse_model", "first_scores", "headline_scores",
+           "prepare_model", "probe_context", "probe_summaries", "run_probes"]
 
 
 @dataclass(frozen=True)
@@ -180,9 +181,18 @@ def prepare_model(services: Services, fsrc: FeatureSource, esrc: EmbeddingSource
 # --------------------------------------------------------------------------- probes
 
 
-def run_probes(probes, ctx: ProbeContext) -> dict[str, ProbeOutput]:
-    """Every probe component's output on ``ctx``, by plugin name, in the config's order."""
-    return {comp.plugin: comp.instance.run(ctx) for comp in probes}
+#: what the probes measured: (plugin name, output) per probe component, in the config's order
+ProbeOutputs = list[tuple[str, ProbeOutput]]
+
+
+def run_probes(probes, ctx: ProbeContext) -> ProbeOutputs:
+    """Every probe component's output on ``ctx``."""
+    return [(comp.plugin, comp.instance.run(ctx)) for comp in probes]
+
+
+def probe_summaries(outputs: ProbeOutputs) -> dict[str, dict]:
+    """The probes' summaries by plugin name (a plugin listed twice: its last summary)."""
+    return {plugin: out.summary for plugin, out in outputs}
 
 
 @dataclass(frozen=True)
@@ -195,19 +205,19 @@ class Headline:
     drift: NullRemovalDrift
 
 
-def first_scores(outputs: dict[str, ProbeOutput]):
+def first_scores(outputs: ProbeOutputs) -> Scores | None:
     """The scores of the first probe that produced any (``None``: none did)."""
-    return next((out.scores for out in outputs.values() if out.scores is not None), None)
+    return next((out.scores for _, out in outputs if out.scores is not None), None)
 
 
-def headline_scores(outputs: dict[str, ProbeOutput]) -> Headline:
+def headline_scores(outputs: ProbeOutputs) -> Headline:
     """The headline IS/AS and logit drift. Read from the probe named ``null_removal``:
     the one place that knows the headline probe by its name."""
     probe = "null_removal"
     scores = first_scores(outputs)
     if scores is None:
         raise ConfigError(f"no probe produced image and attribute scores; include {probe} in probes")
-    summary = outputs[probe].summary if probe in outputs else {}
+    summary = probe_summaries(outputs).get(probe, {})
     drift = NullRemovalDrift(
         relative_max=summary.get("logit_drift_relative_max"),
         relative_mean=summary.get("logit_drift_relative_mean"),
@@ -277,7 +287,7 @@ def analyse_model(services: Services, fsrc: FeatureSource, esrc: EmbeddingSource
         stats = _statistics(fsrc.name, mi, fsrc.class_names, headline.scores, generator, cfg)
     evidence = top_images(mi.ids, mi.labels, fsrc.class_names, headline.scores, cfg.report.top_images,
                           lambda image_id: services.images.thumbnail(image_id, services.out))
-    summaries = {plugin: out.summary for plugin, out in outputs.items()}
+    summaries = probe_summaries(outputs)
     if plan.visualizer is not None and evidence:
         with clock.stage("visualizer"):
             summaries["renderings"] = render_evidence(plan.visualizer, ctx, evidence, seed=cfg.run.seed,
