@@ -316,7 +316,7 @@ def hf_models(tmp_path_factory):
 
 
 def _hf(**options):
-    from sing_audit.builtins.hf_transformers import TransformersBackbone
+    from sing_audit_huggingface.transformers_backbone import TransformersBackbone
 
     return TransformersBackbone(TransformersBackbone.Options(**options))
 
@@ -413,7 +413,7 @@ def test_transformers_head_option(hf_models, images):
 
 def test_registered_names():
     from sing_audit.host import create_registry
-    from sing_audit.builtins.hf_transformers import TransformersBackbone
+    from sing_audit_huggingface.transformers_backbone import TransformersBackbone
 
     registry = create_registry()
     assert registry.get("backbone", "torch_module").factory is TorchModuleBackbone

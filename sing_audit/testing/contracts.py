@@ -13,7 +13,7 @@ contract raises ``AssertionError`` with a message that says what is wrong.
 Example (runnable: random weights at 32 px, a few seconds on a CPU, no network)::
 
     >>> import torch
-    >>> from sing_audit.builtins.timm_backbone import TimmBackbone
+    >>> from sing_audit_timm.backbone import TimmBackbone
     >>> from sing_audit.testing import check_backbone
     >>> backbone = TimmBackbone({"model": "resnet18", "weights": "random", "img_size": 32})
     >>> backbone.load("cpu")

@@ -55,6 +55,8 @@ from pydantic import Field, field_validator
 from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
 from sing_audit.errors import ConfigError, HeadError, WeightsError, exception_summary
 from sing_audit.hookspecs import hookimpl
+from sing_audit.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from sing_audit.transforms import resize_crop_transform
 from sing_audit.weights import (
     ResolvedWeights,
     file_digest,
@@ -65,11 +67,10 @@ from sing_audit.weights import (
     state_dict_digest,
 )
 
+from .backbone import TimmBackbone
+from .classes import imagenet_class_info
+
 __all__ = ["LAYOUTS", "DinoViTBackbone", "Layout", "official_head_url", "read_linear_head"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass(frozen=True)
 class Layout:
@@ -304,8 +305,6 @@ class DinoViTBackbone(ImageBackbone):
             name = self._pretrained_name()
             self._check_pretrained_is_dino(name)
             if hub_offline():
-                from sing_audit.builtins.timm_backbone import TimmBackbone
-
                 TimmBackbone({"model": name, "weights": "pretrained"})  # raises when not in the local cache
 
     def _pretrained_name(self) -> str:
@@ -635,14 +634,7 @@ class DinoViTBackbone(ImageBackbone):
         }
 
     def transform(self) -> Callable[[Any], Any]:
-        from torchvision import transforms as T
-
-        return T.Compose([
-            T.Resize(self.resize_size(), interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(self.options.img_size),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        return resize_crop_transform(self.resize_size(), self.options.img_size, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
 
     # ------------------------------------------------------------------ forward
 
@@ -708,8 +700,6 @@ class DinoViTBackbone(ImageBackbone):
 
     def head(self) -> LinearHead:
         import torch
-
-        from sing_audit.builtins.timm_backbone import imagenet_class_info
 
         self._require_model()
         weight = self.linear.weight.detach()

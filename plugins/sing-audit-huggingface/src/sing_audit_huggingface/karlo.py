@@ -38,13 +38,14 @@ from pydantic import Field
 from sing_audit.components import ImageTarget, TextTargetOptions
 from sing_audit.errors import WeightsError, exception_summary
 from sing_audit.hookspecs import hookimpl
-from sing_audit.builtins.hf_transformers import ProcessorTransform
 from sing_audit.weights import (
     file_digest,
     hub_cached_file,
     hub_offline,
     state_dict_digest,
 )
+
+from .transformers_backbone import ProcessorTransform
 
 __all__ = [
     "KARLO_REPO",

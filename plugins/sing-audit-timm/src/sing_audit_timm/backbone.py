@@ -18,7 +18,6 @@ that are not in the local cache fail there, before any model is built.
 from __future__ import annotations
 
 import difflib
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,14 @@ from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
 from sing_audit.errors import ConfigError, HeadError, WeightsError, exception_summary
 from sing_audit.heads import (
     FoldedHead,
+    HeadFolders,
     fold_head,
     head_features,
     head_modules,
     probe_shared_input,
 )
 from sing_audit.hookspecs import hookimpl
+from sing_audit.host import BuildContext
 from sing_audit.store import jsonable
 from sing_audit.weights import (
     ResolvedWeights,
@@ -50,31 +51,12 @@ from sing_audit.weights import (
     weights_description,
 )
 
-__all__ = ["TimmBackbone", "imagenet_class_info"]
+from .classes import imagenet_class_info
+from .heads import TIMM_HEAD_FOLDERS
+
+__all__ = ["TimmBackbone"]
 
 _SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
-
-
-
-
-@functools.lru_cache(maxsize=8)
-def imagenet_class_info(num_classes: int) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """``(synsets, readable names)`` for an ImageNet-sized head, else ``None``.
-
-    Readable names are the first comma-separated part of timm's description
-    (``"tench, Tinca tinca"`` -> ``"tench"``).
-    """
-    from timm.data import ImageNetInfo, infer_imagenet_subset
-
-    subset = infer_imagenet_subset({"num_classes": num_classes})
-    if subset is None:
-        return None
-    info = ImageNetInfo(subset)
-    if info.num_classes() != num_classes:
-        return None
-    keys = tuple(info.index_to_label_name(i) for i in range(num_classes))
-    names = tuple(info.index_to_description(i).split(",")[0].strip() for i in range(num_classes))
-    return keys, names
 
 
 class TimmBackbone(ImageBackbone):
@@ -93,7 +75,7 @@ class TimmBackbone(ImageBackbone):
 
     plugin_name = "timm"
 
-    def __init__(self, options: TimmBackbone.Options | dict[str, Any]) -> None:
+    def __init__(self, options: TimmBackbone.Options | dict[str, Any], context: BuildContext | None = None) -> None:
         if not isinstance(options, self.Options):
             options = self.Options.model_validate(options)
         self.options = options
@@ -106,6 +88,8 @@ class TimmBackbone(ImageBackbone):
         self._resolved_tag: str | None = None
         self._folded: FoldedHead | None = None
         self._folder_cfgs: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {}
+        # timm's own head modules, and whatever other plugins registered (those win)
+        self.head_folders: HeadFolders = {**TIMM_HEAD_FOLDERS, **(context.registry.head_folders() if context else {})}
         self.validate()
 
     # ------------------------------------------------------------------ validation (no network, no model)
@@ -543,7 +527,7 @@ class TimmBackbone(ImageBackbone):
                 raise HeadError(f"model {name!r} is in training mode; its head is folded in eval mode only")
             try:
                 shared = probe_shared_input(model, clf, self._probe_images()) if len(modules) > 1 else None
-                self._folded = fold_head(clf, shared_input=shared)
+                self._folded = fold_head(clf, shared_input=shared, folders=self.head_folders)
             except HeadError as exc:
                 raise HeadError(
                     f"model {name!r}: {exc}. Audit a model whose head is affine, or export its features and an "

@@ -15,8 +15,9 @@ from safetensors.torch import save_file
 
 from sing_audit.components import ImageBackbone, LinearHead
 from sing_audit.errors import ConfigError, HeadError, WeightsError
-from sing_audit.builtins import timm_backbone as tb
-from sing_audit.builtins.timm_backbone import TimmBackbone, imagenet_class_info
+from sing_audit_timm import backbone as tb
+from sing_audit_timm.backbone import TimmBackbone
+from sing_audit_timm.classes import imagenet_class_info
 from sing_audit.weights import file_digest, state_dict_digest
 
 SIZE = 32
@@ -376,7 +377,7 @@ def test_hub_folder_runs_an_audit_end_to_end(vit_files, tmp_path, capsys):
 
     from sing_audit.cli import main
 
-    from .conftest import image_folder_audit
+    from sing_audit.testing import image_folder_audit
 
     shutil.copytree(vit_files / "hub_safetensors", tmp_path / "models" / "vit")
     cfg = image_folder_audit(tmp_path, [{"name": "vit", "plugin": "timm", "model": "vit_tiny_patch16_224", "weights": "models/vit"}])
@@ -389,7 +390,7 @@ def test_hub_folder_runs_an_audit_end_to_end(vit_files, tmp_path, capsys):
 def test_offline_uncached_config_exits_2_before_building(tmp_path, offline, empty_hub_cache, capsys, monkeypatch):
     from sing_audit.cli import main
 
-    from .conftest import write_config
+    from sing_audit.testing import write_config
 
     def no_load(self, device):
         raise AssertionError("load() reached although validation should have failed")

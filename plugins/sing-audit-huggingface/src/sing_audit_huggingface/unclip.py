@@ -25,7 +25,9 @@ from pydantic import Field
 
 from sing_audit.errors import WeightsError
 from sing_audit.hookspecs import hookimpl
-from sing_audit.builtins.karlo import (
+from sing_audit.visualize import Visualizer, VisualizerOptions
+
+from .karlo import (
     KARLO_REPO,
     PIPELINE_PARTS,
     KarloSource,
@@ -35,7 +37,6 @@ from sing_audit.builtins.karlo import (
     parts_digest,
     resolve_karlo_source,
 )
-from sing_audit.visualize import Visualizer, VisualizerOptions
 
 __all__ = ["UnclipVisualizer"]
 

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from sing_audit.components import ImageTarget
 from sing_audit.errors import ConfigError, WeightsError
-from sing_audit.builtins import open_clip_target as oct_module
-from sing_audit.builtins.open_clip_target import OpenClipTarget
+from sing_audit_open_clip import target as oct_module
+from sing_audit_open_clip.target import OpenClipTarget
 from sing_audit.weights import file_digest, state_dict_digest
 
 # The smallest CLIP config open_clip 3.3.0 ships (ViT-S/32 image tower, 256-d embeddings).
