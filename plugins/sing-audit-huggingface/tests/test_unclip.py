@@ -10,10 +10,24 @@ import pytest
 
 from sing_audit.errors import ConfigError, WeightsError
 
-from sing_audit.testing import image_folder_audit
+from sing_audit.synthetic import write_scenario
+from sing_audit.testing import image_folder_audit, synthetic_audit
 from unclip_fixtures import EMBED_DIM, IMAGE_SIZE, build_tiny_karlo
 
 STEPS = {"decoder_steps": 2, "super_res_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def scenario_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenario")
+    write_scenario(folder)
+    return folder
+
+
+@pytest.fixture
+def synthetic_config(tmp_path, scenario_dir):
+    """A function: extra keys -> path of a config auditing the synthetic scenario."""
+    return lambda **extra: synthetic_audit(tmp_path, scenario_dir, **extra)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ from torch import nn
 
 from sing_audit.errors import ConfigError, HeadError, WeightsError
 from sing_audit.extraction import check_head_reproduces_logits
-from sing_audit_timm.dino_vit import LAYOUTS, DinoViTBackbone, official_head_url
+from sing_audit_timm.dino_layouts import LAYOUTS, official_head_url
+from sing_audit_timm.dino_vit import DinoViTBackbone
 from sing_audit.testing import check_backbone
 from sing_audit.weights import file_digest
 
