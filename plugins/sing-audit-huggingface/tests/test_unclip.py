@@ -162,7 +162,8 @@ def test_a_cached_hub_repository_loads_offline_and_a_revision_not_cached_is_refu
     import huggingface_hub.constants
     import torch
 
-    from sing_audit_huggingface.karlo import TARGET_PARTS, KarloTarget
+    from sing_audit_huggingface.karlo import KarloTarget
+    from sing_audit_huggingface.karlo_source import TARGET_PARTS
 
     commit = "a" * 40
     _fake_hub_cache(tmp_path / "hub", "sing-test/karlo-tiny", karlo_dir, TARGET_PARTS, commit)

@@ -27,11 +27,11 @@ from sing_audit.errors import WeightsError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.visualize import Visualizer, VisualizerOptions
 
-from .karlo import (
+from .karlo import KarloTarget
+from .karlo_source import (
     KARLO_REPO,
     PIPELINE_PARTS,
     KarloSource,
-    KarloTarget,
     load_clip_parts,
     load_part,
     parts_digest,
