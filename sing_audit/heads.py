@@ -29,8 +29,8 @@ any other module. A plugin teaches the folder a new module type through the
 ``register_head_folders`` hook (the timm family registers timm's ``Linear`` and LeViT's
 ``NormLinear``); the folders reach :func:`affine_of` and :func:`fold_head` as ``folders``.
 
-The features are read where the head reads them: :func:`head_inputs` puts forward
-pre-hooks on the head module(s) and runs the model, so ``features`` is by construction
+The features are read where the head reads them (:mod:`sing_audit.head_inputs`): forward
+pre-hooks on the head module(s) while the model runs, so ``features`` is by construction
 the head's real input (VGG's 4096-d pre-logits MLP output, not its 512-d
 ``num_features``).
 """
@@ -52,11 +52,8 @@ __all__ = [
     "affine_of",
     "compose",
     "fold_head",
-    "head_features",
-    "head_inputs",
     "head_modules",
     "linear_affine",
-    "probe_shared_input",
     "type_path",
 ]
 
@@ -293,68 +290,6 @@ def head_modules(classifier) -> tuple[Any, ...]:
     return (classifier,)
 
 
-def head_inputs(model, modules: Sequence[Any], images) -> tuple[list[Any], Any]:
-    """Run ``model(images)`` with forward pre-hooks on ``modules``.
-
-    Returns ``(inputs, output)``: the first positional input each module received, in
-    the order of ``modules``. A module that is never called, or called more than once,
-    raises :class:`HeadError` (its input would not be one feature vector per image).
-    """
-    import torch
-
-    seen: list[list[Any]] = [[] for _ in modules]
-    handles = []
-
-    def make_hook(i):
-        def hook(_module, args):
-            if not args or not isinstance(args[0], torch.Tensor):
-                raise HeadError(f"head module {type(modules[i]).__name__} was called without a tensor input")
-            seen[i].append(args[0])
-
-        return hook
-
-    try:
-        for i, m in enumerate(modules):
-            handles.append(m.register_forward_pre_hook(make_hook(i)))
-        with torch.no_grad():
-            output = model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    for m, calls in zip(modules, seen):
-        if len(calls) != 1:
-            what = "never called" if not calls else f"called {len(calls)} times"
-            raise HeadError(
-                f"head module {type(m).__name__} was {what} in one forward pass, so its input is not one feature "
-                "vector per image; the model does not use get_classifier()'s module as its final layer"
-            )
-    return [calls[0] for calls in seen], output
-
-
-def _flatten_input(x, conv: bool, module) -> Any:
-    b = x.shape[0]
-    if conv:
-        if x.ndim != 4 or tuple(x.shape[2:]) != (1, 1):
-            raise HeadError(
-                f"the 1×1 convolution head reads a map of shape {tuple(x.shape[1:])}, not a pooled C×1×1 vector: "
-                "its logits are per position, not one affine map of one feature vector"
-            )
-        return x.reshape(b, -1)
-    if x.ndim != 2:
-        raise HeadError(
-            f"the head {type(module).__name__} reads an input of shape {tuple(x.shape)}, not batch × features "
-            "(it is applied per token or position and pooled afterwards), so its input is not one feature vector"
-        )
-    return x
-
-
-def _same(tensors: Sequence[Any]) -> bool:
-    import torch
-
-    first = tensors[0]
-    return all(t is first or (t.shape == first.shape and torch.equal(t, first)) for t in tensors[1:])
-
-
 def fold_head(classifier, *, shared_input: bool | None = None, folders: HeadFolders | None = None) -> FoldedHead:
     """Fold a head module, or a tuple of them whose logits are averaged, into one affine map.
 
@@ -362,7 +297,7 @@ def fold_head(classifier, *, shared_input: bool | None = None, folders: HeadFold
     :param shared_input: for a tuple, whether every head reads the same tensor (then the
         features are that tensor and ``W`` the mean of the heads' weights) or each its own
         (then the features are the concatenation and ``W = [W_1/k, …, W_k/k]``). Required
-        for a tuple; :func:`head_features` finds it from one forward pass.
+        for a tuple; :func:`sing_audit.head_inputs.probe_shared_input` finds it from one forward pass.
     :param folders: plugins' head folders, as for :func:`affine_of`.
     """
     import torch
@@ -394,7 +329,7 @@ def fold_head(classifier, *, shared_input: bool | None = None, folders: HeadFold
             conv_input=(f.conv,),
         )
     if shared_input is None:
-        raise HeadError("a pair of heads needs shared_input: do both read the same tensor? (see head_features)")
+        raise HeadError("a pair of heads needs shared_input: do both read the same tensor? (see sing_audit.head_inputs.probe_shared_input)")
     classes = {int(f.weight.shape[0]) for f in folds}
     if len(classes) != 1:
         raise HeadError(f"the heads of the pair give different numbers of classes ({sorted(classes)}); they cannot be averaged")
@@ -420,35 +355,3 @@ def fold_head(classifier, *, shared_input: bool | None = None, folders: HeadFold
         description=desc,
         conv_input=tuple(f.conv for f in folds),
     )
-
-
-def head_features(model, head: FoldedHead, images):
-    """``(features, logits)`` of ``images``: exactly what the folded ``head`` consumes, and the model's output.
-
-    One forward pass of ``model`` with pre-hooks on ``head.modules``; each input is
-    flattened (a 1×1 convolution's ``B×C×1×1`` to ``B×C``) and, for a pair of heads on
-    their own tensors, concatenated in order.
-    """
-    import torch
-
-    inputs, output = head_inputs(model, head.modules, images)
-    convs = head.conv_input or (False,) * len(inputs)
-    flat = [_flatten_input(x, c, m) for x, c, m in zip(inputs, convs, head.modules)]
-    if len(flat) == 1 or head.shared_input:
-        if len(flat) > 1 and not _same(inputs):
-            raise HeadError("the heads of the pair were folded as reading one tensor, but they read different ones")
-        f = flat[0]
-    else:
-        f = torch.cat(flat, dim=1)
-    if f.shape[1] != head.num_features:
-        raise HeadError(f"the head reads {f.shape[1]} features but its folded weight has {head.num_features} columns")
-    return f, output
-
-
-def probe_shared_input(model, classifier, images) -> bool:
-    """Whether every module of a tuple head reads the same tensor (one forward pass)."""
-    modules = head_modules(classifier)
-    if len(modules) == 1:
-        return True
-    inputs, _ = head_inputs(model, modules, images)
-    return _same(inputs)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from sing_audit.components import ImageBackbone, LinearHead
 from sing_audit.errors import ConfigError, HeadError
-from sing_audit.heads import HeadFolders, affine_of, head_inputs
+from sing_audit.head_inputs import head_inputs
+from sing_audit.heads import HeadFolders, affine_of
 from sing_audit.host import BuildContext
 from sing_audit.imagenet import imagenet_class_info
 from sing_audit.weights import ResolvedWeights

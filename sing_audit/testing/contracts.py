@@ -178,7 +178,8 @@ def check_features_are_head_input(backbone, images, head_module, features=None, 
     """
     import torch
 
-    from sing_audit.heads import head_inputs, head_modules
+    from sing_audit.head_inputs import head_inputs
+    from sing_audit.heads import head_modules
 
     modules = head_modules(head_module)
     inputs, logits = head_inputs(lambda x: backbone.logits(x), modules, images)

@@ -24,7 +24,8 @@ from pydantic import Field
 
 from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
 from sing_audit.errors import ConfigError, WeightsError, exception_summary
-from sing_audit.heads import FoldedHead, HeadFolders, head_features
+from sing_audit.head_inputs import head_features
+from sing_audit.heads import FoldedHead, HeadFolders
 from sing_audit.hookspecs import hookimpl
 from sing_audit.host import BuildContext
 from sing_audit.store import jsonable

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from sing_audit.errors import HeadError
+from sing_audit.head_inputs import probe_shared_input
 from sing_audit.heads import (
     Affine,
     FoldedHead,
@@ -24,7 +25,6 @@ from sing_audit.heads import (
     fold_head,
     head_modules,
     linear_affine,
-    probe_shared_input,
 )
 from sing_audit.hookspecs import hookimpl
 
