@@ -367,3 +367,16 @@ def test_karlo_transform_survives_pickling_for_spawned_workers(target):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
     again = pickle.loads(pickle.dumps(target.transform()))
     assert torch.equal(again(image), target.transform()(image))
+
+
+def test_the_family_registers_its_components_through_its_entry_points():
+    from sing_audit.host import create_registry
+    from sing_audit_huggingface.karlo import KarloTarget
+    from sing_audit_huggingface.transformers_backbone import TransformersBackbone
+    from sing_audit_huggingface.unclip import UnclipVisualizer
+
+    registry = create_registry()
+    for kind, name, factory in [("backbone", "transformers", TransformersBackbone), ("target", "karlo", KarloTarget),
+                                ("visualizer", "unclip", UnclipVisualizer)]:
+        entry = registry.get(kind, name)
+        assert entry.factory is factory and entry.package.startswith("sing-audit-huggingface "), (kind, name)

@@ -250,3 +250,10 @@ def test_registration():
     registered = {}
     oct_module.register_targets(register=lambda name, factory: registered.setdefault(name, factory))
     assert registered == {"open_clip": OpenClipTarget}
+
+
+def test_the_family_registers_its_target_through_its_entry_point():
+    from sing_audit.host import create_registry
+
+    entry = create_registry().get("target", "open_clip")
+    assert entry.factory is OpenClipTarget and entry.package.startswith("sing-audit-open-clip ")

@@ -619,8 +619,35 @@ def test_imagenet_class_info():
     assert big is not None and len(big[0]) == 21843 and all(k.startswith("n") for k in big[0][:10])
 
 
+def test_core_imagenet_table_is_timms():
+    """The core's ImageNet-1k table (no timm needed) holds what timm gives, class for class."""
+    from timm.data import ImageNetInfo
+
+    from sing_audit import imagenet
+
+    info = ImageNetInfo("imagenet-1k")
+    keys, descriptions = imagenet.imagenet_descriptions()
+    assert keys == tuple(info.index_to_label_name(i) for i in range(1000))
+    assert descriptions == tuple(info.index_to_description(i) for i in range(1000))
+    assert imagenet.imagenet_class_info(1000) == imagenet_class_info(1000)
+
+
 def test_registration():
     registered = {}
     tb.register_backbones(register=lambda name, factory: registered.setdefault(name, factory))
     assert registered == {"timm": TimmBackbone}
+
+
+def test_the_family_registers_its_components_and_head_folders():
+    """Through its entry points: the backbones and timm's head folders, each from this distribution."""
+    from timm.layers.linear import Linear as TimmLinear
+    from timm.models.levit import NormLinear
+
+    from sing_audit.heads import type_path
+    from sing_audit.host import create_registry
+
+    registry = create_registry()
+    for kind, name in [("backbone", "timm"), ("backbone", "dino_vit"), ("head_folder", type_path(TimmLinear)),
+                       ("head_folder", type_path(NormLinear))]:
+        assert registry.get(kind, name).package.startswith("sing-audit-timm "), (kind, name)
     assert hasattr(TimmBackbone, "Options")
