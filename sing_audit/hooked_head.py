@@ -10,13 +10,13 @@ factory, a Hugging Face ``AutoModelForImageClassification``): subclass
 
 from __future__ import annotations
 
-from sing_audit.components import ImageBackbone, LinearHead
-from sing_audit.errors import ConfigError, HeadError
-from sing_audit.head_inputs import head_inputs
-from sing_audit.heads import HeadFolders, affine_of
-from sing_audit.host import BuildContext
-from sing_audit.imagenet import imagenet_class_info
-from sing_audit.weights import ResolvedWeights
+from .components import ImageBackbone, LinearHead
+from .errors import ConfigError, HeadError
+from .head_inputs import head_inputs
+from .heads import HeadFolders, affine_of
+from .host import BuildContext
+from .imagenet import imagenet_class_info
+from .weights import ResolvedWeights
 
 __all__ = ["HookedHeadBackbone", "find_head_layer", "linear_head_from"]
 
