@@ -42,6 +42,7 @@ __all__ = [
     "LayoutName",
     "check_pretrained_is_dino",
     "choose_layout",
+    "find_head_file",
     "layout_from_head_key",
     "linear_from_head",
     "random_linear",
@@ -134,6 +135,29 @@ def read_linear_head(path: Path, head_key: str | None = None):
     if not weight.dtype.is_floating_point:
         raise WeightsError(f"head file {path}: {prefix}weight has dtype {weight.dtype}, not a floating-point type")
     return weight, bias, prefix.rstrip(".")
+
+
+def find_head_file(spec: str, base_dir: Path | None) -> Path:
+    """The linear head file ``spec`` names (relative paths from the config's folder ``base_dir``);
+    a :class:`WeightsError` when it is missing or ``pretrained`` (heads are never downloaded)."""
+    if spec.lower() == "pretrained":
+        raise WeightsError(
+            "dino_vit does not download linear heads: download the head of your model from the project "
+            "(e.g. https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_linear4_head.pth or "
+            "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_linearweights.pth) "
+            "and set head: <path to the file>"
+        )
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = (Path(base_dir) if base_dir is not None else Path.cwd()) / path
+    path = path.resolve()
+    if not path.is_file():
+        where = " (relative paths are taken from the config file's folder)" if base_dir else ""
+        raise WeightsError(
+            f"linear head file not found: {path}{where}; a DINO backbone has no classifier of its own, so "
+            "head must name the project's published linear head (or random, for pipeline checks only)"
+        )
+    return path
 
 
 def linear_from_head(weight, bias):

@@ -52,6 +52,7 @@ from .dino_layouts import (
     LayoutName,
     check_pretrained_is_dino,
     choose_layout,
+    find_head_file,
     linear_from_head,
     random_linear,
     read_linear_head,
@@ -170,25 +171,7 @@ class DinoViTBackbone(ImageBackbone):
         if self.random_head:
             return None
         if self._head_path is None:
-            spec = self.options.head
-            if spec.lower() == "pretrained":
-                raise WeightsError(
-                    "dino_vit does not download linear heads: download the head of your model from the project "
-                    "(e.g. https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_linear4_head.pth or "
-                    "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_linearweights.pth) "
-                    "and set head: <path to the file>"
-                )
-            path = Path(spec).expanduser()
-            if not path.is_absolute():
-                path = (Path(self.options.base_dir) if self.options.base_dir is not None else Path.cwd()) / path
-            path = path.resolve()
-            if not path.is_file():
-                where = " (relative paths are taken from the config file's folder)" if self.options.base_dir else ""
-                raise WeightsError(
-                    f"linear head file not found: {path}{where}; a DINO backbone has no classifier of its own, so "
-                    "head must name the project's published linear head (or random, for pipeline checks only)"
-                )
-            self._head_path = path
+            self._head_path = find_head_file(self.options.head, self.options.base_dir)
         return self._head_path
 
     def _head(self):
