@@ -320,7 +320,7 @@ def bench_steering(n: int = 10_000, k: int = 1_000, autograd_prompts: int = 4) -
 
 
 class _TimingLog:
-    """Collects the ``extraction_timing`` that :func:`sing_audit.extraction.extract` logs."""
+    """Collects the ``extraction_timing`` that :func:`sing_audit.pipeline.extraction.extract` logs."""
 
     def __init__(self):
         import logging

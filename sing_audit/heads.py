@@ -1,20 +1,18 @@
 """Reading a classifier head as one affine map ``logits = W f + b``, and finding its ``f``.
 
-Pure torch → numpy helpers, used by model plugins (the ``timm`` backbone) and by
-:mod:`sing_audit.testing`. No I/O, no config.
+Pure torch → numpy helpers, used by model plugins (the ``timm`` backbone, the hooked-head
+backbones) and by :mod:`sing_audit.testing`. No I/O, no config.
 
 What folds (everything in float64, from the stored parameters):
 
-- ``nn.Linear`` (and timm's ``timm.layers.Linear``, whose ``forward`` only adds a
-  TorchScript dtype cast) → ``(W, b)``.
+- ``nn.Linear`` → ``(W, b)``.
 - a 1×1 ``nn.Conv2d`` with ``groups=1`` and no padding (BiT's head), applied to a pooled
   ``B×C×1×1`` map → the flattened ``(W[:, :, 0, 0], b)``.
 - an eval-mode ``nn.BatchNorm1d`` with running statistics → ``diag(γ/√(σ²+ε))`` and
   ``β − μ γ/√(σ²+ε)``; ``Dropout`` (eval), ``Identity`` and ``Flatten`` → the identity.
 - a chain of the above: ``nn.Sequential`` (and subclasses that keep its ``forward``, such
-  as the ``NormLinear`` heads of timm's RepViT/EfficientViT-MSRA/SHViT/iFormer) and
-  LeViT's ``NormLinear`` module (``linear(drop(bn(x)))``) → the composition, e.g.
-  ``W_lin diag(s)`` and ``W_lin t + b_lin`` for BatchNorm + Linear.
+  as the ``NormLinear`` heads of timm's RepViT/EfficientViT-MSRA/SHViT/iFormer) → the
+  composition, e.g. ``W_lin diag(s)`` and ``W_lin t + b_lin`` for BatchNorm + Linear.
 - a pair (tuple) of heads, as timm's distilled models return from ``get_classifier()``
   (DeiT distilled, LeViT, EfficientFormer, PiT, SwiftFormer): at inference timm returns
   the *mean* of the heads' logits (``(head(x) + head_dist(x_dist)) / 2``; the separate pair
@@ -27,18 +25,19 @@ What does not fold, with a :class:`~sing_audit.errors.HeadError` naming the modu
 normalisation layers that use each input's own statistics (LayerNorm, GroupNorm, RMSNorm:
 a cosine classifier normalises its input), BatchNorm in training mode or without running
 statistics, ``nn.Linear`` subclasses with their own ``forward`` (they may normalise), and
-any other module. :func:`register_head_folder` teaches the folder a new module type.
+any other module. A plugin teaches the folder a new module type through the
+``register_head_folders`` hook (the timm family registers timm's ``Linear`` and LeViT's
+``NormLinear``); the folders reach :func:`affine_of` and :func:`fold_head` as ``folders``.
 
-The features are read where the head reads them: :func:`head_inputs` puts forward
-pre-hooks on the head module(s) and runs the model, so ``features`` is by construction
+The features are read where the head reads them (:mod:`sing_audit.head_inputs`): forward
+pre-hooks on the head module(s) while the model runs, so ``features`` is by construction
 the head's real input (VGG's 4096-d pre-logits MLP output, not its 512-d
 ``num_features``).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,13 +48,13 @@ from .errors import HeadError
 __all__ = [
     "Affine",
     "FoldedHead",
+    "HeadFolders",
     "affine_of",
+    "compose",
     "fold_head",
-    "head_features",
-    "head_inputs",
     "head_modules",
-    "probe_shared_input",
-    "register_head_folder",
+    "linear_affine",
+    "type_path",
 ]
 
 
@@ -108,16 +107,26 @@ class FoldedHead:
 
 # --------------------------------------------------------------------------- single modules
 
-_FOLDERS: list[tuple[type, Callable[[Any], Affine]]] = []
+#: dotted type path (``module.QualName``) -> ``folder(module) -> Affine``; what the
+#: ``register_head_folders`` hook collects (:meth:`sing_audit.host.Registry.head_folders`)
+HeadFolders = Mapping[str, Callable[[Any], Affine]]
 
 
-def register_head_folder(module_type: type, folder: Callable[[Any], Affine]) -> None:
-    """Teach :func:`affine_of` a module type: ``folder(module) -> Affine``.
+def type_path(cls: type) -> str:
+    """The name a head folder is registered under: ``cls.__module__ + "." + cls.__qualname__``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
-    Use it for a custom head that *is* affine (the checks in :mod:`sing_audit.testing`
-    then verify that its logits equal ``f Wᵀ + b``). Later registrations win.
-    """
-    _FOLDERS.insert(0, (module_type, folder))
+
+def _registered_folder(module, folders: HeadFolders | None) -> Callable[[Any], Affine] | None:
+    """The folder registered for the module's type or its nearest base class (by name, so
+    the library that defines the type is never imported to look it up)."""
+    if not folders:
+        return None
+    for cls in type(module).__mro__:
+        folder = folders.get(type_path(cls))
+        if folder is not None:
+            return folder
+    return None
 
 
 def _eps(t) -> float:
@@ -130,19 +139,6 @@ def _f64(t):
     import torch
 
     return t.detach().to("cpu", torch.float64)
-
-
-def _linear_forwards() -> tuple:
-    from torch import nn
-
-    forwards = [nn.Linear.forward]
-    try:  # timm's Linear only casts dtypes under TorchScript
-        from timm.layers.linear import Linear as TimmLinear
-
-        forwards.append(TimmLinear.forward)
-    except ImportError:  # pragma: no cover - timm is a dependency
-        pass
-    return tuple(forwards)
 
 
 def _is_normaliser(module) -> bool:
@@ -159,8 +155,9 @@ def _is_normaliser(module) -> bool:
     return any(k in name for k in ("layernorm", "rmsnorm", "groupnorm", "l2norm", "normalize"))
 
 
-def _compose(parts: Sequence[Affine], kind: str) -> Affine:
-    """``parts`` applied in order (first to the input)."""
+def compose(parts: Sequence[Affine], kind: str) -> Affine:
+    """``parts`` applied in order (first to the input), as one :class:`Affine` (for a
+    folder of a module that chains standard layers)."""
     import torch
 
     weight = None
@@ -195,26 +192,38 @@ def _compose(parts: Sequence[Affine], kind: str) -> Affine:
     return Affine(weight, bias, eps or float(np.finfo(np.float32).eps), kind, conv)
 
 
-def affine_of(module) -> Affine:
-    """Fold one head module into an :class:`Affine`, or raise :class:`HeadError` saying why not."""
+def linear_affine(module) -> Affine:
+    """The affine map of an ``nn.Linear`` (or a subclass whose ``forward`` is known to be
+    ``x Wᵀ + b``: a head folder for such a subclass returns this)."""
+    import torch
+
+    w = _f64(module.weight)
+    b = _f64(module.bias) if module.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    return Affine(w, b, _eps(module.weight), "Linear")
+
+
+def affine_of(module, folders: HeadFolders | None = None) -> Affine:
+    """Fold one head module into an :class:`Affine`, or raise :class:`HeadError` saying why not.
+
+    :param folders: head folders registered by plugins (``register_head_folders``), tried
+        first, for the module's type and then its base classes.
+    """
     import torch
     from torch import nn
 
     name = type(module).__name__
-    _register_timm_folders()
-    for mtype, folder in _FOLDERS:
-        if isinstance(module, mtype):
-            return folder(module)
+    folder = _registered_folder(module, folders)
+    if folder is not None:
+        return folder(module)
     if isinstance(module, nn.Linear):
-        if type(module).forward not in _linear_forwards():
+        if type(module).forward is not nn.Linear.forward:
             raise HeadError(
                 f"the head is a {name}, a subclass of nn.Linear with its own forward(): sing-audit cannot tell "
                 "whether it is affine (a cosine classifier, for one, normalises its input and weights, so its "
-                "logits are not W f + b); if it is affine, fold it with sing_audit.heads.register_head_folder"
+                "logits are not W f + b); if it is affine, register a folder for it with the "
+                "register_head_folders hook"
             )
-        w = _f64(module.weight)
-        b = _f64(module.bias) if module.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-        return Affine(w, b, _eps(module.weight), "Linear")
+        return linear_affine(module)
     if isinstance(module, nn.Conv2d):
         pad = module.padding
         no_pad = pad == "valid" if isinstance(pad, str) else all(int(p) == 0 for p in pad)
@@ -254,9 +263,9 @@ def affine_of(module) -> Affine:
     if isinstance(module, (nn.Identity, nn.Flatten)):
         return Affine(None, None, 0.0, name)
     if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-        parts = [affine_of(child) for child in module]
+        parts = [affine_of(child, folders) for child in module]
         kinds = "+".join(p.kind for p in parts if not p.is_identity) or "Identity"
-        return _compose(parts, f"{name}({kinds})")
+        return compose(parts, f"{name}({kinds})")
     if _is_normaliser(module):
         raise HeadError(
             f"the head contains a {name}, which normalises each input by its own statistics: the logits are not "
@@ -266,34 +275,9 @@ def affine_of(module) -> Affine:
     raise HeadError(
         f"the head is a {name}, which sing-audit cannot read as an affine map (it folds Linear, 1×1 Conv2d, "
         "eval-mode BatchNorm1d + Linear chains and distilled pairs); a head that normalises its input (a cosine "
-        "classifier) or is not affine has no exact null space. If it is affine, register a folder with "
-        "sing_audit.heads.register_head_folder"
+        "classifier) or is not affine has no exact null space. If it is affine, register a folder for it with "
+        "the register_head_folders hook"
     )
-
-
-def _levit_norm_linear(module) -> Affine:
-    parts = [affine_of(module.bn), affine_of(module.drop), affine_of(module.linear)]
-    return _compose(parts, "NormLinear(BatchNorm1d+Linear)")
-
-
-_TIMM_FOLDERS = False
-
-
-def _register_timm_folders() -> None:
-    """Teach :func:`affine_of` timm's own head modules — once timm is imported: a module
-    of timm cannot exist before that, and importing timm costs seconds that commands
-    without a timm model (``plugins``, ``report``, precomputed audits) should not pay.
-    Appended, so a user's registration for the same type still wins."""
-    global _TIMM_FOLDERS
-    if _TIMM_FOLDERS or "timm" not in sys.modules:
-        return
-    _TIMM_FOLDERS = True
-    try:
-        from timm.models.levit import NormLinear as LevitNormLinear
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return
-    # timm 1.0.x: ``forward(x) = self.linear(self.drop(self.bn(x)))``
-    _FOLDERS.append((LevitNormLinear, _levit_norm_linear))
 
 
 # --------------------------------------------------------------------------- whole heads
@@ -306,76 +290,15 @@ def head_modules(classifier) -> tuple[Any, ...]:
     return (classifier,)
 
 
-def head_inputs(model, modules: Sequence[Any], images) -> tuple[list[Any], Any]:
-    """Run ``model(images)`` with forward pre-hooks on ``modules``.
-
-    Returns ``(inputs, output)``: the first positional input each module received, in
-    the order of ``modules``. A module that is never called, or called more than once,
-    raises :class:`HeadError` (its input would not be one feature vector per image).
-    """
-    import torch
-
-    seen: list[list[Any]] = [[] for _ in modules]
-    handles = []
-
-    def make_hook(i):
-        def hook(_module, args):
-            if not args or not isinstance(args[0], torch.Tensor):
-                raise HeadError(f"head module {type(modules[i]).__name__} was called without a tensor input")
-            seen[i].append(args[0])
-
-        return hook
-
-    try:
-        for i, m in enumerate(modules):
-            handles.append(m.register_forward_pre_hook(make_hook(i)))
-        with torch.no_grad():
-            output = model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    for m, calls in zip(modules, seen):
-        if len(calls) != 1:
-            what = "never called" if not calls else f"called {len(calls)} times"
-            raise HeadError(
-                f"head module {type(m).__name__} was {what} in one forward pass, so its input is not one feature "
-                "vector per image; the model does not use get_classifier()'s module as its final layer"
-            )
-    return [calls[0] for calls in seen], output
-
-
-def _flatten_input(x, conv: bool, module) -> Any:
-    b = x.shape[0]
-    if conv:
-        if x.ndim != 4 or tuple(x.shape[2:]) != (1, 1):
-            raise HeadError(
-                f"the 1×1 convolution head reads a map of shape {tuple(x.shape[1:])}, not a pooled C×1×1 vector: "
-                "its logits are per position, not one affine map of one feature vector"
-            )
-        return x.reshape(b, -1)
-    if x.ndim != 2:
-        raise HeadError(
-            f"the head {type(module).__name__} reads an input of shape {tuple(x.shape)}, not batch × features "
-            "(it is applied per token or position and pooled afterwards), so its input is not one feature vector"
-        )
-    return x
-
-
-def _same(tensors: Sequence[Any]) -> bool:
-    import torch
-
-    first = tensors[0]
-    return all(t is first or (t.shape == first.shape and torch.equal(t, first)) for t in tensors[1:])
-
-
-def fold_head(classifier, *, shared_input: bool | None = None) -> FoldedHead:
+def fold_head(classifier, *, shared_input: bool | None = None, folders: HeadFolders | None = None) -> FoldedHead:
     """Fold a head module, or a tuple of them whose logits are averaged, into one affine map.
 
     :param classifier: what ``model.get_classifier()`` returns.
     :param shared_input: for a tuple, whether every head reads the same tensor (then the
         features are that tensor and ``W`` the mean of the heads' weights) or each its own
         (then the features are the concatenation and ``W = [W_1/k, …, W_k/k]``). Required
-        for a tuple; :func:`head_features` finds it from one forward pass.
+        for a tuple; :func:`sing_audit.head_inputs.probe_shared_input` finds it from one forward pass.
+    :param folders: plugins' head folders, as for :func:`affine_of`.
     """
     import torch
     from torch import nn
@@ -386,7 +309,7 @@ def fold_head(classifier, *, shared_input: bool | None = None) -> FoldedHead:
     for m in modules:
         if not isinstance(m, nn.Module):
             raise HeadError(f"the classifier is a {type(m).__name__}, not a torch module")
-    folds = [affine_of(m) for m in modules]
+    folds = [affine_of(m, folders) for m in modules]
     for m, f in zip(modules, folds):
         if f.is_identity:
             raise HeadError(
@@ -406,7 +329,7 @@ def fold_head(classifier, *, shared_input: bool | None = None) -> FoldedHead:
             conv_input=(f.conv,),
         )
     if shared_input is None:
-        raise HeadError("a pair of heads needs shared_input: do both read the same tensor? (see head_features)")
+        raise HeadError("a pair of heads needs shared_input: do both read the same tensor? (see sing_audit.head_inputs.probe_shared_input)")
     classes = {int(f.weight.shape[0]) for f in folds}
     if len(classes) != 1:
         raise HeadError(f"the heads of the pair give different numbers of classes ({sorted(classes)}); they cannot be averaged")
@@ -432,35 +355,3 @@ def fold_head(classifier, *, shared_input: bool | None = None) -> FoldedHead:
         description=desc,
         conv_input=tuple(f.conv for f in folds),
     )
-
-
-def head_features(model, head: FoldedHead, images):
-    """``(features, logits)`` of ``images``: exactly what the folded ``head`` consumes, and the model's output.
-
-    One forward pass of ``model`` with pre-hooks on ``head.modules``; each input is
-    flattened (a 1×1 convolution's ``B×C×1×1`` to ``B×C``) and, for a pair of heads on
-    their own tensors, concatenated in order.
-    """
-    import torch
-
-    inputs, output = head_inputs(model, head.modules, images)
-    convs = head.conv_input or (False,) * len(inputs)
-    flat = [_flatten_input(x, c, m) for x, c, m in zip(inputs, convs, head.modules)]
-    if len(flat) == 1 or head.shared_input:
-        if len(flat) > 1 and not _same(inputs):
-            raise HeadError("the heads of the pair were folded as reading one tensor, but they read different ones")
-        f = flat[0]
-    else:
-        f = torch.cat(flat, dim=1)
-    if f.shape[1] != head.num_features:
-        raise HeadError(f"the head reads {f.shape[1]} features but its folded weight has {head.num_features} columns")
-    return f, output
-
-
-def probe_shared_input(model, classifier, images) -> bool:
-    """Whether every module of a tuple head reads the same tensor (one forward pass)."""
-    modules = head_modules(classifier)
-    if len(modules) == 1:
-        return True
-    inputs, _ = head_inputs(model, modules, images)
-    return _same(inputs)

@@ -90,3 +90,14 @@ def register_visualizers(register):
 
     :param register: ``register(name, factory)``.
     """
+
+
+@hookspec
+def register_head_folders(register):
+    """Teach the head folder (:mod:`sing_audit.heads`) a module type that is an affine map.
+
+    :param register: ``register(type_path, folder)``; ``type_path`` is the type's
+        ``module.QualName`` (:func:`sing_audit.heads.type_path`, so the library that
+        defines it is not imported to register it), ``folder(module)`` returns a
+        :class:`sing_audit.heads.Affine`. It applies to that type and its subclasses.
+    """

@@ -39,11 +39,7 @@ __all__ = [
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.builtins.precomputed",
-    "sing_audit.builtins.timm_backbone",
-    "sing_audit.builtins.dino_vit",
     "sing_audit.builtins.torch_module",
-    "sing_audit.builtins.hf_transformers",
-    "sing_audit.builtins.open_clip_target",
     "sing_audit.builtins.image_datasets",
     "sing_audit.builtins.linear_translator",
     "sing_audit.builtins.mlp_translators",
@@ -59,8 +55,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.builtins.reporters",
     "sing_audit.builtins.report_sections",
     "sing_audit.builtins.ci_reporters",
-    "sing_audit.builtins.karlo",
-    "sing_audit.builtins.unclip",
     "sing_audit.builtins.input_sections",
 )
 
@@ -74,6 +68,7 @@ KINDS: dict[str, str] = {
     "concept_set": "register_concept_sets",
     "reporter": "register_reporters",
     "visualizer": "register_visualizers",
+    "head_folder": "register_head_folders",
 }
 
 BUILTIN_PACKAGE = f"sing-audit {__version__} (built-in)"
@@ -166,6 +161,10 @@ class Registry:
 
     def all(self) -> list[Registered]:
         return [r for kind in KINDS for _, r in sorted(self._entries.get(kind, {}).items())]
+
+    def head_folders(self) -> dict[str, Any]:
+        """Every registered head folder: type path -> ``folder(module)`` (see :mod:`sing_audit.heads`)."""
+        return {name: reg.factory for name, reg in sorted(self._entries.get("head_folder", {}).items())}
 
     def reporters_by_format(self) -> dict[str, Registered]:
         """Every output format (``report.formats``) and the reporter that writes it."""

@@ -26,7 +26,7 @@ def head() -> LinearHead:
 
 @pytest.fixture(scope="module")
 def imagenet_head() -> LinearHead:
-    from sing_audit.builtins.timm_backbone import imagenet_class_info
+    from sing_audit.imagenet import imagenet_class_info
 
     keys, names = imagenet_class_info(1000)
     return LinearHead(weight=np.zeros((1000, 2)), bias=None, weight_eps=1e-7, class_names=list(names), class_keys=list(keys))

@@ -473,7 +473,7 @@ TINY_CLIP = {
 def tiny_clip_target(tmp_path_factory):
     import open_clip
 
-    from sing_audit.builtins.open_clip_target import OpenClipTarget
+    from sing_audit_open_clip.target import OpenClipTarget
 
     path = tmp_path_factory.mktemp("clipcfg") / "sing-concepts-tiny-clip.json"
     path.write_text(json.dumps(TINY_CLIP))

@@ -9,7 +9,9 @@ import types
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import sing_audit
 from sing_audit import hookimpl
@@ -24,8 +26,8 @@ from sing_audit.host import (
 )
 
 BUILTIN_NAMES = {
-    "backbone": {"precomputed", "timm"},
-    "target": {"precomputed", "open_clip"},
+    "backbone": {"precomputed", "torch_module"},
+    "target": {"precomputed"},
     "translator": {"linear"},
     "probe": {"null_removal"},
     "dataset": {"image_folder", "image_list"},
@@ -353,3 +355,60 @@ def test_plugin_with_invalid_hook_signature_is_plugin_error(tmp_path, monkeypatc
         assert "badsig" in str(err.value)
     finally:
         sys.modules.pop(module, None)
+
+
+# --------------------------------------------------------------------------- head folders
+
+
+class _DoubledLinear(torch.nn.Linear):
+    """Logits ``2 (x Wᵀ + b)``: affine, but an nn.Linear subclass with its own forward."""
+
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+def doubled_head_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), _DoubledLinear(5, 3))
+
+
+def _fold_doubled(module):
+    from sing_audit.heads import Affine, linear_affine
+
+    inner = linear_affine(module)
+    return Affine(2.0 * inner.weight, 2.0 * inner.bias, inner.eps, "DoubledLinear")
+
+
+def test_register_head_folders_reaches_the_torch_module_backbone(tmp_path):
+    """A head folder registered through ``register_head_folders`` is in the registry (with
+    its plugin) and folds a head the core refuses; without it the backbone fails."""
+    from sing_audit.config import ComponentSpec
+    from sing_audit.errors import HeadError
+    from sing_audit.heads import type_path
+    from sing_audit.host import BuildContext, create_component
+
+    ns = types.SimpleNamespace()
+
+    @hookimpl
+    def register_head_folders(register):
+        register(type_path(_DoubledLinear), _fold_doubled)
+
+    ns.register_head_folders = register_head_folders
+    pm = create_plugin_manager(load_entry_points=False)
+    pm.register(ns, name="doubled")
+    registry = create_registry(pm)
+    entry = registry.get("head_folder", type_path(_DoubledLinear))
+    assert entry.plugin == "doubled" and registry.head_folders()[entry.name] is _fold_doubled
+    spec = ComponentSpec(plugin="torch_module", model=f"{__name__}:doubled_head_model", head="2", weights="factory", img_size=8)
+    images = torch.rand(2, 3, 2, 2)
+
+    backbone = create_component(BuildContext(registry, tmp_path, where="backbones[0]"), "backbone", spec).instance
+    backbone.load("cpu")
+    head = backbone.head()
+    f = backbone.features(images).double().numpy()
+    assert np.allclose(f @ head.weight.T + head.bias, backbone.logits(images).double().numpy(), atol=1e-5)
+
+    bare = create_registry(create_plugin_manager(load_entry_points=False))
+    plain = create_component(BuildContext(bare, tmp_path, where="backbones[0]"), "backbone", spec).instance
+    with pytest.raises(HeadError, match="register_head_folders"):
+        plain.load("cpu")

@@ -72,7 +72,8 @@ def test_two_timm_backbones_and_open_clip_end_to_end_then_cache(tmp_path, image_
     assert "RANDOM WEIGHTS" in (tmp_path / "out" / "report.html").read_text()
 
     # a rerun with nothing changed builds no model at all
-    from sing_audit.builtins import open_clip_target, timm_backbone
+    from sing_audit_open_clip import target as open_clip_target
+    from sing_audit_timm import backbone as timm_backbone
 
     def no_load(self, device):
         raise AssertionError("model loaded although everything is cached")
@@ -153,7 +154,7 @@ def test_head_that_is_not_affine_is_refused(tmp_path, image_root, monkeypatch, c
     """A cosine classifier normalises its input: features @ W + b no longer give the logits."""
     import torch
 
-    from sing_audit.builtins import timm_backbone
+    from sing_audit_timm import backbone as timm_backbone
 
     def cosine_logits(self, x):
         f = torch.nn.functional.normalize(self.features(x), dim=-1)

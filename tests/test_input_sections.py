@@ -139,10 +139,11 @@ def test_unscored_semantics_say_why():
 
 
 @pytest.mark.slow
-def test_cli_run_with_input_probes_and_an_open_clip_target(tmp_path):
+def test_cli_run_with_input_probes_and_an_open_clip_target(tmp_path, monkeypatch):
     """A tiny ViT audited under a tiny open_clip target: item-5 fields in results.json, the section in the report."""
     pytest.importorskip("timm")
     open_clip = pytest.importorskip("open_clip")
+    monkeypatch.setenv("SING_AUDIT_LOAD_PLUGINS", "sing-audit-timm,sing-audit-open-clip")  # the two families it needs
     from sing_audit.cli import main
     from sing_audit.synthetic import write_image_folder
 

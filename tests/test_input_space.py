@@ -452,7 +452,7 @@ def tiny_clip_target(tmp_path_factory):
     path = tmp_path_factory.mktemp("clipcfg") / "sing-tiny-clip-px.json"
     path.write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(path)
-    from sing_audit.builtins.open_clip_target import OpenClipTarget
+    from sing_audit_open_clip.target import OpenClipTarget
 
     t = OpenClipTarget({"model": "sing-tiny-clip-px", "weights": "random"})
     t.load("cpu")

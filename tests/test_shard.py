@@ -158,7 +158,7 @@ def test_plain_run_joins_complete_shards_without_extracting(tmp_path, image_root
     cfg = image_folder_audit(tmp_path, BACKBONES, root=image_root, run=RUN, per_class=5)
     for i in range(2):
         assert main(["run", str(cfg), "--shard", f"{i}/2"]) == 0
-    from sing_audit.builtins.timm_backbone import TimmBackbone
+    from sing_audit_timm.backbone import TimmBackbone
 
     monkeypatch.setattr(TimmBackbone, "load", lambda self, device: pytest.fail("extracted again"))
     code, single = single_run

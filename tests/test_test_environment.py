@@ -33,16 +33,16 @@ FAMILIES = sorted(p.parent for p in (REPO / "plugins").glob("*/pyproject.toml"))
 #: the code this suite imports: its own tests, the library, each plugin family (sources and
 #: tests), the example plugin and its tests
 SCANNED = [REPO / "tests", REPO / "sing_audit", *(f / d for f in FAMILIES for d in ("src", "tests")), EXAMPLE / "src", EXAMPLE / "tests"]
-#: top-level names of this repository's own code (the example package is installed by
+#: top-level names of this repository's own code, the families' test helpers among them (the example package is installed by
 #: tests/test_third_party.py itself, into a private folder)
 LOCAL = {"tests", "sing_audit", "sing_audit_tinynet", "conftest"} | {
     p.name for f in FAMILIES for p in (f / "src").iterdir() if p.is_dir() and (p / "__init__.py").is_file()
-}
+} | {p.stem for f in FAMILIES for p in (f / "tests").glob("*.py") if not p.name.startswith("test_")}
 #: opt-in comparisons with a checkout of the original authors' code, never installed: they
 #: are imported only inside a test, after it has skipped unless the checkout's path is set
 OPT_IN = {
-    "dinov2": "DINOV2_REPO, a checkout of facebookresearch/dinov2 (tests/test_dino_vit.py)",
-    "vision_transformer": "DINO_REPO, a checkout of facebookresearch/dino (tests/test_dino_vit.py)",
+    "dinov2": "DINOV2_REPO, a checkout of facebookresearch/dinov2 (plugins/sing-audit-timm/tests/test_dino_vit.py)",
+    "vision_transformer": "DINO_REPO, a checkout of facebookresearch/dino (plugins/sing-audit-timm/tests/test_dino_vit.py)",
 }
 IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
 

@@ -139,8 +139,9 @@ def test_plugins_command_lists_the_package(site):
         assert rows[key]["package"] == f"{DIST} {VERSION}"
         assert rows[key]["module"] == "tinynet"  # the entry point's name
     assert rows[("backbone", "tinynet")]["doc"].startswith("TinyNet")
-    # the built-ins are still there, still built in
-    assert rows[("backbone", "timm")]["package"].endswith("(built-in)")
+    # the built-ins are still there, still built in; a family's components name its distribution
+    assert rows[("backbone", "torch_module")]["package"].endswith("(built-in)")
+    assert rows[("backbone", "timm")]["package"].startswith("sing-audit-timm ")
 
 
 _SELECTIONS = """
@@ -179,7 +180,7 @@ def test_load_plugins_selects_installed_packages(site):
     loaded = {value: "tinynet" in got[str(value)]["backbones"] for value in values}
     assert loaded == {None: True, "": False, DIST: True, "tinynet": True, "some-other-plugin": False}
     for value in values:
-        assert got[str(value)]["code"] == 0 and "timm" in got[str(value)]["backbones"]
+        assert got[str(value)]["code"] == 0 and "torch_module" in got[str(value)]["backbones"]
     # the text listing names the package and version on the plugin's line
     line = next(ln for ln in got["None"]["text"].splitlines() if ln.strip().startswith("tinynet "))
     assert f"{DIST} {VERSION}" in line

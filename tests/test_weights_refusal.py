@@ -200,7 +200,7 @@ def test_sing_reference_second_read_refuses_too(tmp_path, monkeypatch):
     """The authors' ``translator_state_dict`` nesting is read by a second ``torch.load``;
     if the file changed in between (here: the first read is made to report the
     nesting), that read refuses code with the same message, not a raw UnpicklingError."""
-    from sing_audit.builtins import sing_reference
+    from sing_audit.builtins import sing_reference_folder as sing_reference
     from sing_audit import weights
 
     from .test_translators import linear_checkpoint, reference, write_reference

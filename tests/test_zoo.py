@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from sing_audit.builtins.timm_backbone import TimmBackbone
+from sing_audit_timm.backbone import TimmBackbone
 from sing_audit.testing import check_backbone, numerical_rank
 
 

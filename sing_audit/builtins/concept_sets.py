@@ -31,6 +31,7 @@ from sing_audit.components import PluginOptions
 from sing_audit.concepts import ConceptSet, check_concepts
 from sing_audit.errors import DataError
 from sing_audit.hookspecs import hookimpl
+from sing_audit.imagenet import imagenet_descriptions
 
 __all__ = [
     "AttributeConcepts",
@@ -171,43 +172,16 @@ def read_concept_file(path: Path) -> tuple[list[str], str | None]:
 _DISAMBIGUATE = {"n02012849": "crane bird", "n03126707": "construction crane"}
 
 
-def _imagenet_descriptions() -> tuple[list[str], list[str]]:
-    """``(synsets, descriptions)`` of ImageNet-1k in index order, from timm's class list.
-
-    timm's data files are read directly when they are where timm keeps them (importing
-    timm pulls in torch, which takes seconds); otherwise through ``timm.data.ImageNetInfo``.
-    """
-    import csv as _csv
-    import importlib.util
-
-    spec = importlib.util.find_spec("timm")
-    if spec is not None and spec.submodule_search_locations:
-        info_dir = Path(next(iter(spec.submodule_search_locations))) / "data" / "_info"
-        synsets_file, lemma_file = info_dir / "imagenet_synsets.txt", info_dir / "imagenet_synset_to_lemma.txt"
-        if synsets_file.is_file() and lemma_file.is_file():
-            keys = synsets_file.read_text(encoding="utf-8").splitlines()
-            lemmas = dict(_csv.reader(lemma_file.read_text(encoding="utf-8").splitlines(), delimiter="\t"))
-            if len(keys) == 1000 and all(k in lemmas for k in keys):
-                return keys, [lemmas[k] for k in keys]
-    try:
-        from timm.data import ImageNetInfo
-    except ImportError as exc:  # pragma: no cover - timm is a dependency
-        raise DataError(f"the imagenet1k concept set needs timm's ImageNet class list ({exc})") from exc
-    info = ImageNetInfo("imagenet-1k")
-    n = info.num_classes()
-    return [info.index_to_label_name(i) for i in range(n)], [info.index_to_description(i) for i in range(n)]
-
-
 @functools.lru_cache(maxsize=1)
 def imagenet_readable_names() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names in index order, unique and readable.
 
-    The first comma-separated name of timm's description (``"tench, Tinca tinca"`` ->
-    ``"tench"``); a first name used by two classes takes its next synonym
+    The first comma-separated name of its description (:mod:`sing_audit.imagenet`:
+    ``"tench, Tinca tinca"`` -> ``"tench"``); a first name used by two classes takes its next synonym
     (``"maillot, tank suit"`` -> ``"tank suit"``) or a fixed qualifier
     (``crane`` -> ``"crane bird"`` / ``"construction crane"``).
     """
-    keys, descriptions = _imagenet_descriptions()
+    keys, descriptions = imagenet_descriptions()
     synonyms = [[s.strip() for s in d.split(",") if s.strip()] for d in descriptions]
     firsts = [s[0] for s in synonyms]
     counts: dict[str, int] = {}
@@ -243,7 +217,7 @@ class ImageNet1kConcepts(ConceptSet):
         pass
 
     name = "imagenet1k"
-    #: version of the naming rule (names from timm's ImageNet-1k descriptions)
+    #: version of the naming rule (names from the ImageNet-1k descriptions timm also gives)
     version = "1.0"
 
     def __init__(self, options: ImageNet1kConcepts.Options | None = None):

@@ -10,8 +10,8 @@ Each maps classifier features to target embeddings with a small network
 trained with AdamW on ``mse``, ``cosine`` (1 − cos) or ``both``, with early stopping on a
 held-out share of the training rows. The module layout (``layers.<i>.*`` for the plain
 MLPs; ``input_proj``/``residual``/``output_proj`` for the residual one) is the one the SING
-authors' reference code saves, so :mod:`sing_audit.builtins.sing_reference` reuses
-:func:`build_network` to load their MLP checkpoints.
+authors' reference code saves, so the ``sing_reference`` translator loads their MLP
+checkpoints with the same builder (:func:`sing_audit.mlp.build_network`).
 
 Inputs are standardised per dimension; targets are centred per dimension and divided by
 one overall scale (so the MSE stays proportional to the raw MSE and the cosine is taken
@@ -33,149 +33,42 @@ comparison next to the linear one, not the basis of a verdict.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field, field_validator
 
-from sing_audit.components import PluginOptions, Translator
+from sing_audit.builtins.mlp_options import MLPOptions
+from sing_audit.builtins.mlp_state import restore_translator, translator_state
+from sing_audit.components import Translator
 from sing_audit.errors import ConfigError, DataError
 from sing_audit.hookspecs import hookimpl
+from sing_audit.mlp import (
+    SMALL_NETWORK,
+    CachedTorchForward,
+    build_network,
+    standardised_module,
+    torch_threads,
+)
 
 __all__ = [
-    "ARCHITECTURES",
     "MLP3Translator",
     "MLP4Translator",
     "MLPTranslator",
     "ResidualMLPTranslator",
-    "build_network",
 ]
 
 log = logging.getLogger(__name__)
 
-#: architecture name (the SING authors' spelling) -> code stored in ``state()["arch"]``
-ARCHITECTURES: dict[str, int] = {"3layer": 3, "4layer": 4, "residual": 5}
-
 _PREDICT_CHUNK = 8192
 
-#: networks with fewer parameters run on one CPU thread unless ``threads`` says otherwise
-_SMALL_NETWORK = 200_000
-
-
-# --------------------------------------------------------------------------- networks
-
-
-@functools.cache
-def _network_classes():
-    """The torch module classes, defined on first use so importing the plugin stays light."""
-    import torch
-    from torch import nn
-
-    class PlainMLP(nn.Module):
-        """``depth`` linear layers; LayerNorm, GELU and dropout between them."""
-
-        def __init__(
-            self, in_dim: int, hidden_dim: int, out_dim: int, depth: int, dropout: float
-        ) -> None:
-            super().__init__()
-            mods: list[nn.Module] = []
-            width = in_dim
-            for _ in range(depth - 1):
-                mods += [
-                    nn.Linear(width, hidden_dim),
-                    nn.LayerNorm(hidden_dim),
-                    nn.GELU(),
-                    nn.Dropout(dropout),
-                ]
-                width = hidden_dim
-            mods.append(nn.Linear(width, out_dim))
-            self.layers = nn.Sequential(*mods)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.layers(x)
-
-    class ResidualMLP(nn.Module):
-        """Input projection, one pre-norm residual block, normalised output projection."""
-
-        def __init__(
-            self, in_dim: int, hidden_dim: int, out_dim: int, dropout: float
-        ) -> None:
-            super().__init__()
-            self.input_proj = nn.Linear(in_dim, hidden_dim)
-            self.residual = nn.Sequential(
-                nn.LayerNorm(hidden_dim),
-                nn.GELU(),
-                nn.Dropout(dropout),
-                nn.Linear(hidden_dim, hidden_dim),
-            )
-            self.output_proj = nn.Sequential(
-                nn.LayerNorm(hidden_dim),
-                nn.GELU(),
-                nn.Dropout(dropout),
-                nn.Linear(hidden_dim, out_dim),
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.input_proj(x)
-            h = h + self.residual(h)
-            return self.output_proj(h)
-
-    class Standardised(nn.Module):
-        """``T(f) = net((f − μ_f) / σ_f) · s_z + μ_z`` as one differentiable module."""
-
-        def __init__(
-            self, net: nn.Module, in_mean, in_scale, out_mean, out_scale
-        ) -> None:
-            super().__init__()
-            self.net = net
-            self.register_buffer("in_mean", torch.as_tensor(in_mean))
-            self.register_buffer("in_scale", torch.as_tensor(in_scale))
-            self.register_buffer("out_mean", torch.as_tensor(out_mean))
-            self.register_buffer("out_scale", torch.as_tensor(out_scale))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return (
-                self.net((x - self.in_mean) / self.in_scale) * self.out_scale
-                + self.out_mean
-            )
-
-    return PlainMLP, ResidualMLP, Standardised
-
-
-def build_network(
-    architecture: str, in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.1
-):
-    """A fresh ``torch.nn.Module`` of ``architecture`` (``3layer``, ``4layer`` or ``residual``).
-
-    Parameters are initialised from the global torch RNG; callers that need determinism
-    wrap the call in ``torch.random.fork_rng`` and seed it.
-    """
-    plain, residual, _ = _network_classes()
-    if architecture == "3layer":
-        return plain(in_dim, hidden_dim, out_dim, 3, dropout)
-    if architecture == "4layer":
-        return plain(in_dim, hidden_dim, out_dim, 4, dropout)
-    if architecture == "residual":
-        return residual(in_dim, hidden_dim, out_dim, dropout)
-    raise ValueError(
-        f"unknown translator architecture {architecture!r}; expected one of {sorted(ARCHITECTURES)}"
-    )
-
-
-def standardised_module(net, in_mean, in_scale, out_mean, out_scale):
-    """Wrap ``net`` with input standardisation and output de-standardisation."""
-    _, _, wrapper = _network_classes()
-    return wrapper(net, in_mean, in_scale, out_mean, out_scale)
 
 
 # --------------------------------------------------------------------------- translator
 
 
-class MLPTranslator(Translator):
+class MLPTranslator(CachedTorchForward, Translator):
     """A torch MLP trained with AdamW and early stopping (see the module docstring)."""
 
     #: ``3layer``, ``4layer`` or ``residual`` (set by the subclasses)
@@ -183,74 +76,7 @@ class MLPTranslator(Translator):
     #: registered name, for messages
     plugin_name: ClassVar[str] = ""
 
-    class Options(PluginOptions):
-        hidden_dim: int | None = Field(
-            None,
-            ge=1,
-            description="width of the hidden layers (default: the larger of the input and output dimensions, at most 1024)",
-        )
-        dropout: float = Field(
-            0.1,
-            ge=0.0,
-            lt=1.0,
-            description="dropout probability after each hidden layer",
-        )
-        loss: Literal["mse", "cosine", "both"] = Field(
-            "mse",
-            description="training loss: mse (standardised targets), cosine (1 − cos to the raw target), or both (their sum)",
-        )
-        cosine_weight: float = Field(
-            1.0, ge=0.0, description="weight of the cosine term when loss is 'both'"
-        )
-        lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate")
-        weight_decay: float = Field(1e-2, ge=0.0, description="AdamW weight decay")
-        epochs: int = Field(
-            200, ge=1, description="maximum number of passes over the training rows"
-        )
-        batch_size: int = Field(256, ge=1, description="rows per optimisation step")
-        patience: int = Field(
-            10,
-            ge=1,
-            description="stop after this many epochs without a better validation loss",
-        )
-        min_delta: float = Field(
-            0.0,
-            ge=0.0,
-            description="smallest decrease of the validation loss that counts as better",
-        )
-        validation_fraction: float = Field(
-            0.1,
-            ge=0.0,
-            lt=1.0,
-            description="share of the training rows held out for early stopping (0: no early stopping, train all epochs)",
-        )
-        normalize_targets: bool = Field(
-            False, description="fit unit-normalised target embeddings"
-        )
-        seed: int = Field(
-            0,
-            description="seed of initialisation, dropout, validation split and batch order",
-        )
-        device: str = Field(
-            "cpu", description="torch device to train on: cpu, cuda, cuda:N or mps"
-        )
-        threads: int | None = Field(
-            None,
-            ge=1,
-            description="torch CPU threads while fitting and predicting (default: 1 for small networks, where "
-            "thread start-up costs more than it saves, else torch's own setting)",
-        )
-        progress: bool | None = Field(
-            None, description="show a progress bar (default: only on a terminal)"
-        )
-
-        @field_validator("device")
-        @classmethod
-        def _check_device(cls, v: str) -> str:
-            v = v.strip().lower()
-            if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
-                raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {v!r}")
-            return v
+    Options = MLPOptions
 
     def __init__(self, options: MLPTranslator.Options | None = None):
         self.options = options if options is not None else self.Options()
@@ -286,27 +112,8 @@ class MLPTranslator(Translator):
 
     def _threads(self, n_params: int):
         """Context manager: run torch on the configured number of CPU threads, then restore."""
-        import contextlib
-
-        import torch
-
         want = self.options.threads
-        if want is None and n_params < _SMALL_NETWORK:
-            want = 1
-
-        @contextlib.contextmanager
-        def scope():
-            before = torch.get_num_threads()
-            if want is None or want == before:
-                yield
-                return
-            torch.set_num_threads(want)
-            try:
-                yield
-            finally:
-                torch.set_num_threads(before)
-
-        return scope()
+        return torch_threads(1 if want is None and n_params < SMALL_NETWORK else want)
 
     @staticmethod
     def _as_matrix(x, what: str) -> np.ndarray:
@@ -511,16 +318,6 @@ class MLPTranslator(Translator):
         self._check_fitted()
         return self.net_
 
-    def torch_forward(self, x):
-        """Differentiable ``T`` on a torch tensor (float64): ``predict`` for autograd (steering)."""
-        import torch
-
-        cache = getattr(self, "_torch_cache", None)
-        if cache is None or cache[0] is not self._torch_source():
-            cache = (self._torch_source(), self.torch_module(torch.float64))
-            self._torch_cache = cache
-        return cache[1](x.to(torch.float64))
-
     def torch_module(self, dtype=None):
         """``T`` as a differentiable ``torch.nn.Module`` (eval mode, a copy), normalisation
         included: for autograd (e.g. steering gradients). ``dtype`` defaults to float64."""
@@ -543,81 +340,10 @@ class MLPTranslator(Translator):
     # ------------------------------------------------------------------ state
 
     def state(self) -> dict[str, np.ndarray]:
-        self._check_fitted()
-        out: dict[str, np.ndarray] = {
-            "arch": np.array(
-                [
-                    ARCHITECTURES[self.architecture],
-                    self.n_features_in_,
-                    self.hidden_dim_,
-                    self.n_targets_,
-                ],
-                dtype=np.int64,
-            ),
-            "input_mean": self.input_mean_,
-            "input_scale": self.input_scale_,
-            "target_mean": self.target_mean_,
-            "target_scale": np.array([self.target_scale_], dtype=np.float64),
-            "train_loss": self.train_loss_,
-            "val_loss": self.val_loss_,
-            "fit_info": np.array(
-                [
-                    self.epochs_run_,
-                    self.best_epoch_,
-                    np.nan if self.best_val_loss_ is None else self.best_val_loss_,
-                    float(self.stopped_early_),
-                    self.n_train_,
-                    self.n_val_,
-                ],
-                dtype=np.float64,
-            ),
-        }
-        for k, v in self.net_.state_dict().items():
-            out[f"net.{k}"] = v.detach().cpu().numpy().copy()
-        return out
+        return translator_state(self)
 
     def load_state(self, state) -> MLPTranslator:
-        import torch
-
-        from sing_audit.weights import load_into
-
-        arch = np.asarray(state["arch"]).astype(np.int64).reshape(-1)
-        code = ARCHITECTURES[self.architecture]
-        if arch.shape != (4,) or int(arch[0]) != code:
-            names = {v: k for k, v in ARCHITECTURES.items()}
-            found = names.get(int(arch[0]), "unknown") if arch.size else "unknown"
-            raise ValueError(
-                f"saved state is a {found!r} translator, not {self.architecture!r} ({self._name()})"
-            )
-        in_dim, hidden, out_dim = (int(a) for a in arch[1:])
-        net = build_network(
-            self.architecture, in_dim, hidden, out_dim, self.options.dropout
-        )
-        params = {
-            k[len("net.") :]: torch.as_tensor(np.asarray(v))
-            for k, v in state.items()
-            if k.startswith("net.")
-        }
-        load_into(net, params, what=f"{self._name()} translator state")
-        net.eval()
-        info = np.asarray(state["fit_info"], dtype=np.float64).reshape(-1)
-        self.net_ = net
-        self.input_mean_ = np.asarray(state["input_mean"], dtype=np.float64)
-        self.input_scale_ = np.asarray(state["input_scale"], dtype=np.float64)
-        self.target_mean_ = np.asarray(state["target_mean"], dtype=np.float64)
-        self.target_scale_ = float(np.asarray(state["target_scale"]).reshape(-1)[0])
-        self.n_features_in_, self.n_targets_, self.hidden_dim_ = in_dim, out_dim, hidden
-        self.train_loss_ = np.asarray(
-            state.get("train_loss", np.zeros(0)), dtype=np.float64
-        )
-        self.val_loss_ = np.asarray(
-            state.get("val_loss", np.zeros(0)), dtype=np.float64
-        )
-        self.epochs_run_ = int(info[0])
-        self.best_epoch_ = int(info[1])
-        self.best_val_loss_ = None if np.isnan(info[2]) else float(info[2])
-        self.stopped_early_ = bool(info[3])
-        self.n_train_, self.n_val_ = int(info[4]), int(info[5])
+        restore_translator(self, state)
         return self
 
     def info(self) -> dict[str, Any]:

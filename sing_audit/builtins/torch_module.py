@@ -26,10 +26,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
-from sing_audit.errors import ConfigError, HeadError, WeightsError
+from sing_audit.components import ModelOptions
+from sing_audit.errors import ConfigError, WeightsError
+from sing_audit.hooked_head import HookedHeadBackbone, find_head_layer
 from sing_audit.hookspecs import hookimpl
+from sing_audit.host import BuildContext
+from sing_audit.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from sing_audit.store import jsonable
+from sing_audit.transforms import resize_crop_transform
 from sing_audit.weights import (
     ResolvedWeights,
     file_digest,
@@ -40,146 +44,7 @@ from sing_audit.weights import (
     weights_description,
 )
 
-__all__ = ["HookedHeadBackbone", "TorchModuleBackbone", "find_head_layer", "import_factory", "linear_head_from"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-
-
-# --------------------------------------------------------------------------- heads
-
-
-def find_head_layer(model, path: str, what: str):
-    """``(module, Affine)``: the head module at dotted ``path`` and its fold.
-
-    Folding is :func:`sing_audit.heads.affine_of`: Linear, 1×1 Conv2d, eval BatchNorm1d
-    and Sequential chains of them with Flatten/Dropout/Identity; anything else (a head
-    that normalises its input, a custom module) raises :class:`HeadError`.
-    """
-    from sing_audit.heads import affine_of
-
-    try:
-        module = model.get_submodule(path)
-    except AttributeError:
-        from torch import nn
-
-        names = [n for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.Conv2d))]
-        listing = ", ".join(names[-8:]) or "none"
-        raise ConfigError(
-            f"{what} has no module {path!r}; its linear/convolution layers end with: {listing} (write the dotted "
-            "path as in model.named_modules(), e.g. fc or classifier.6)"
-        ) from None
-    try:
-        affine = affine_of(module)
-    except HeadError as exc:
-        raise HeadError(
-            f"{what}, head {path!r}: {exc}; point head at the classification layer (its input becomes the features), "
-            "or export features and an equivalent head and use the precomputed backbone"
-        ) from exc
-    if affine.is_identity:
-        raise HeadError(f"{what}, head {path!r}: the module is the identity ({type(module).__name__}), not a classifier")
-    return module, affine
-
-
-def linear_head_from(affine, class_names: list[str] | None = None, class_keys: list[str] | None = None) -> LinearHead:
-    """A :class:`LinearHead` from a folded head; ImageNet names and synsets for 1000 classes."""
-    from sing_audit.builtins.timm_backbone import imagenet_class_info
-
-    w64 = affine.weight.numpy().copy()
-    b64 = None if affine.bias is None else affine.bias.numpy().copy()
-    if class_names is None and class_keys is None:
-        info = imagenet_class_info(int(w64.shape[0]))
-        if info is not None:
-            class_keys, class_names = list(info[0]), list(info[1])
-    return LinearHead(weight=w64, bias=b64, weight_eps=float(affine.eps), class_names=class_names, class_keys=class_keys)
-
-
-class HookedHeadBackbone(ImageBackbone):
-    """Shared machinery: run the whole model, capture the head module's input with a pre-hook.
-
-    Subclasses set ``self.model`` (eval mode), ``self.head_module``, ``self.head_affine``
-    and ``self.head_path`` in :meth:`load`, and may override :meth:`_forward`,
-    :meth:`_class_names` and :meth:`_class_keys`.
-    """
-
-    model = None
-    head_module = None
-    head_affine = None
-    head_path: str | None = None
-    device = "cpu"
-
-    def __init__(self, options) -> None:
-        """Validate ``options`` with the subclass's ``Options``; nothing is built yet."""
-        if not isinstance(options, self.Options):
-            options = self.Options.model_validate(options)
-        self.options = options
-        self.weights_digest: str | None = None
-        self._resolved: ResolvedWeights | None = None
-        self.random_weights = options.weights.strip().lower() == "random"
-
-    def _require_model(self):
-        if self.model is None:
-            raise RuntimeError(f"{type(self).__name__}: call load(device) before using the model")
-        return self.model
-
-    def _what(self) -> str:
-        return f"model {getattr(self.options, 'model', '?')!r}"
-
-    def _forward(self, x):
-        """The model's raw output for a batch."""
-        return self.model(x)
-
-    @staticmethod
-    def _logits_of(output, what: str):
-        import torch
-
-        if isinstance(output, torch.Tensor):
-            return output
-        logits = getattr(output, "logits", None)
-        if isinstance(logits, torch.Tensor):
-            return logits
-        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-            return output[0]
-        raise HeadError(f"{what} returns a {type(output).__name__}, not a logits tensor (nor an object with .logits)")
-
-    def _run(self, images):
-        """``(logits, head input)`` of one forward pass."""
-        from sing_audit.heads import head_inputs
-
-        self._require_model()
-        what = self._what()
-        try:
-            inputs, out = head_inputs(self._forward, (self.head_module,), images.to(self.device))
-        except HeadError as exc:
-            raise HeadError(f"{what}, head {self.head_path!r}: {exc}") from exc
-        f = inputs[0]
-        if f.ndim == 4 and tuple(f.shape[-2:]) == (1, 1):  # a pooled map (1×1 conv, or Flatten first)
-            f = f.reshape(f.shape[0], -1)
-        if f.ndim != 2 or f.shape[0] != images.shape[0]:
-            raise HeadError(
-                f"the head {self.head_path!r} of {what} receives a tensor of shape {list(f.shape)}, not batch × "
-                "features: it runs on every position or token, so no single feature vector per image feeds it; "
-                "point head at a layer after pooling"
-            )
-        return self._logits_of(out, what), f
-
-    def features(self, images):
-        return self._run(images)[1]
-
-    def logits(self, images):
-        return self._run(images)[0]
-
-    def _class_names(self) -> list[str] | None:
-        return None
-
-    def _class_keys(self) -> list[str] | None:
-        return None
-
-    def head(self) -> LinearHead:
-        self._require_model()
-        return linear_head_from(self.head_affine, self._class_names(), self._class_keys())
+__all__ = ["TorchModuleBackbone", "import_factory"]
 
 
 # --------------------------------------------------------------------------- factories
@@ -271,8 +136,8 @@ class TorchModuleBackbone(HookedHeadBackbone):
 
     plugin_name = "torch_module"
 
-    def __init__(self, options: TorchModuleBackbone.Options | dict[str, Any]) -> None:
-        super().__init__(options)
+    def __init__(self, options: TorchModuleBackbone.Options | dict[str, Any], context: BuildContext | None = None) -> None:
+        super().__init__(options, context)
         self.head_path = self.options.head
         self.validate()
 
@@ -333,7 +198,7 @@ class TorchModuleBackbone(HookedHeadBackbone):
                 load_into(model, load_state_dict(w.path), what=f"{self.options.model} from {w.path}")
         self.random_weights = w.kind == "random"
         model.eval().to(device)
-        self.head_module, self.head_affine = find_head_layer(model, self.options.head, self._what())
+        self.head_module, self.head_affine = find_head_layer(model, self.options.head, self._what(), self.head_folders)
         self.model = model
         self.device = device
         self.weights_digest = file_digest(w.path) if w.kind == "file" else state_dict_digest(model)
@@ -357,17 +222,8 @@ class TorchModuleBackbone(HookedHeadBackbone):
         }
 
     def transform(self) -> Callable[[Any], Any]:
-        from torchvision import transforms as T
-
         p = self.preprocessing()
-        mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
-                "nearest": T.InterpolationMode.NEAREST}[p["interpolation"]]
-        return T.Compose([
-            T.Resize(p["resize"], interpolation=mode),
-            T.CenterCrop(p["crop"]),
-            T.ToTensor(),
-            T.Normalize(p["mean"], p["std"]),
-        ])
+        return resize_crop_transform(p["resize"], p["crop"], p["mean"], p["std"], p["interpolation"])
 
     def describe(self) -> dict[str, Any]:
         import torch

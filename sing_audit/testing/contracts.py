@@ -13,9 +13,10 @@ contract raises ``AssertionError`` with a message that says what is wrong.
 Example (runnable: random weights at 32 px, a few seconds on a CPU, no network)::
 
     >>> import torch
-    >>> from sing_audit.builtins.timm_backbone import TimmBackbone
+    >>> from sing_audit.builtins.torch_module import TorchModuleBackbone
     >>> from sing_audit.testing import check_backbone
-    >>> backbone = TimmBackbone({"model": "resnet18", "weights": "random", "img_size": 32})
+    >>> backbone = TorchModuleBackbone({"model": "torchvision.models:resnet18", "head": "fc",
+    ...                                 "weights": "random", "img_size": 32})
     >>> backbone.load("cpu")
     >>> images = torch.randn(2, 3, 32, 32)
     >>> report = check_backbone(backbone, images, head_module=backbone.model.fc)
@@ -178,7 +179,8 @@ def check_features_are_head_input(backbone, images, head_module, features=None, 
     """
     import torch
 
-    from sing_audit.heads import head_inputs, head_modules
+    from sing_audit.head_inputs import head_inputs
+    from sing_audit.heads import head_modules
 
     modules = head_modules(head_module)
     inputs, logits = head_inputs(lambda x: backbone.logits(x), modules, images)

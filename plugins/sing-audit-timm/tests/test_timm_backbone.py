@@ -15,8 +15,9 @@ from safetensors.torch import save_file
 
 from sing_audit.components import ImageBackbone, LinearHead
 from sing_audit.errors import ConfigError, HeadError, WeightsError
-from sing_audit.builtins import timm_backbone as tb
-from sing_audit.builtins.timm_backbone import TimmBackbone, imagenet_class_info
+from sing_audit_timm import backbone as tb
+from sing_audit_timm.backbone import TimmBackbone
+from sing_audit_timm.classes import imagenet_class_info
 from sing_audit.weights import file_digest, state_dict_digest
 
 SIZE = 32
@@ -376,7 +377,7 @@ def test_hub_folder_runs_an_audit_end_to_end(vit_files, tmp_path, capsys):
 
     from sing_audit.cli import main
 
-    from .conftest import image_folder_audit
+    from sing_audit.testing import image_folder_audit
 
     shutil.copytree(vit_files / "hub_safetensors", tmp_path / "models" / "vit")
     cfg = image_folder_audit(tmp_path, [{"name": "vit", "plugin": "timm", "model": "vit_tiny_patch16_224", "weights": "models/vit"}])
@@ -389,7 +390,7 @@ def test_hub_folder_runs_an_audit_end_to_end(vit_files, tmp_path, capsys):
 def test_offline_uncached_config_exits_2_before_building(tmp_path, offline, empty_hub_cache, capsys, monkeypatch):
     from sing_audit.cli import main
 
-    from .conftest import write_config
+    from sing_audit.testing import write_config
 
     def no_load(self, device):
         raise AssertionError("load() reached although validation should have failed")
@@ -618,8 +619,35 @@ def test_imagenet_class_info():
     assert big is not None and len(big[0]) == 21843 and all(k.startswith("n") for k in big[0][:10])
 
 
+def test_core_imagenet_table_is_timms():
+    """The core's ImageNet-1k table (no timm needed) holds what timm gives, class for class."""
+    from timm.data import ImageNetInfo
+
+    from sing_audit import imagenet
+
+    info = ImageNetInfo("imagenet-1k")
+    keys, descriptions = imagenet.imagenet_descriptions()
+    assert keys == tuple(info.index_to_label_name(i) for i in range(1000))
+    assert descriptions == tuple(info.index_to_description(i) for i in range(1000))
+    assert imagenet.imagenet_class_info(1000) == imagenet_class_info(1000)
+
+
 def test_registration():
     registered = {}
     tb.register_backbones(register=lambda name, factory: registered.setdefault(name, factory))
     assert registered == {"timm": TimmBackbone}
+
+
+def test_the_family_registers_its_components_and_head_folders():
+    """Through its entry points: the backbones and timm's head folders, each from this distribution."""
+    from timm.layers.linear import Linear as TimmLinear
+    from timm.models.levit import NormLinear
+
+    from sing_audit.heads import type_path
+    from sing_audit.host import create_registry
+
+    registry = create_registry()
+    for kind, name in [("backbone", "timm"), ("backbone", "dino_vit"), ("head_folder", type_path(TimmLinear)),
+                       ("head_folder", type_path(NormLinear))]:
+        assert registry.get(kind, name).package.startswith("sing-audit-timm "), (kind, name)
     assert hasattr(TimmBackbone, "Options")

@@ -25,17 +25,18 @@ from pydantic import Field
 
 from sing_audit.errors import WeightsError
 from sing_audit.hookspecs import hookimpl
-from sing_audit.builtins.karlo import (
+from sing_audit.visualize import Visualizer, VisualizerOptions
+
+from .karlo import KarloTarget
+from .karlo_source import (
     KARLO_REPO,
     PIPELINE_PARTS,
     KarloSource,
-    KarloTarget,
     load_clip_parts,
     load_part,
     parts_digest,
     resolve_karlo_source,
 )
-from sing_audit.visualize import Visualizer, VisualizerOptions
 
 __all__ = ["UnclipVisualizer"]
 

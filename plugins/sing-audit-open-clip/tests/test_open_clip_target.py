@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from sing_audit.components import ImageTarget
 from sing_audit.errors import ConfigError, WeightsError
-from sing_audit.builtins import open_clip_target as oct_module
-from sing_audit.builtins.open_clip_target import OpenClipTarget
+from sing_audit_open_clip import target as oct_module
+from sing_audit_open_clip.target import OpenClipTarget
 from sing_audit.weights import file_digest, state_dict_digest
 
 # The smallest CLIP config open_clip 3.3.0 ships (ViT-S/32 image tower, 256-d embeddings).
@@ -250,3 +250,10 @@ def test_registration():
     registered = {}
     oct_module.register_targets(register=lambda name, factory: registered.setdefault(name, factory))
     assert registered == {"open_clip": OpenClipTarget}
+
+
+def test_the_family_registers_its_target_through_its_entry_point():
+    from sing_audit.host import create_registry
+
+    entry = create_registry().get("target", "open_clip")
+    assert entry.factory is OpenClipTarget and entry.package.startswith("sing-audit-open-clip ")

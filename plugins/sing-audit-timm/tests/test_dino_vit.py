@@ -19,7 +19,8 @@ from torch import nn
 
 from sing_audit.errors import ConfigError, HeadError, WeightsError
 from sing_audit.pipeline.extraction import check_head_reproduces_logits
-from sing_audit.builtins.dino_vit import LAYOUTS, DinoViTBackbone, official_head_url
+from sing_audit_timm.dino_layouts import LAYOUTS, official_head_url
+from sing_audit_timm.dino_vit import DinoViTBackbone
 from sing_audit.testing import check_backbone
 from sing_audit.weights import file_digest
 
@@ -596,7 +597,7 @@ def test_dino_vit_end_to_end_audit(tmp_path, models):
     from sing_audit.cli import main
     from sing_audit.synthetic import SYNSETS, write_image_folder
 
-    from .conftest import PIPELINE_POLICY, write_config
+    from sing_audit.testing import PIPELINE_POLICY, write_config
 
     name, model, weights, size = models["dino_s16"]
     root = write_image_folder(tmp_path / "val", per_class=4, size=40)

@@ -10,10 +10,24 @@ import pytest
 
 from sing_audit.errors import ConfigError, WeightsError
 
-from .conftest import image_folder_audit
-from .unclip_fixtures import EMBED_DIM, IMAGE_SIZE, build_tiny_karlo
+from sing_audit.synthetic import write_scenario
+from sing_audit.testing import image_folder_audit, synthetic_audit
+from unclip_fixtures import EMBED_DIM, IMAGE_SIZE, build_tiny_karlo
 
 STEPS = {"decoder_steps": 2, "super_res_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def scenario_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenario")
+    write_scenario(folder)
+    return folder
+
+
+@pytest.fixture
+def synthetic_config(tmp_path, scenario_dir):
+    """A function: extra keys -> path of a config auditing the synthetic scenario."""
+    return lambda **extra: synthetic_audit(tmp_path, scenario_dir, **extra)
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +37,7 @@ def karlo_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def target(karlo_dir):
-    from sing_audit.builtins.karlo import KarloTarget
+    from sing_audit_huggingface.karlo import KarloTarget
 
     t = KarloTarget({"weights": str(karlo_dir)})
     t.load("cpu")
@@ -32,7 +46,7 @@ def target(karlo_dir):
 
 @pytest.fixture(scope="module")
 def visualizer(karlo_dir):
-    from sing_audit.builtins.unclip import UnclipVisualizer
+    from sing_audit_huggingface.unclip import UnclipVisualizer
 
     v = UnclipVisualizer({"weights": str(karlo_dir), **STEPS})
     v.load("cpu")
@@ -91,7 +105,7 @@ def test_model_folder_is_the_same_source_and_the_digest_follows_the_weights(karl
     import torch
     from transformers import CLIPVisionModelWithProjection
 
-    from sing_audit.builtins.karlo import KarloTarget
+    from sing_audit_huggingface.karlo import KarloTarget
 
     by_model = KarloTarget({"model": str(karlo_dir)})
     by_weights = KarloTarget({"weights": str(karlo_dir)})
@@ -109,8 +123,8 @@ def test_model_folder_is_the_same_source_and_the_digest_follows_the_weights(karl
 def test_uncached_hub_repository_offline_fails_clearly(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
-    from sing_audit.builtins.karlo import KarloTarget
-    from sing_audit.builtins.unclip import UnclipVisualizer
+    from sing_audit_huggingface.karlo import KarloTarget
+    from sing_audit_huggingface.unclip import UnclipVisualizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -148,7 +162,8 @@ def test_a_cached_hub_repository_loads_offline_and_a_revision_not_cached_is_refu
     import huggingface_hub.constants
     import torch
 
-    from sing_audit.builtins.karlo import TARGET_PARTS, KarloTarget
+    from sing_audit_huggingface.karlo import KarloTarget
+    from sing_audit_huggingface.karlo_source import TARGET_PARTS
 
     commit = "a" * 40
     _fake_hub_cache(tmp_path / "hub", "sing-test/karlo-tiny", karlo_dir, TARGET_PARTS, commit)
@@ -166,7 +181,7 @@ def test_a_cached_hub_repository_loads_offline_and_a_revision_not_cached_is_refu
 
 
 def test_a_folder_without_weights_fails_at_load_never_falls_back_to_random(karlo_dir, tmp_path):
-    from sing_audit.builtins.karlo import KarloTarget
+    from sing_audit_huggingface.karlo import KarloTarget
 
     broken = tmp_path / "broken"
     for part in ("image_encoder", "feature_extractor", "text_encoder", "tokenizer"):
@@ -176,7 +191,7 @@ def test_a_folder_without_weights_fails_at_load_never_falls_back_to_random(karlo
         t.load("cpu")
     with pytest.raises(WeightsError, match="lacks image_encoder/config.json"):
         KarloTarget({"weights": str(tmp_path)})  # no subfolders at all
-    from sing_audit.builtins.unclip import UnclipVisualizer
+    from sing_audit_huggingface.unclip import UnclipVisualizer
 
     # the target needs only the CLIP towers; the visualizer needs the whole pipeline
     with pytest.raises(WeightsError, match="lacks text_proj/config.json, decoder/config.json"):
@@ -186,7 +201,7 @@ def test_a_folder_without_weights_fails_at_load_never_falls_back_to_random(karlo
 def test_random_weights_only_when_asked(karlo_dir, target):
     import torch
 
-    from sing_audit.builtins.karlo import KarloTarget
+    from sing_audit_huggingface.karlo import KarloTarget
 
     x = torch.stack([target.transform()(_image())])
     first = KarloTarget({"model": str(karlo_dir), "weights": "random", "seed": 3})
@@ -197,7 +212,7 @@ def test_random_weights_only_when_asked(karlo_dir, target):
     assert torch.equal(first.encode_images(x), again.encode_images(x))
     assert not torch.equal(first.encode_images(x), target.encode_images(x))
     assert first.describe()["random_weights"] is True and target.describe()["random_weights"] is False
-    from sing_audit.builtins.unclip import UnclipVisualizer
+    from sing_audit_huggingface.unclip import UnclipVisualizer
 
     vis = UnclipVisualizer({})
     assert vis.check_target(first) is None and vis.check_target(target) is None  # before binding: any karlo target
@@ -301,12 +316,12 @@ def test_visualizer_without_a_compatible_target_is_a_config_error(synthetic_conf
 @pytest.mark.slow
 def test_run_renders_pairs_into_the_run_folder_and_the_report(tmp_path, karlo_dir, monkeypatch):
     from sing_audit.cli import main
-    from sing_audit.builtins.unclip import UnclipVisualizer
+    from sing_audit_huggingface.unclip import UnclipVisualizer
     from sing_audit.synthetic import SYNSETS
 
     cfg = image_folder_audit(
         tmp_path,
-        [{"name": "cnn", "plugin": "torch_module", "model": "tests.unclip_fixtures:tiny_cnn", "head": "head",
+        [{"name": "cnn", "plugin": "torch_module", "model": "unclip_fixtures:tiny_cnn", "head": "head",
           "weights": "random", "img_size": 32, "class_names": ["tench", "goldfish", "shark"]}],
         per_class=3,
         dataset={"class_map": {s: i for i, s in enumerate(SYNSETS)}},
@@ -352,3 +367,16 @@ def test_karlo_transform_survives_pickling_for_spawned_workers(target):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
     again = pickle.loads(pickle.dumps(target.transform()))
     assert torch.equal(again(image), target.transform()(image))
+
+
+def test_the_family_registers_its_components_through_its_entry_points():
+    from sing_audit.host import create_registry
+    from sing_audit_huggingface.karlo import KarloTarget
+    from sing_audit_huggingface.transformers_backbone import TransformersBackbone
+    from sing_audit_huggingface.unclip import UnclipVisualizer
+
+    registry = create_registry()
+    for kind, name, factory in [("backbone", "transformers", TransformersBackbone), ("target", "karlo", KarloTarget),
+                                ("visualizer", "unclip", UnclipVisualizer)]:
+        entry = registry.get(kind, name)
+        assert entry.factory is factory and entry.package.startswith("sing-audit-huggingface "), (kind, name)

@@ -23,12 +23,11 @@ from pydantic import Field
 
 from sing_audit.components import ModelOptions
 from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError, exception_summary
+from sing_audit.hooked_head import HookedHeadBackbone, find_head_layer
 from sing_audit.hookspecs import hookimpl
+from sing_audit.host import BuildContext
+from sing_audit.imagenet import imagenet_class_info
 from sing_audit.store import jsonable
-from sing_audit.builtins.torch_module import (
-    HookedHeadBackbone,
-    find_head_layer,
-)
 from sing_audit.weights import (
     ResolvedWeights,
     file_digest,
@@ -66,8 +65,8 @@ class TransformersBackbone(HookedHeadBackbone):
 
     plugin_name = "transformers"
 
-    def __init__(self, options: TransformersBackbone.Options | dict[str, Any]) -> None:
-        super().__init__(options)
+    def __init__(self, options: TransformersBackbone.Options | dict[str, Any], context: BuildContext | None = None) -> None:
+        super().__init__(options, context)
         self.head_path = self.options.head or "classifier"
         self._processor = None
         self._folder_digests: dict[str, str] | None = None
@@ -221,7 +220,7 @@ class TransformersBackbone(HookedHeadBackbone):
                     f"path of its classification layer (linear layers: {', '.join(linear[-5:]) or 'none'})"
                 )
             path = "classifier"
-        return find_head_layer(model, path, self._what())
+        return find_head_layer(model, path, self._what(), self.head_folders)
 
     def _forward(self, x):
         return self.model(pixel_values=x.to(self.model.dtype))
@@ -238,8 +237,6 @@ class TransformersBackbone(HookedHeadBackbone):
     def _class_keys(self) -> list[str] | None:
         if int(self.head_affine.weight.shape[0]) != 1000 or self._class_names() is None:
             return None
-        from sing_audit.builtins.timm_backbone import imagenet_class_info
-
         info = imagenet_class_info(1000)  # HF ImageNet-1k heads use the standard class order
         return list(info[0]) if info is not None else None
 

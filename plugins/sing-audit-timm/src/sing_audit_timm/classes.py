@@ -1,0 +1,28 @@
+"""ImageNet class information for timm heads of every ImageNet subset timm knows
+(ImageNet-1k, -12k, -21k, -22k, …), from timm's own tables."""
+
+from __future__ import annotations
+
+import functools
+
+__all__ = ["imagenet_class_info"]
+
+
+@functools.lru_cache(maxsize=8)
+def imagenet_class_info(num_classes: int) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """``(synsets, readable names)`` for an ImageNet-sized head, else ``None``.
+
+    Readable names are the first comma-separated part of timm's description
+    (``"tench, Tinca tinca"`` -> ``"tench"``).
+    """
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset({"num_classes": num_classes})
+    if subset is None:
+        return None
+    info = ImageNetInfo(subset)
+    if info.num_classes() != num_classes:
+        return None
+    keys = tuple(info.index_to_label_name(i) for i in range(num_classes))
+    names = tuple(info.index_to_description(i).split(",")[0].strip() for i in range(num_classes))
+    return keys, names

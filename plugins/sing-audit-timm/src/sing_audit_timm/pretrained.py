@@ -1,0 +1,169 @@
+"""What timm knows without building a model: architecture names, pretrained tags, and
+where the pretrained weights of a name would come from on this machine (no network).
+Shared by the ``timm`` and ``dino_vit`` backbones."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from sing_audit.errors import ConfigError, WeightsError
+from sing_audit.weights import hub_cached_file, local_weights_hint
+
+__all__ = [
+    "SOURCE_PREFIXES",
+    "cached_weights",
+    "check_architecture",
+    "check_cached",
+    "check_has_weights",
+    "check_tag",
+    "classifier_keys",
+    "read_folder_config",
+]
+
+#: model names that say where the model comes from instead of naming a timm architecture
+SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+
+
+def read_folder_config(folder: Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """``(pretrained_cfg, architecture, model_args)`` from a hub-layout folder's ``config.json``
+    (as timm's ``save_for_hf`` writes it); a :class:`WeightsError` says what is missing."""
+    from timm.models._hub import load_model_config_from_path
+
+    cfg_file = folder / "config.json"
+    if not folder.is_dir():
+        raise WeightsError(f"model folder not found: {folder}")
+    if not cfg_file.is_file():
+        raise WeightsError(
+            f"folder {folder} has no config.json: a folder in the hub's layout holds config.json and "
+            "model.safetensors (or pytorch_model.bin); point weights at the weights file itself instead, "
+            "with model: <timm architecture>"
+        )
+    try:
+        pcfg, arch, model_args = load_model_config_from_path(folder)
+    except Exception as exc:
+        raise WeightsError(
+            f"{cfg_file} is not a timm model config ({exc.__class__.__name__}: {exc}); it needs at least "
+            "'architecture' (as timm's save_for_hf writes it)"
+        ) from exc
+    return dict(pcfg), str(arch), dict(model_args or {})
+
+
+def check_architecture(arch: str, pattern: str = "") -> None:
+    """A :class:`ConfigError` unless timm knows architecture ``arch``, with close names
+    (among ``timm.list_models(pattern)`` when a pattern is given)."""
+    import timm
+
+    if timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(pattern) if pattern else timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise ConfigError(f"timm has no model named {arch!r}{hint}")
+
+
+def check_tag(arch: str, tag: str) -> None:
+    """A :class:`WeightsError` unless timm has pretrained weights ``arch.tag``, with the close tags."""
+    import timm
+
+    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+    if tag not in tags:
+        close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.5)
+        listing = ", ".join(close or tags[:10]) or "none"
+        raise WeightsError(
+            f"timm model {arch!r} has no pretrained tag {tag!r} (known tags: {listing}); "
+            "use one of them, weights: pretrained, a local weights file, or weights: random"
+        )
+
+
+def check_has_weights(model_name: str) -> None:
+    """A :class:`WeightsError` when timm has no pretrained weights for ``model_name``."""
+    import timm
+
+    if model_name.startswith(SOURCE_PREFIXES):
+        return
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None or not cfg.has_weights:
+        raise WeightsError(
+            f"timm has no pretrained weights for {model_name!r}; set weights to a local weights file, "
+            "or to random for a smoke test"
+        )
+
+
+def cached_weights(model_name: str) -> tuple[Path | None, str]:
+    """Where timm would find ``model_name``'s pretrained weights on this machine, without a network.
+
+    Mirrors timm 1.0's ``_resolve_pretrained_source``: a ``file`` wins; else the hub
+    repository (``hf_hub_id``, file ``hf_hub_filename`` or ``pytorch_model.bin``, with
+    its safetensors alternative tried first); else the ``url`` in timm's torch-hub cache.
+    Returns ``(path or None, what was looked for)``.
+    """
+    import timm
+    import torch
+    from timm.models import _builder
+
+    if model_name.startswith(("hf-hub:", "hf_hub:")):
+        repo = model_name.split(":", 1)[1]
+        names = ("model.safetensors", "pytorch_model.bin")
+        if hub_cached_file(repo, "config.json") is None:
+            return None, f"config.json of hub repository {repo}"
+        return hub_cached_file(repo, names), f"{' or '.join(names)} of hub repository {repo}"
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None:
+        return None, f"a pretrained config for {model_name!r}"
+    if cfg.file:
+        path = Path(cfg.file)
+        return (path if path.is_file() else None), str(path)
+    # timm's torch-hub cache (timm.models._hub.get_cache_dir, which would create the folder)
+    url_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    url_file = url_dir / Path(str(cfg.url).split("?")[0]).name if cfg.url else None
+    url_cached = url_file if url_file is not None and url_file.is_file() else None
+    if url_cached is not None and (not cfg.hf_hub_id or getattr(_builder, "_USE_OLD_CACHE", False)):
+        return url_cached, str(url_file)
+    if cfg.hf_hub_id:
+        filename = cfg.hf_hub_filename or "pytorch_model.bin"
+        names = [filename]
+        if filename == "pytorch_model.bin":
+            names.insert(0, "model.safetensors")
+        elif filename == "open_clip_pytorch_model.bin":
+            names.insert(0, "open_clip_model.safetensors")
+        elif filename.endswith(".bin"):
+            names.insert(0, filename[: -len(".bin")] + ".safetensors")
+        return hub_cached_file(cfg.hf_hub_id, tuple(names)), f"{' or '.join(names)} of hub repository {cfg.hf_hub_id}"
+    if url_file is not None:
+        return None, str(url_file)
+    return None, "a weights source"
+
+
+def check_cached(model_name: str) -> None:
+    """A :class:`WeightsError` when the pretrained weights of ``model_name`` are not on this
+    machine (for an offline hub: ``HF_HUB_OFFLINE``), saying where they were looked for."""
+    found, looked = cached_weights(model_name)
+    if found is not None:
+        return
+    try:
+        from huggingface_hub import constants
+
+        cache = f" (hub cache: {constants.HF_HUB_CACHE})"
+    except ImportError:  # pragma: no cover
+        cache = ""
+    raise WeightsError(
+        f"the pretrained weights of timm model {model_name!r} are not on this machine and the hub is offline "
+        f"(HF_HUB_OFFLINE is set): looked for {looked}{cache}; {local_weights_hint(repr(model_name))}"
+    )
+
+
+def classifier_keys(model_name: str) -> list[str]:
+    """The classifier's parameter prefixes in timm's pretrained config of ``model_name`` (none when unknown)."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(model_name)
+    except Exception:  # hf-hub names, unknown tags: no local config to read
+        cfg = None
+    classifier = getattr(cfg, "classifier", None) if cfg is not None else None
+    if classifier is None:
+        return []
+    if isinstance(classifier, str):
+        return [classifier]
+    return [str(c) for c in classifier]
