@@ -24,9 +24,10 @@ def _split_formats(values: list[str]) -> list[str]:
 
 def cmd_report(args) -> int:
     from ..compare import load_result
-    from ..host import create_registry, suggest
+    from ..host import create_registry
     from ..pipeline.plan import create_reporter
     from ..store import atomic_write_bytes
+    from ..terminal import suggest
 
     result, path, _ = load_result(args.run_dir)
     out = path.parent
