@@ -14,7 +14,7 @@ Kinds and what the runner asks of them:
 - targets: :class:`ImageTarget` (a vision-language model) or :class:`EmbeddingTarget`
   (precomputed embeddings, no text encoder).
 - translators: :class:`Translator` — ``fit(F, Z)`` / ``predict(F)``.
-- probes: :class:`Probe` — measurements on one model's features.
+- probes: :class:`~sing_audit.probes.Probe` — measurements on one model's features.
 - reporters: :class:`Reporter` — write files from the typed result alone.
 
 Every public name of :mod:`sing_audit.options` and :mod:`sing_audit.datasets` is

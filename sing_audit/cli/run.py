@@ -114,6 +114,7 @@ def _print_result(args, result) -> int:
 
 
 def _output_dir(args) -> Path | None:
+    """The config's output folder, or ``None`` when the config cannot be read (for messages only)."""
     try:
         from ..config import load_config
 
@@ -136,16 +137,12 @@ def interrupted_message(args, exc: KeyboardInterrupt) -> str:
     else:
         inside = f"inside {', '.join(where.outer)}, " if where.outer else ""
         lines = [f"sing-audit: interrupted during stage {where.name} ({inside}after {where.seconds:.2f}s)"]
-    try:
-        from ..config import load_config
-
-        cache = load_config(args.config, args.override).output_dir / "cache"
+    out = _output_dir(args)  # None when reading the config fails (it may be what was interrupted)
+    if out is not None:
         lines.append(
-            f"Finished work is kept in the cache in {cache} (features, embeddings, text embeddings, fitted "
+            f"Finished work is kept in the cache in {out / 'cache'} (features, embeddings, text embeddings, fitted "
             "translators, and the finished chunks of an interrupted extraction or text encoding)."
         )
-    except Exception:  # noqa: BLE001 - best effort: reading the config may be what was interrupted
-        pass
     shard = getattr(args, "shard", None)
     if args.command == "run" and shard is None:
         try:
