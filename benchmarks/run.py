@@ -350,6 +350,7 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name:
     import torch
 
     from sing_audit.synthetic import SYNSETS
+    from sing_audit.testing import save_random_target
 
     with tempfile.TemporaryDirectory(prefix="sing-bench-x-") as tmp:
         tmp = Path(tmp)
@@ -363,14 +364,7 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name:
             for i in range(per_class):
                 pixels = np.random.default_rng(i).integers(0, 255, size=(src_px, src_px, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(root / s / f"{s}_{i}.jpg", quality=90)
-        ids = [f"{s}/{s}_{i}.jpg" for s in SYNSETS for i in range(per_class)]
-        rng = np.random.default_rng(0)
-        np.savez(
-            tmp / "t.npz",
-            image_embeddings=rng.normal(size=(len(ids), 64)).astype(np.float32),
-            text_embeddings=rng.normal(size=(1000, 64)).astype(np.float32),
-            image_ids=np.array(ids),
-        )
+        save_random_target(tmp / "t.npz", [f"{s}/{s}_{i}.jpg" for s in SYNSETS for i in range(per_class)], dim=64)
 
         def config(out: str, num_workers: int) -> Path:
             cfg = {

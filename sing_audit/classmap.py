@@ -16,13 +16,13 @@ never carry raw synset ids, so a name that still looks like one is an error.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .components import LinearHead
 from .errors import DataError
+from .terminal import close_matches
 
 __all__ = ["LabelMapping", "map_labels", "normalize_name", "looks_like_synset"]
 
@@ -60,14 +60,16 @@ def _unique(labels: Iterable[str | None]) -> list[str]:
     return list(seen)
 
 
-def _close(label: str, candidates: Sequence[str], n: int = 3) -> list[str]:
-    return difflib.get_close_matches(label, list(candidates), n=n, cutoff=0.6)
+#: how close a dataset label must be to a class name to be offered as "did you mean"
+_CUTOFF = 0.6
 
 
 def _unmapped_error(unmapped: list[str], candidates: Sequence[str], against: str, num_classes: int) -> DataError:
     shown = []
     for label in unmapped[:10]:
-        close = _close(label, candidates) or _close(normalize_name(label), [normalize_name(c) for c in candidates])
+        close = close_matches(label, candidates, cutoff=_CUTOFF) or close_matches(
+            normalize_name(label), [normalize_name(c) for c in candidates], cutoff=_CUTOFF
+        )
         shown.append(f"{label!r}" + (f" (close: {', '.join(repr(c) for c in close)})" if close else ""))
     more = f", … {len(unmapped) - 10} more" if len(unmapped) > 10 else ""
     return DataError(

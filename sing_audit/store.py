@@ -1,5 +1,7 @@
-"""Content keys, JSON-safe values, and safe file writes: atomic (through a temporary
-file and a rename) and confined to the output folder (:func:`safe_child`)."""
+"""Content keys, JSON-safe values, safe file names (:func:`slug`) and safe file writes:
+atomic (through a temporary file and a rename) and confined to the output folder
+(:func:`safe_child`). Used by the run and by plugins alike; the run's array cache is
+:mod:`sing_audit.pipeline.cache`."""
 
 from __future__ import annotations
 

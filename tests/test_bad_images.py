@@ -32,6 +32,7 @@ from PIL import Image, ImageFile
 from sing_audit.errors import DataError
 from sing_audit.builtins.image_datasets import ImageFolderDataset
 from sing_audit.synthetic import SYNSETS, write_image_folder
+from sing_audit.testing import save_random_target
 
 from .conftest import PIPELINE_POLICY, write_config
 
@@ -90,14 +91,7 @@ def record(ds: ImageFolderDataset, image_id: str):
 def audit_config(tmp_path: Path, root: Path, on_bad_image: str, formats=("json",), **dataset_options) -> Path:
     """An image-folder audit of ``root`` (random-init resnet18, precomputed target
     aligned by the dataset's own image ids), writing ``formats``."""
-    ids = [r.image_id for r in dataset(root).records()]
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "t.npz",
-        image_embeddings=rng.normal(size=(len(ids), 8)).astype(np.float32),
-        text_embeddings=rng.normal(size=(1000, 8)).astype(np.float32),
-        image_ids=np.array(ids),
-    )
+    save_random_target(tmp_path / "t.npz", [r.image_id for r in dataset(root).records()])
     return write_config(
         tmp_path,
         {

@@ -277,18 +277,19 @@ def test_ctrl_c_outside_an_audit_just_says_interrupted(synthetic_config, monkeyp
 
 
 def test_the_resume_command_keeps_shard_and_debug_and_names_torchrun(monkeypatch):
-    from sing_audit.cli import _interrupted, build_parser
+    from sing_audit.cli import build_parser
+    from sing_audit.cli.run import interrupted_message
     from sing_audit.pipeline.stages import record_stage_exit
 
     exc = KeyboardInterrupt()
     record_stage_exit(exc, "extract", 1.5)
     args = build_parser().parse_args(["--debug", "run", "my audit.yaml", "--shard", "1/4", "-o", "run.seed=3"])
-    text = _interrupted(args, exc)
+    text = interrupted_message(args, exc)
     assert text.startswith("sing-audit: interrupted during stage extract (after 1.50s)")
     assert text.endswith("sing-audit --debug run 'my audit.yaml' --shard 1/4 -o run.seed=3")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    text = _interrupted(build_parser().parse_args(["run", "audit.yaml"]), exc)
+    text = interrupted_message(build_parser().parse_args(["run", "audit.yaml"]), exc)
     assert "same torchrun command" in text and "sing-audit run" not in text
 
 

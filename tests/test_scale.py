@@ -14,6 +14,7 @@ import pytest
 
 from sing_audit.pipeline.cache import ArrayStore, PartialEntry
 from sing_audit.synthetic import SYNSETS
+from sing_audit.testing import save_random_target
 
 from .conftest import PIPELINE_POLICY, write_config
 
@@ -41,14 +42,8 @@ def _image_folder(root: Path, per_class: int, size: int = 32) -> Path:
 
 
 def _config(folder: Path, root: Path, out: str, **run) -> Path:
-    ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(len(list((root / SYNSETS[0]).iterdir())))]
-    rng = np.random.default_rng(0)
-    np.savez(
-        folder / "t.npz",
-        image_embeddings=rng.normal(size=(len(ids), 8)).astype(np.float32),
-        text_embeddings=rng.normal(size=(1000, 8)).astype(np.float32),
-        image_ids=np.array(ids),
-    )
+    per_class = len(list((root / SYNSETS[0]).iterdir()))
+    save_random_target(folder / "t.npz", [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(per_class)])
     return write_config(
         folder,
         {

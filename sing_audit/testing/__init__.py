@@ -7,36 +7,15 @@
   (:func:`image_folder_audit`), and :data:`PIPELINE_POLICY` for pipeline tests.
 - :mod:`sing_audit.testing.results` — :func:`sample_result`, a hand-built result for
   report sections and reporters.
+
+Every name in a submodule's ``__all__`` is importable from here.
 """
 
 from __future__ import annotations
 
-from .audits import PIPELINE_POLICY, image_folder_audit, save_npz, synthetic_audit, write_config
-from .contracts import (
-    BackboneReport,
-    check_backbone,
-    check_describe,
-    check_features_are_head_input,
-    check_head,
-    check_logits,
-    check_transform,
-    numerical_rank,
-)
-from .results import sample_result
+from . import audits, contracts, results
+from .audits import *  # noqa: F403 - the public names, as audits.__all__ lists them
+from .contracts import *  # noqa: F403
+from .results import *  # noqa: F403
 
-__all__ = [
-    "BackboneReport",
-    "PIPELINE_POLICY",
-    "check_backbone",
-    "check_describe",
-    "check_features_are_head_input",
-    "check_head",
-    "check_logits",
-    "check_transform",
-    "image_folder_audit",
-    "numerical_rank",
-    "sample_result",
-    "save_npz",
-    "synthetic_audit",
-    "write_config",
-]
+__all__ = sorted([*audits.__all__, *contracts.__all__, *results.__all__])

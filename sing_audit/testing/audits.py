@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-__all__ = ["PIPELINE_POLICY", "image_folder_audit", "save_npz", "synthetic_audit", "write_config"]
+__all__ = ["PIPELINE_POLICY", "image_folder_audit", "save_npz", "save_random_target", "synthetic_audit", "write_config"]
 
 #: the policy of pipeline tests on tiny image folders: with a few images per class no class
 #: reaches min_images, so the models are "not assessed" (exit 1) — the test checks the
@@ -50,6 +50,18 @@ def save_npz(path: Path, **arrays) -> Path:
     return path
 
 
+def save_random_target(path: Path, image_ids: list[str], dim: int = 8) -> Path:
+    """A precomputed target of random embeddings (seed 0) for the images ``image_ids``
+    and the 1000 ImageNet class prompts, so that an audit runs no target model."""
+    rng = np.random.default_rng(0)
+    return save_npz(
+        path,
+        image_embeddings=rng.normal(size=(len(image_ids), dim)).astype(np.float32),
+        text_embeddings=rng.normal(size=(1000, dim)).astype(np.float32),
+        image_ids=np.array(image_ids),
+    )
+
+
 def image_folder_audit(
     tmp_path: Path, backbones: list[dict], per_class: int = 4, size: int = 32, root: Path | None = None, **extra
 ) -> Path:
@@ -61,14 +73,7 @@ def image_folder_audit(
 
     if root is None:
         root = write_image_folder(tmp_path / "val", per_class=per_class, size=size)
-    ids = [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(per_class)]
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "t.npz",
-        image_embeddings=rng.normal(size=(len(ids), 8)).astype(np.float32),
-        text_embeddings=rng.normal(size=(1000, 8)).astype(np.float32),
-        image_ids=np.array(ids),
-    )
+    save_random_target(tmp_path / "t.npz", [f"{s}/{s}_{i}.png" for s in SYNSETS for i in range(per_class)])
     data = {
         "output": "out",
         "dataset": {"plugin": "image_folder", "root": str(root), **extra.pop("dataset", {})},

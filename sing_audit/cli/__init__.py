@@ -1,0 +1,102 @@
+"""``sing-audit``: run | merge | validate | schema | plugins | report | diff | explain.
+
+Exit codes of ``run``: 0 passed, 1 policy failed, 2 bad input, 70 internal error,
+130 interrupted. ``diff`` exits 1 when it finds a regression (a class whose leakage
+grew beyond its confidence intervals). Other commands exit 0 on success and 2 on bad
+input.
+
+One module per job: :mod:`.parser` (the arguments), :mod:`.output` (what is printed and
+how it is made safe for a terminal), :mod:`.run` (run, merge, shards, torchrun, and the
+messages of an interrupted or failed run), :mod:`.introspect` (validate, schema,
+plugins), :mod:`.report` (report, diff), :mod:`.explain`; :func:`main` here maps
+the errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from ..errors import BadInputError, OutputWriteError, PluginError, SingAuditError
+from ..terminal import shorten
+from .exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_PASSED,
+    EXIT_POLICY_FAILED,
+)
+from .explain import cmd_explain
+from .introspect import cmd_plugins, cmd_schema, cmd_validate
+from .output import print_error, say, warn
+from .parser import build_parser
+from .report import cmd_diff, cmd_report
+from .run import cmd_merge, cmd_run, interrupted_message, log_hint, print_models
+
+__all__ = [
+    "main",
+    "build_parser",
+    "EXIT_PASSED",
+    "EXIT_POLICY_FAILED",
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_BROKEN_PIPE",
+]
+
+COMMANDS = {
+    "run": cmd_run,
+    "merge": cmd_merge,
+    "validate": cmd_validate,
+    "schema": cmd_schema,
+    "plugins": cmd_plugins,
+    "report": cmd_report,
+    "diff": cmd_diff,
+    "explain": cmd_explain,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt as exc:
+        warn(interrupted_message(args, exc))
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of our output went away (e.g. `| head`): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except (BadInputError, PluginError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print_error("error", exc)
+        return EXIT_BAD_INPUT
+    except OutputWriteError as exc:
+        # the analysis finished: show its verdict and what is in place, then what failed
+        print_models(exc.result)
+        say(shorten(exc.result.verdict, 2000))
+        if args.debug:
+            traceback.print_exc()
+        print_error("error", exc)
+        if exc.is_bug:
+            warn(f"{log_hint(args, exc)}A reporter failed with a bug (exit 70); report it with the log.")
+            return EXIT_INTERNAL
+        return EXIT_BAD_INPUT
+    except SingAuditError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print_error("error", exc)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - a bug: never read as a verdict
+        hint = log_hint(args, exc)
+        traceback.print_exc() if args.debug else None
+        warn(
+            f"sing-audit: internal error (a bug, not a verdict): {exc.__class__.__name__}: {exc}\n"
+            f"{hint}Rerun with --debug for the traceback, and report it with the log."
+        )
+        return EXIT_INTERNAL
