@@ -34,6 +34,7 @@ from sing_audit.host import BuildContext
 from sing_audit.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from sing_audit.store import jsonable
 from sing_audit.transforms import resize_crop_transform
+from sing_audit.terminal import close_matches
 from sing_audit.weights import (
     ResolvedWeights,
     file_digest,
@@ -83,10 +84,8 @@ def import_factory(spec: str, base_dir: Path | None = None) -> Callable[..., Any
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            import difflib
-
             public = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, public, n=3, cutoff=0.6)
+            close = close_matches(part, public, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"{module_name!r} has no attribute {attr!r}{hint}")
         obj = getattr(obj, part)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from sing_audit.components import ImageTarget, TextTargetOptions
 from sing_audit.errors import ConfigError, WeightsError, exception_summary
 from sing_audit.hookspecs import hookimpl
 from sing_audit.store import jsonable
+from sing_audit.terminal import close_matches
 from sing_audit.weights import (
     ResolvedWeights,
     file_digest,
@@ -83,7 +83,7 @@ class OpenClipTarget(ImageTarget):
         name = self.options.model
         known = open_clip.list_models()
         if name not in known and name.replace("/", "-") not in known:
-            close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+            close = close_matches(name, known, n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
             raise ConfigError(f"open_clip has no model named {name!r}{hint}")
 
@@ -145,7 +145,7 @@ class OpenClipTarget(ImageTarget):
                 else:
                     tag = w.value
                     if tag not in tags:
-                        close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.5)
+                        close = close_matches(tag, tags, n=5, cutoff=0.5)
                         listing = ", ".join(close or tags[:10]) or "none"
                         raise WeightsError(
                             f"open_clip model {name!r} has no pretrained tag {tag!r} (known tags: {listing}); "

@@ -27,7 +27,6 @@ Layouts (``B`` batch, ``D`` embed dim; every token below has gone through the mo
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Literal
 
 from sing_audit.errors import ConfigError, HeadError, WeightsError
 from sing_audit.weights import load_state_dict
+from sing_audit.terminal import close_matches
 
 __all__ = [
     "LAYOUTS",
@@ -103,7 +103,7 @@ def read_linear_head(path: Path, head_key: str | None = None):
         prefix = f"{prefix}." if prefix else ""
         if f"{prefix}weight" not in sd:
             candidates = sorted(k[: -len("weight")].rstrip(".") for k in sd if k.endswith("weight"))
-            close = difflib.get_close_matches(prefix.rstrip("."), candidates, n=3, cutoff=0.5)
+            close = close_matches(prefix.rstrip("."), candidates, n=3, cutoff=0.5)
             listing = ", ".join(repr(c) for c in (close or candidates[:8])) or "none"
             raise WeightsError(f"head file {path} has no {prefix}weight (head_key {head_key!r}); weights in it: {listing}")
         prefixes = [prefix]

@@ -4,12 +4,12 @@ Shared by the ``timm`` and ``dino_vit`` backbones."""
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
 from sing_audit.errors import ConfigError, WeightsError
 from sing_audit.weights import hub_cached_file, local_weights_hint
+from sing_audit.terminal import close_matches
 
 __all__ = [
     "SOURCE_PREFIXES",
@@ -57,7 +57,7 @@ def check_architecture(arch: str, pattern: str = "") -> None:
 
     if timm.is_model(arch):
         return
-    close = difflib.get_close_matches(arch, timm.list_models(pattern) if pattern else timm.list_models(), n=5, cutoff=0.6)
+    close = close_matches(arch, timm.list_models(pattern) if pattern else timm.list_models(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
     raise ConfigError(f"timm has no model named {arch!r}{hint}")
 
@@ -68,7 +68,7 @@ def check_tag(arch: str, tag: str) -> None:
 
     tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
     if tag not in tags:
-        close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.5)
+        close = close_matches(tag, tags, n=5, cutoff=0.5)
         listing = ", ".join(close or tags[:10]) or "none"
         raise WeightsError(
             f"timm model {arch!r} has no pretrained tag {tag!r} (known tags: {listing}); "
