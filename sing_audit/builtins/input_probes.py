@@ -48,7 +48,7 @@ from sing_audit import input_space as S
 from sing_audit.components import ImageTarget, PluginOptions
 from sing_audit.errors import ConfigError, SingAuditError
 from sing_audit.hookspecs import hookimpl
-from sing_audit.probes import Probe, ProbeContext, ProbeOutput
+from sing_audit.probes import Probe, ProbeContext, ProbeOutput, ProbeSummary
 
 __all__ = [
     "PatchEmbedNullProbe",
@@ -256,7 +256,11 @@ class EquivalentImage(BaseModel):
     difference_png: str
 
 
-class PatchEmbedNullSummary(BaseModel):
+class PatchEmbedNullSummary(ProbeSummary):
+    probe = "patch_embed_null"
+    dump_mode = "json"
+    omit_unset = False
+
     patch_size: int
     embed_dim: int
     patch_dim: int
@@ -286,6 +290,8 @@ class PatchEmbedNullSummary(BaseModel):
 
 class PatchEmbedNullProbe(Probe):
     """Equivalent images from the exact null space of a ViT's patch embedding."""
+
+    Summary = PatchEmbedNullSummary
 
     needs_backbone = True
 
@@ -353,13 +359,17 @@ class PatchEmbedNullProbe(Probe):
             if is_ is not None:
                 per_image["target_is"] = _column(n, rows, is_)
                 per_image["target_as"] = _column(n, rows, as_)
-        return ProbeOutput(per_image=per_image, summary=summary.model_dump(mode="json"))
+        return ProbeOutput(per_image=per_image, summary=summary)
 
 
 # --------------------------------------------------------------------------- 2. Jacobian spectrum
 
 
-class JacobianSummary(BaseModel):
+class JacobianSummary(ProbeSummary):
+    probe = "jacobian"
+    dump_mode = "json"
+    omit_unset = False
+
     output: Literal["features", "logits"]
     method: str
     exact: bool
@@ -381,6 +391,8 @@ class JacobianSummary(BaseModel):
 
 class JacobianProbe(Probe):
     """Singular values of ∂f/∂x and directional local Lipschitz constants."""
+
+    Summary = JacobianSummary
 
     needs_backbone = True
 
@@ -429,14 +441,18 @@ class JacobianProbe(Probe):
                 "lipschitz_top": _column(n, rows, res.lipschitz["top"][:, 0]),
                 "lipschitz_random": _column(n, rows, res.lipschitz["random"][:, 0]),
             },
-            summary=summary.model_dump(mode="json"),
+            summary=summary,
         )
 
 
 # --------------------------------------------------------------------------- 3. encoder null space
 
 
-class EncoderNullSummary(BaseModel):
+class EncoderNullSummary(ProbeSummary):
+    probe = "encoder_null"
+    dump_mode = "json"
+    omit_unset = False
+
     norm: float
     relative_norm: float | None
     tolerance: float
@@ -454,6 +470,8 @@ class EncoderNullSummary(BaseModel):
 
 class EncoderNullProbe(Probe):
     """A universal noise on the patch-embedding output, as large as logits allow."""
+
+    Summary = EncoderNullSummary
 
     needs_backbone = True
 
@@ -493,13 +511,17 @@ class EncoderNullProbe(Probe):
     def run(self, ctx: ProbeContext) -> ProbeOutput:
         model, _, x, _, _ = context_inputs(ctx, "encoder_null", self.options.max_images)
         _, summary = self.run_on(model, x)
-        return ProbeOutput(summary=summary.model_dump(mode="json"))
+        return ProbeOutput(summary=summary)
 
 
 # --------------------------------------------------------------------------- 4. embedding matching
 
 
-class EmbeddingMatchSummary(BaseModel):
+class EmbeddingMatchSummary(ProbeSummary):
+    probe = "embedding_match"
+    dump_mode = "json"
+    omit_unset = False
+
     n_pairs: int
     converged: float
     pixel_l2: Stat
@@ -520,6 +542,8 @@ class EmbeddingMatchSummary(BaseModel):
 
 class EmbeddingMatchProbe(Probe):
     """Gradient descent on x until its embedding matches another image's."""
+
+    Summary = EmbeddingMatchSummary
 
     needs_backbone = True
 
@@ -600,7 +624,7 @@ class EmbeddingMatchProbe(Probe):
             if is_ is not None:
                 per_image["target_is"] = _column(n, rows, is_)
                 per_image["target_as"] = _column(n, rows, as_)
-        return ProbeOutput(per_image=per_image, summary=summary.model_dump(mode="json"))
+        return ProbeOutput(per_image=per_image, summary=summary)
 
 
 @hookimpl
