@@ -41,6 +41,7 @@ __all__ = [
     "ProbeOutput",
     "ProbeSummary",
     "Scores",
+    "explain_lines",
     "headline_names",
     "headline_probe",
     "probe_summary",
@@ -234,3 +235,15 @@ def probe_summary(model_result: Any, summary: type[S], name: str | None = None) 
 def headline_names(registry: Any) -> set[str]:
     """The registered probes (names) whose factory has the headline role."""
     return {n for n in registry.names("probe") if getattr(registry.get("probe", n).factory, "role", None) == HEADLINE}
+
+
+def explain_lines(registry: Any, summaries: dict[str, dict[str, Any]], shorten: Callable[[Any], str]) -> list[str]:
+    """What ``sing-audit explain`` prints of every probe's summary (keyed by probe name, as
+    in ``models[i].probes``), through each probe's own summary model, in probe order."""
+    known = set(registry.names("probe"))
+    lines: list[str] = []
+    for name, raw in summaries.items():
+        if name in known and isinstance(raw, dict) and raw:
+            model = getattr(registry.get("probe", name).factory, "Summary", ProbeSummary)
+            lines += model.model_validate(raw).explain_lines(shorten)
+    return lines

@@ -368,3 +368,10 @@ class _Adapted(ConceptSet):
 @hookimpl
 def register_probes(register):
     register("concepts", ConceptsProbe)
+
+
+@hookimpl
+def register_report_sections(register):
+    from sing_audit.builtins.concepts_section import ConceptsSection  # the section imports this module's summary
+
+    register(ConceptsSection.key, ConceptsSection)

@@ -285,3 +285,10 @@ class SteeringProbe(Probe):
 @hookimpl
 def register_probes(register):
     register("steering", SteeringProbe)
+
+
+@hookimpl
+def register_report_sections(register):
+    from sing_audit.builtins.steering_section import SteeringSection  # the section imports this module's summary
+
+    register(SteeringSection.key, SteeringSection)
