@@ -41,8 +41,27 @@ from __future__ import annotations
 from ..scores import angles
 from .pixels import image_to_patches, patches_to_image, valid_range, to_pixels, from_pixels, to_uint8
 from .forward import output_drift
-from .patch_null import patch_embedding, PatchNullSpace, patch_null_space, channel_basis, bounded_null_perturbation, PatchNullResult, run_patch_null
-from .jacobian import feature_fn, logits_fn, math_attention, jacobian_matrix, JacobianSpectrum, randomized_jacobian_svd, jacobian_spectrum, directional_lipschitz, JacobianResult, run_jacobian
+from .patch_null import (
+    patch_embedding,
+    PatchNullSpace,
+    patch_null_space,
+    channel_basis,
+    bounded_null_perturbation,
+    PatchNullResult,
+    run_patch_null,
+)
+from .jacobian import (
+    feature_fn,
+    logits_fn,
+    math_attention,
+    jacobian_matrix,
+    JacobianSpectrum,
+    randomized_jacobian_svd,
+    jacobian_spectrum,
+    directional_lipschitz,
+    JacobianResult,
+    run_jacobian,
+)
 from .encoder_noise import EncoderNoiseResult, add_after_patch_embed, optimise_encoder_noise
 from .embedding_match import EmbeddingMatchResult, match_embeddings
 from .semantics import equivalent_image_scores
