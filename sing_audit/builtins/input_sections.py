@@ -15,7 +15,7 @@ store under ``model.probes``:
 - ``jacobian``: the mean singular values (a small chart) and directional Lipschitz
   constants.
 
-``target_semantics`` (item 5) is the IS/AS of the equivalent images under the target's own
+``target_semantics`` is the IS/AS of the equivalent images under the target's own
 image encoder, or the reason it was not measured. The section appears only when at least
 one of these probes ran on some model; it reads nothing but the typed result.
 """

@@ -1,6 +1,6 @@
 """Input-space probes of vision transformers: the math, with no I/O and no config.
 
-Four measurements (issue 7), each a set of functions on a torch module and a batch of
+Four measurements, each a set of functions on a torch module and a batch of
 *normalised* input images ``x`` (N×C×H×W, exactly what the model consumes: resized,
 centre-cropped, ``(pixel − mean) / std``):
 

@@ -41,7 +41,7 @@ class EmbeddingMatchSummary(ProbeSummary):
     takes_target_class: float
     keeps_source_class: float
     pairs: list[dict[str, Any]]
-    #: IS/AS of matched images under the target's image encoder (item 5): AS toward the
+    #: IS/AS of matched images under the target's image encoder: AS toward the
     #: source's class prompt, ``as_other_mean`` toward the matched-to image's class prompt
     target_semantics: TargetSemantics | None = None
 

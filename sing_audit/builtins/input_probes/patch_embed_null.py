@@ -60,7 +60,7 @@ class PatchEmbedNullSummary(ProbeSummary):
     exact: bool
     tolerance: float
     examples: list[EquivalentImage]
-    #: IS/AS of the equivalent images under the target's image encoder (item 5)
+    #: IS/AS of the equivalent images under the target's image encoder
     target_semantics: TargetSemantics | None = None
 
 
