@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from .errors import ConfigError
+from .probes import NO_HEADLINE, headline_names
 from .terminal import suggest
 
 __all__ = [
@@ -171,7 +172,7 @@ class AuditConfig(_Strict):
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @model_validator(mode="after")
-    def _check(self) -> "AuditConfig":
+    def _check(self, info: ValidationInfo) -> "AuditConfig":
         if (self.target is None) == (self.targets is None):
             raise ValueError("give exactly one of 'target' or 'targets'")
         names = [b.name for b in self.backbones]
@@ -181,8 +182,12 @@ class AuditConfig(_Strict):
         tnames = [t.name or t.plugin for t in self.target_specs()]
         if len(set(tnames)) != len(tnames):
             raise ValueError("several targets share a name: give each one a 'name'")
-        if "null_removal" not in [p if isinstance(p, str) else p.plugin for p in self.probes]:
-            raise ValueError("probes must include null_removal: the audit's scores come from it")
+        # the probes with the headline role, when the config is loaded with a registry
+        # (load_config(..., registry=)); without one only an empty list is known to lack it
+        headline = (info.context or {}).get("headline_probes")
+        names = {p if isinstance(p, str) else p.plugin for p in self.probes}
+        if not names or (headline is not None and not names & headline):
+            raise ValueError(NO_HEADLINE)
         if self.report.templates is not None:
             folder = self.resolve_path(self.report.templates).resolve()
             if not folder.is_dir():
@@ -312,10 +317,15 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
-def load_config(source: "AuditConfig | dict | str | Path", overrides: list[str] | None = None) -> AuditConfig:
-    """Build an :class:`AuditConfig` from a model, a dict or a YAML/JSON file."""
+def load_config(
+    source: "AuditConfig | dict | str | Path", overrides: list[str] | None = None, registry: Any = None
+) -> AuditConfig:
+    """Build an :class:`AuditConfig` from a model, a dict or a YAML/JSON file.
+
+    With the run's ``registry`` (:class:`sing_audit.host.Registry`), ``probes`` must name
+    a probe with the headline role (:func:`sing_audit.probes.headline_names`)."""
     if isinstance(source, AuditConfig):
-        if not overrides:
+        if not overrides and registry is None:
             return source
         data = source.model_dump(mode="json", by_alias=True, exclude_none=True)
         base_dir = source.base_dir
@@ -339,6 +349,7 @@ def load_config(source: "AuditConfig | dict | str | Path", overrides: list[str] 
     data = apply_overrides(data, overrides)
     data["base_dir"] = base_dir
     try:
-        return AuditConfig.model_validate(data)
+        context = {"headline_probes": headline_names(registry)} if registry is not None else None
+        return AuditConfig.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, AuditConfig, name)) from None

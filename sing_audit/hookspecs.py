@@ -73,14 +73,21 @@ def register_concept_sets(register):
 
 @hookspec
 def register_reporters(register):
-    """Register reporters (output formats written from the typed result alone) and
-    report sections.
+    """Register reporters (output formats written from the typed result alone).
 
     :param register: ``register(name, factory)``; factories build
         :class:`~sing_audit.components.Reporter` (answering to the formats in their
-        ``formats`` attribute), or are :class:`~sing_audit.report.ReportSection`
-        subclasses registered as ``"section:<key>"``, which the HTML and PDF reports
-        render in ``order`` with their own template.
+        ``formats`` attribute).
+    """
+
+
+@hookspec
+def register_report_sections(register):
+    """Register sections of the HTML and PDF reports (a probe ships its own beside it).
+
+    :param register: ``register(key, section_class)``; each a
+        :class:`~sing_audit.report_sections.ReportSection` subclass, rendered in
+        ``order`` with its own template.
     """
 
 

@@ -67,6 +67,7 @@ KINDS: dict[str, str] = {
     "dataset": "register_datasets",
     "concept_set": "register_concept_sets",
     "reporter": "register_reporters",
+    "report_section": "register_report_sections",
     "visualizer": "register_visualizers",
     "head_folder": "register_head_folders",
 }

@@ -12,19 +12,14 @@ which lay every text out several times: charts draw in about half the time.
 
 from __future__ import annotations
 
-import base64
-import functools
-import hashlib
-import io
 import math
-import pickle
-import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .figures import _CACHE, DPI, LABEL_PT, TICK_PT, cached as _cached, chart_style as _style, figure_to_data_uri
+from .palette import FLAG_COLOR, MODEL_COLORS, NEUTRAL
 from .report import short_name
 
 __all__ = [
@@ -39,13 +34,6 @@ __all__ = [
     "violins",
 ]
 
-#: one colour per model, in result order (colour-blind-safe Okabe–Ito palette)
-MODEL_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-FLAG_COLOR = "#C5221F"
-NEUTRAL = "#5F6368"
-DPI = 130
-TICK_PT = 8.0
-LABEL_PT = 8.5
 
 
 #: Characters of a name the charts draw (class names, model labels, concept words), cut
@@ -66,33 +54,6 @@ def short(text: str, width: int = ROW_LABEL_CHARS) -> str:
     """``text`` on one line, cut to ``width`` characters with an ellipsis
     (:func:`sing_audit.report.short_name`, kept under this name for chart code)."""
     return short_name(text, width)
-
-
-@contextmanager
-def _style():
-    import matplotlib
-
-    rc = {
-        "text.parse_math": False,
-        "font.size": LABEL_PT,
-        "axes.labelsize": LABEL_PT,
-        "xtick.labelsize": TICK_PT,
-        "ytick.labelsize": TICK_PT,
-        "legend.fontsize": TICK_PT,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "axes.grid": True,
-        "grid.color": "#e3e3e3",
-        "grid.linewidth": 0.6,
-        "figure.facecolor": "white",
-        "axes.facecolor": "white",
-        "savefig.facecolor": "white",
-    }
-    with matplotlib.rc_context(rc), warnings.catch_warnings():
-        # glyphs missing from the font (emoji in a class name) draw as boxes; no need to warn
-        warnings.filterwarnings("ignore", message=".*[Gg]lyph.*missing.*")
-        warnings.filterwarnings("ignore", category=UserWarning, module="matplotlib")
-        yield
 
 
 def _text_width(labels: Sequence[str], size: float = TICK_PT, bold: bool = False) -> float:
@@ -117,48 +78,6 @@ def _axes(width: float, height: float, left: float = 0.55, right: float = 0.2, t
     right = min(right, 0.35 * width)
     fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height)
     return fig, fig.add_subplot()
-
-
-def figure_to_data_uri(fig, colors: int = 128) -> str:
-    """A ``data:image/png`` URI of ``fig``, palette-quantised to stay small.
-
-    The figure is drawn once into memory (no PNG round trip) and quantised with the fast
-    octree method: charts have few colours, so 128 keep them faithful.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    rgb = Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
-    small = rgb.quantize(colors=colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-    out = io.BytesIO()
-    small.save(out, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
-
-
-_CACHE: dict[str, str] = {}
-_CACHE_SIZE = 64
-
-
-def _cached(fn):
-    """Memoise a chart by the content of its inputs: the html and pdf reporters of one
-    run draw the same charts, and drawing is the slow part of rendering."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            blob = pickle.dumps((fn.__name__, args, sorted(kwargs.items())), protocol=4)
-        except Exception:  # noqa: BLE001 - unpicklable input: just draw
-            return fn(*args, **kwargs)
-        key = hashlib.sha256(blob).hexdigest()
-        if key not in _CACHE:
-            if len(_CACHE) >= _CACHE_SIZE:
-                _CACHE.pop(next(iter(_CACHE)))
-            _CACHE[key] = fn(*args, **kwargs)
-        return _CACHE[key]
-
-    return wrapper
 
 
 def _xlabel(fig, ax, text: str) -> None:

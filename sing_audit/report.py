@@ -1,7 +1,8 @@
 """Rendering the report from the typed result alone (jinja2, autoescaped).
 
 The report is a list of *sections*. A section is a :class:`ReportSection` subclass
-registered through the ``register_reporters`` hook, like any reporter::
+(:mod:`sing_audit.report_sections`) registered through the ``register_report_sections``
+hook::
 
     from sing_audit import hookimpl
     from sing_audit.report import ReportSection
@@ -21,14 +22,15 @@ registered through the ``register_reporters`` hook, like any reporter::
             return {"note": "internal use only"}
 
     @hookimpl
-    def register_reporters(register):
-        register("section:licence", LicenceSection)
+    def register_report_sections(register):
+        register("licence", LicenceSection)
 
-The html and pdf reporters collect every registered factory that is a
-:class:`ReportSection` subclass from a fresh registry, keep those whose
+The html and pdf reporters collect every registered section from a fresh registry
+(:func:`collect_sections`), keep those whose
 :meth:`~ReportSection.applies` is true, and render them in ``order`` (then ``key``),
 each through its own template, into one document. The built-in sections
-(:mod:`sing_audit.builtins.report_sections`) are registered the same way.
+(:mod:`sing_audit.builtins.report_sections`, and each probe's beside it) are registered
+the same way.
 
 Rendering reads only the :class:`~sing_audit.results.AuditResult` and files it names
 inside the run folder (per-image CSVs, thumbnails), always through
@@ -39,8 +41,6 @@ every value is autoescaped (class names and concept words are user-controlled).
 
 from __future__ import annotations
 
-import base64
-import csv
 import datetime as dt
 import inspect
 import logging
@@ -48,9 +48,7 @@ import math
 import re
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 from jinja2 import (
@@ -67,7 +65,8 @@ from jinja2 import (
 from markupsafe import Markup, escape
 
 from .errors import SingAuditError
-from .store import safe_child
+from .report_files import MAX_EMBEDDED_IMAGE_BYTES, ImagesTable, embed_image, read_images_csv
+from .report_sections import RenderedSection, ReportSection, collect_sections
 
 __all__ = [
     "NAME_CHARS",
@@ -90,113 +89,11 @@ log = logging.getLogger(__name__)
 #: media the templates are rendered for: ``screen`` (report.html) or ``print`` (report.pdf)
 MEDIA = ("screen", "print")
 
-#: largest picture file embedded into the report (bytes); bigger files are skipped
-MAX_EMBEDDED_IMAGE_BYTES = 512 * 1024
-
-_IMAGE_MAGIC = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
-
-
 class ReportRenderError(SingAuditError):
     """The report cannot be rendered on this machine (e.g. a missing system library)."""
 
 
 # --------------------------------------------------------------------------- sections
-
-
-class ReportSection:
-    """Base class of a report section (subclass it and register the class).
-
-    Class attributes:
-
-    - ``key``: a short identifier, unique among sections; the section's HTML id is
-      ``section-<key>``.
-    - ``title``: the section's heading.
-    - ``order``: where the section goes (ascending). The built-ins use 10, 20, … 80:
-      verdict 10, model comparison 20, per-class 30, concepts 40, steering 50, trust 60,
-      image evidence 70, provenance 80.
-    - ``template``: either a jinja2 template *string* (anything containing ``{``, ``<``
-      or a line break) or a template *file name*, looked up in
-      ``sing_audit/report_templates/`` and then in the folder of the module that
-      defines the section class.
-    - ``page_break``: start the section on a new page in print (default ``False``).
-
-    The template is autoescaped and sees: ``result`` (the
-    :class:`~sing_audit.results.AuditResult`), ``section`` (this object), ``medium``
-    (``"screen"`` for report.html, ``"print"`` for report.pdf), ``policy`` (the
-    result's policy dict) and everything :meth:`context` returns. Filters: ``num``
-    (``value|num(digits, suffix)``, ``—`` for ``None``), ``deg`` (degrees), ``ci`` (an
-    :class:`~sing_audit.results.Interval` as ``low–high``), ``pct``, ``sci`` (scientific
-    notation), ``when`` (an ISO timestamp, readable), and for user-controlled names
-    (class, model, target, concept, prompt, image id): ``name`` (cut to
-    :data:`NAME_CHARS` with "…", the full name in a ``title`` tooltip on screen;
-    ``name(keep_end=true)`` keeps the end, for ids), ``short_name`` (the same cut as plain
-    text, for attributes such as ``alt``) and ``names_in`` (free text such as a model's
-    summary, with every over-long name it quotes cut the same way). Print every name
-    through one of them: a long name is not only unreadable, it makes the PDF's table
-    layout slow (see :data:`NAME_CHARS`).
-
-    The heading is drawn by the report; the template renders the section's body only.
-    """
-
-    key: ClassVar[str] = ""
-    title: ClassVar[str] = ""
-    order: ClassVar[int] = 500
-    template: ClassVar[str] = ""
-    #: start the section on a new page in the pdf
-    page_break: ClassVar[bool] = False
-
-    def applies(self, result) -> bool:
-        """Whether the section has anything to show for ``result`` (default: yes)."""
-        return True
-
-    def context(self, result, run_dir: Path) -> dict[str, Any]:
-        """Extra template variables. ``run_dir`` is the run folder: read files the
-        result names only through :func:`sing_audit.store.safe_child` (or the helpers
-        :func:`read_images_csv` and :func:`embed_image`)."""
-        return {}
-
-
-@dataclass
-class RenderedSection:
-    """One section as it goes into the document."""
-
-    key: str
-    title: str
-    order: int
-    html: Markup
-    error: str | None = None
-    page_break: bool = False
-
-
-def collect_sections(registry=None) -> list[ReportSection]:
-    """Every registered :class:`ReportSection` subclass, instantiated, in order.
-
-    ``registry`` defaults to a fresh :func:`sing_audit.host.create_registry`.
-    """
-    if registry is None:
-        from .host import create_registry
-
-        registry = create_registry()
-    found: list[ReportSection] = []
-    seen: dict[str, str] = {}
-    for reg in registry.all():
-        factory = reg.factory
-        if reg.kind != "reporter" or not (isinstance(factory, type) and issubclass(factory, ReportSection)):
-            continue
-        section = factory()
-        key = str(section.key or reg.name)
-        if key in seen:
-            log.warning("report sections %s and %s share the key %r; keeping the first", seen[key], reg.name, key)
-            continue
-        seen[key] = reg.name
-        found.append(section)
-    found.sort(key=lambda s: (int(s.order), str(s.key)))
-    return found
 
 
 # --------------------------------------------------------------------------- jinja
@@ -329,9 +226,11 @@ def _name(ctx, value, width: int = NAME_CHARS, keep_end: bool = False) -> Markup
     return Markup('<span class="cut" title="{}">{}</span>').format(text, shown)
 
 
-def long_names(result, width: int = NAME_CHARS) -> list[str]:
+def long_names(result, width: int = NAME_CHARS, sections: Iterable[ReportSection] = ()) -> list[str]:
     """The user-controlled names of ``result`` longer than ``width`` characters (those the
-    report cuts), shortest first: what ``names_in`` looks for in free text."""
+    report cuts), shortest first: what ``names_in`` looks for in free text. Besides the
+    result's own names, each of ``sections`` adds those it prints
+    (:meth:`ReportSection.names`, e.g. a probe's concept words or prompts)."""
     found: set[str] = set()
 
     def add(*values) -> None:
@@ -344,19 +243,12 @@ def long_names(result, width: int = NAME_CHARS) -> list[str]:
         add(m.name, m.backbone, m.target, *m.flagged_classes)
         add(*(c.name for c in m.classes))
         add(*(x for ev in m.top_images for x in (ev.image_id, ev.class_name)))
-        concepts = m.probes.get("concepts")
-        per = concepts.get("per_class") if isinstance(concepts, dict) else None
-        if isinstance(per, dict):
-            add(*per)
-            add(*(x.get("concept") for items in per.values() if isinstance(items, list) for x in items if isinstance(x, dict)))
-        steering = m.probes.get("steering")
-        targets = steering.get("targets") if isinstance(steering, dict) else None
-        if isinstance(targets, list):
-            add(*(t.get(k) for t in targets if isinstance(t, dict) for k in ("prompt", "source")))
     for a in getattr(result, "target_agreement", None) or []:
         add(*a.targets, *a.models)
     for c in getattr(result, "model_comparisons", None) or []:
         add(c.target, c.model_a, c.model_b)
+    for section in sections:
+        add(*section.names(result))
     return sorted(found, key=len)
 
 
@@ -433,104 +325,6 @@ def _module_dir(section: ReportSection) -> Path | None:
         return None
 
 
-# --------------------------------------------------------------------------- files in the run folder
-
-
-def embed_image(run_dir: Path | None, relative: str | None) -> str | None:
-    """A ``data:`` URI of a JPEG/PNG/GIF the result names inside the run folder.
-
-    ``None`` when there is no run folder, the path leaves the run folder, the file is
-    missing, too large, or not a picture of a known type.
-    """
-    if run_dir is None or not relative:
-        return None
-    try:
-        path = safe_child(Path(run_dir), str(relative))
-    except (ValueError, OSError):
-        log.warning("report: picture %r is outside the run folder; not embedded", relative)
-        return None
-    try:
-        if not path.is_file() or path.stat().st_size > MAX_EMBEDDED_IMAGE_BYTES:
-            return None
-        data = path.read_bytes()
-    except OSError:
-        return None
-    for magic, mime in _IMAGE_MAGIC:
-        if data.startswith(magic):
-            return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return None
-
-
-@dataclass
-class ImagesTable:
-    """The per-image values of one model (its ``images.csv``), grouped by head index."""
-
-    path: str
-    as_by_label: dict[int, np.ndarray] = field(default_factory=dict)
-    is_by_label: dict[int, np.ndarray] = field(default_factory=dict)
-    n_rows: int = 0
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
-def read_images_csv(run_dir: Path | None, relative: str | None) -> ImagesTable | None:
-    """Read a model's per-image CSV (columns ``label``, ``as``, ``is``) from the run folder.
-
-    ``None`` when it is absent, outside the run folder or unreadable.
-    """
-    if run_dir is None or not relative:
-        return None
-    try:
-        path = safe_child(Path(run_dir), str(relative))
-    except (ValueError, OSError):
-        log.warning("report: per-image file %r is outside the run folder; not read", relative)
-        return None
-    if not path.is_file():
-        return None
-    labels: list[int] = []
-    as_vals: list[float] = []
-    is_vals: list[float] = []
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None or "label" not in header or "as" not in header:
-                return None
-            i_label, i_as = header.index("label"), header.index("as")
-            i_is = header.index("is") if "is" in header else None
-            for row in reader:
-                if len(row) <= max(i_label, i_as):
-                    continue
-                try:
-                    labels.append(int(row[i_label]))
-                except ValueError:
-                    continue
-                as_vals.append(_float(row[i_as]))
-                is_vals.append(_float(row[i_is]) if i_is is not None and i_is < len(row) else math.nan)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        log.warning("report: cannot read %s: %s", relative, exc)
-        return None
-    table = ImagesTable(path=str(relative), n_rows=len(labels))
-    if not labels:
-        return table
-    lab = np.asarray(labels)
-    a = np.asarray(as_vals, dtype=np.float64)
-    s = np.asarray(is_vals, dtype=np.float64)
-    order = np.argsort(lab, kind="stable")
-    lab, a, s = lab[order], a[order], s[order]
-    uniq, starts = np.unique(lab, return_index=True)
-    ends = list(starts[1:]) + [lab.size]
-    for k, b, e in zip(uniq, starts, ends):
-        table.as_by_label[int(k)] = a[b:e]
-        table.is_by_label[int(k)] = s[b:e]
-    return table
-
-
 # --------------------------------------------------------------------------- rendering
 
 
@@ -574,7 +368,7 @@ def render_report(
         if d is not None and d not in dirs:
             dirs.append(d)
     env = create_environment(dirs, user_templates(result))
-    env.globals["long_names"] = long_names(result)  # found once, for every names_in of the document
+    env.globals["long_names"] = long_names(result, sections=sections)  # found once, for every names_in of the document
     rendered = [r for r in (_render_section(env, s, result, run_dir, medium) for s in sections) if r is not None]
     return env.get_template("report.html.j2").render(result=result, sections=rendered, medium=medium)
 

@@ -225,10 +225,21 @@ def test_nullspace_valid_rules(tmp_path):
 
 
 @pytest.mark.parametrize("probes", [[], ["steering"], [{"plugin": "steering"}]])
-def test_probes_must_include_null_removal(tmp_path, probes):
+def test_probes_must_include_a_headline_probe(tmp_path, probes):
+    from sing_audit.host import create_registry
+
     data = _base()
     data["probes"] = probes
-    assert "null_removal" in _error(_write(tmp_path, data))
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data), registry=create_registry())
+    assert "headline role" in str(err.value) and "null_removal" in str(err.value)
+
+
+def test_empty_probes_lack_the_headline_probe_without_a_registry(tmp_path):
+    data = _base()
+    data["probes"] = []
+    msg = _error(_write(tmp_path, data))
+    assert "headline role" in msg and "null_removal" in msg
 
 
 def test_probes_as_names_or_specs(tmp_path):

@@ -1,4 +1,4 @@
-"""The ``section:input_space`` report section, and the input-space probes end to end."""
+"""The ``input_space`` report section, and the input-space probes end to end."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _section_html(page: str) -> str:
 
 def test_section_is_registered_from_its_own_module():
     registry = create_registry()
-    reg = registry.get("reporter", "section:input_space")
+    reg = registry.get("report_section", "input_space")
     assert reg.factory is InputSpaceSection and reg.plugin == "sing_audit.builtins.input_sections"
     keys = [s.key for s in collect_sections(registry)]
     assert keys.index("images") < keys.index("input_space") < keys.index("provenance")

@@ -229,8 +229,11 @@ def _chart_texts(monkeypatch, draw) -> list[str]:
         seen.extend(t.get_text() for t in fig.findobj(Text))
         return "data:image/png;base64,"
 
+    from sing_audit import figures
+
     plots._CACHE.clear()
     monkeypatch.setattr(plots, "figure_to_data_uri", capture)
+    monkeypatch.setattr(figures, "figure_to_data_uri", capture)  # what sections drawing their own figure call
     draw()
     plots._CACHE.clear()
     return [t for t in seen if t]

@@ -23,7 +23,8 @@ import pytest
 import sing_audit
 from sing_audit.testing import sample_result
 from sing_audit.errors import SingAuditError
-from sing_audit.host import create_registry
+from sing_audit import hookimpl
+from sing_audit.host import create_plugin_manager, create_registry
 from sing_audit.report import (
     ReportRenderError,
     ReportSection,
@@ -51,7 +52,12 @@ PDFTOTEXT = shutil.which("pdftotext")
 BUILTIN_KEYS = ["verdict", "models", "classes", "concepts", "steering", "trust", "images", "input_space", "provenance"]
 #: sections that appear only when their probes ran
 CONDITIONAL_KEYS = {"input_space"}
-SECTION_MODULES = {"input_space": "sing_audit.builtins.input_sections"}
+#: sections registered beside their probes (the rest by sing_audit.builtins.report_sections)
+SECTION_MODULES = {
+    "input_space": "sing_audit.builtins.input_sections",
+    "concepts": "sing_audit.builtins.concepts_probe",
+    "steering": "sing_audit.builtins.steering_probe",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -267,11 +273,24 @@ def test_builtin_sections_are_registered_section_plugins():
         assert isinstance(s, ReportSection)
         assert not hasattr(s, "formats")  # a section is never mistaken for a reporter
         assert s.title and s.template
-    names = [n for n in registry.names("reporter") if n.startswith("section:")]
-    assert sorted(names) == sorted(f"section:{k}" for k in BUILTIN_KEYS)
-    for name in names:
-        key = name.split(":", 1)[1]
-        assert registry.get("reporter", name).plugin == SECTION_MODULES.get(key, "sing_audit.builtins.report_sections")
+    assert sorted(registry.names("report_section")) == sorted(BUILTIN_KEYS)
+    assert not [n for n in registry.names("reporter") if n.startswith("section")]  # sections are not reporters
+    for key in BUILTIN_KEYS:
+        assert registry.get("report_section", key).plugin == SECTION_MODULES.get(key, "sing_audit.builtins.report_sections")
+
+
+def test_a_section_that_is_not_a_report_section_is_a_plugin_error():
+    from sing_audit.errors import PluginError
+
+    class Plugin:
+        @hookimpl
+        def register_report_sections(self, register):
+            register("bogus", object)
+
+    pm = create_plugin_manager(load_entry_points=False)
+    pm.register(Plugin(), name="bogus-sections")
+    with pytest.raises(PluginError, match="'bogus'.*not a ReportSection"):
+        collect_sections(create_registry(pm))
 
 
 def test_a_section_name_is_not_a_report_format(synthetic_config):
@@ -328,11 +347,11 @@ class BrokenSection(ReportSection):
 
 
 @hookimpl
-def register_reporters(register):
-    register("section:licence", LicenceSection)
-    register("section:from-file", FileSection)
-    register("section:never", NeverSection)
-    register("section:broken", BrokenSection)
+def register_report_sections(register):
+    register("licence", LicenceSection)
+    register("from-file", FileSection)
+    register("never", NeverSection)
+    register("broken", BrokenSection)
 '''
 
 

@@ -30,11 +30,12 @@ Summary (``results.json`` → ``models[i].probes.concepts``)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sing_audit.components import EmbeddingTarget, ImageTarget, PluginOptions, Target
 from sing_audit.concepts import (
@@ -52,7 +53,7 @@ from sing_audit.config import ComponentSpec
 from sing_audit.errors import ConfigError, DataError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.nullspace import remove_null
-from sing_audit.probes import Probe, ProbeContext, ProbeOutput, row_chunks
+from sing_audit.probes import Probe, ProbeContext, ProbeOutput, ProbeSummary, row_chunks
 from sing_audit.scores import unit_rows
 
 __all__ = ["PRECOMPUTED_SET", "ConceptsProbe"]
@@ -66,6 +67,42 @@ def _finite(x: float) -> float | None:
     return x if np.isfinite(x) else None
 
 
+class ConceptScore(BaseModel):
+    """A concept's AS (degrees) toward its text embedding; ``angle``: between T(f) and the
+    embedding (per class), ``abs_as``: mean |AS| (over the model's images)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    concept: str = ""
+    as_: float | None = Field(default=None, alias="as")
+    angle: float | None = None
+    abs_as: float | None = None
+
+
+class ConceptsSummary(ProbeSummary):
+    """The ``concepts`` probe's summary: per class (and over the model) the concepts with
+    the largest |AS|, the concept sets used and how the concepts were embedded."""
+
+    probe = "concepts"
+
+    sets: list[dict[str, Any]] = Field(default_factory=list)
+    per_class: dict[str, list[ConceptScore]] = Field(default_factory=dict)
+    model_top: list[ConceptScore] = Field(default_factory=list)
+    templates: list[str] | None = None
+    embeddings: str | None = None
+    n_concepts: int | None = None
+
+    def explain_lines(self, shorten: Callable[[Any], str]) -> list[str]:
+        lines = []
+        for name, rows in self.per_class.items():
+            lines.append(f"  top concepts ({shorten(name)}):")
+            lines += [f"    {row.as_:+8.2f}°  {shorten(row.concept)}  (angle {row.angle:.1f}°)" for row in rows]
+        return lines
+
+    def names(self) -> list[str]:
+        return [*self.per_class, *(x.concept for rows in self.per_class.values() for x in rows)]
+
+
 class _PrecomputedSet:
     """Placeholder for the target file's own concepts (known only at run time)."""
 
@@ -74,6 +111,8 @@ class _PrecomputedSet:
 
 class ConceptsProbe(Probe):
     """Angles and AS after null removal toward open-vocabulary concepts, per class and model."""
+
+    Summary = ConceptsSummary
 
     class Options(PluginOptions):
         sets: list[str | ComponentSpec] = Field(
@@ -274,26 +313,26 @@ class ConceptsProbe(Probe):
         k = self.options.top_k
         class_names = list(ctx.class_names)
         dupes = {nm for nm in class_names if class_names.count(nm) > 1}
-        per_class: dict[str, list[dict[str, Any]]] = {}
+        per_class: dict[str, list[ConceptScore]] = {}
         for ci in np.flatnonzero(scores.counts > 0):
             name = class_names[ci] if ci < len(class_names) else f"class {ci}"
             key = f"{name} [{ci}]" if name in dupes else name
             per_class[key] = [
-                {"concept": names[j], "as": _finite(scores.as_mean[ci, j]), "angle": _finite(scores.angle_mean[ci, j])}
+                ConceptScore(concept=names[j], as_=_finite(scores.as_mean[ci, j]), angle=_finite(scores.angle_mean[ci, j]))
                 for j in rank_by_magnitude(scores.as_mean[ci], k)
             ]
         model_top = [
-            {"concept": names[j], "as": _finite(scores.model_as_mean[j]), "abs_as": _finite(scores.model_abs_as_mean[j])}
+            ConceptScore(concept=names[j], as_=_finite(scores.model_as_mean[j]), abs_as=_finite(scores.model_abs_as_mean[j]))
             for j in rank_by_magnitude(scores.model_abs_as_mean, k)
         ]
-        summary = {
-            "sets": descriptors,
-            "per_class": per_class,
-            "model_top": model_top,
-            "templates": templates,
-            "embeddings": "precomputed" if precomputed else "text_encoder",
-            "n_concepts": len(names),
-        }
+        summary = ConceptsSummary(
+            sets=descriptors,
+            per_class=per_class,
+            model_top=model_top,
+            templates=templates,
+            embeddings="precomputed" if precomputed else "text_encoder",
+            n_concepts=len(names),
+        )
         per_image: dict[str, np.ndarray] = {}
         if self.options.per_image and names:
             top_names = np.array([names[j] for j in top_idx], dtype=object)
@@ -329,3 +368,10 @@ class _Adapted(ConceptSet):
 @hookimpl
 def register_probes(register):
     register("concepts", ConceptsProbe)
+
+
+@hookimpl
+def register_report_sections(register):
+    from sing_audit.builtins.concepts_section import ConceptsSection  # the section imports this module's summary
+
+    register(ConceptsSection.key, ConceptsSection)

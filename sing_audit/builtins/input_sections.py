@@ -1,4 +1,4 @@
-"""The report section of the input-space probes (issue 7): ``section:input_space``.
+"""The report section of the input-space probes: ``input_space``, beside them.
 
 Reads, per model, the summaries the probes of :mod:`sing_audit.builtins.input_probes`
 store under ``model.probes``:
@@ -15,7 +15,7 @@ store under ``model.probes``:
 - ``jacobian``: the mean singular values (a small chart) and directional Lipschitz
   constants.
 
-``target_semantics`` (item 5) is the IS/AS of the equivalent images under the target's own
+``target_semantics`` is the IS/AS of the equivalent images under the target's own
 image encoder, or the reason it was not measured. The section appears only when at least
 one of these probes ran on some model; it reads nothing but the typed result.
 """
@@ -27,9 +27,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sing_audit import plots
+from sing_audit import figures, plots
 from sing_audit.hookspecs import hookimpl
-from sing_audit.builtins.report_sections import model_color, model_label
+from sing_audit.palette import model_color, model_label
 from sing_audit.report import ReportSection
 
 __all__ = ["INPUT_PROBES", "InputSpaceSection", "spectrum_chart"]
@@ -166,8 +166,8 @@ def spectrum_chart(series: list[tuple[str, list[float], str]], width: float = 5.
         return None
     from matplotlib.figure import Figure
 
-    with plots._style():
-        fig = Figure(figsize=(width, height), dpi=plots.DPI)
+    with figures.chart_style():
+        fig = Figure(figsize=(width, height), dpi=figures.DPI)
         fig.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.2)
         ax = fig.add_subplot()
         for label, sv, color in series:
@@ -176,7 +176,7 @@ def spectrum_chart(series: list[tuple[str, list[float], str]], width: float = 5.
         ax.set_xlabel("index of the singular value")
         ax.set_ylabel("σ of ∂f/∂x")
         ax.legend(loc="upper right", frameon=False)
-        return plots.figure_to_data_uri(fig)
+        return figures.figure_to_data_uri(fig)
 
 
 class InputSpaceSection(ReportSection):
@@ -217,5 +217,5 @@ class InputSpaceSection(ReportSection):
 
 
 @hookimpl
-def register_reporters(register):
-    register(f"section:{InputSpaceSection.key}", InputSpaceSection)
+def register_report_sections(register):
+    register(InputSpaceSection.key, InputSpaceSection)

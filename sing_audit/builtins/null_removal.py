@@ -1,4 +1,6 @@
-"""The ``null_removal`` probe: IS, AS and AS contrast of ``f̃ = f − Π_n f``."""
+"""The ``null_removal`` probe: IS, AS and AS contrast of ``f̃ = f − Π_n f``.
+
+It has the headline role: its scores are the audit's IS and AS."""
 
 from __future__ import annotations
 
@@ -7,8 +9,14 @@ import numpy as np
 from sing_audit.components import PluginOptions
 from sing_audit.hookspecs import hookimpl
 from sing_audit.nullspace import drift_from
-from sing_audit.probes import Probe, ProbeContext, ProbeOutput, Scores, row_chunks
+from sing_audit.probes import HEADLINE, HeadlineSummary, Probe, ProbeContext, ProbeOutput, Scores, row_chunks
 from sing_audit.scores import attribute_contrast, attribute_scores, image_scores
+
+
+class NullRemovalSummary(HeadlineSummary):
+    """How much removing each image's null component moved the logits (relative change)."""
+
+    probe = "null_removal"
 
 
 class NullRemoval(Probe):
@@ -20,6 +28,9 @@ class NullRemoval(Probe):
     ``p`` and the small products ``W B`` and ``A B`` — N·m·d work instead of several
     N·m·c and N·m·n products, with the same numbers to rounding.
     """
+
+    role = HEADLINE
+    Summary = NullRemovalSummary
 
     class Options(PluginOptions):
         pass
@@ -64,11 +75,11 @@ class NullRemoval(Probe):
             d = drift_from(before, delta)
             drift[rows] = d.relative
             agree[rows] = d.agreement
-        summary = {
-            "logit_drift_relative_max": float(drift.max()) if n else None,
-            "logit_drift_relative_mean": float(drift.mean()) if n else None,
-            "prediction_agreement": float(agree.mean()) if n else None,
-        }
+        summary = NullRemovalSummary(
+            logit_drift_relative_max=float(drift.max()) if n else None,
+            logit_drift_relative_mean=float(drift.mean()) if n else None,
+            prediction_agreement=float(agree.mean()) if n else None,
+        )
         return ProbeOutput(
             per_image={"is": is_, "as": as_own, "as_contrast": contrast, "logit_drift": drift},
             summary=summary,

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from sing_audit.components import PluginOptions
 from sing_audit.hookspecs import hookimpl
-from sing_audit.probes import Probe, ProbeContext, ProbeOutput, row_chunks
+from sing_audit.probes import Probe, ProbeContext, ProbeOutput, ProbeSummary, row_chunks
 
 
 def perturbation_logit_change(
@@ -43,8 +43,31 @@ def perturbation_logit_change(
     return np.linalg.norm(d @ weight.T, axis=1) / np.linalg.norm(logits, axis=1)
 
 
+class NullspaceValidationSummary(ProbeSummary):
+    """Mean (and largest) relative logit change of equal-norm perturbations inside the null
+    space, in a random direction and inside the principal space; ``passed``: the null moves
+    stayed within the tolerance (checked under the exact rank rule only). ``error``: set
+    instead by a head that could not be checked."""
+
+    probe = "nullspace_validation"
+
+    scale: float | None = None
+    null_dim: int | None = None
+    rule: str | None = None
+    null: float | None = None
+    null_max: float | None = None
+    random: float | None = None
+    random_max: float | None = None
+    principal: float | None = None
+    principal_max: float | None = None
+    passed: bool | None = None
+    error: str | None = None
+
+
 class NullspaceValidation(Probe):
     """Check that null-space moves leave the logits alone while equal-norm others do not."""
+
+    Summary = NullspaceValidationSummary
 
     class Options(PluginOptions):
         scale: float = Field(default=0.5, gt=0, description="perturbation norm relative to ‖f‖")
@@ -65,13 +88,16 @@ class NullspaceValidation(Probe):
                 if kind != "random" and basis is None:
                     continue
                 cols[kind][rows] = perturbation_logit_change(f, w, b, basis, self.options.scale, ctx.generator)
-        summary: dict = {"scale": self.options.scale, "null_dim": sub.null_dim, "rule": sub.rule}
+        means: dict[str, float | None] = {}
         for kind, values in cols.items():
             finite = np.isfinite(values)
-            summary[kind] = float(values[finite].mean()) if finite.any() else None
-            summary[f"{kind}_max"] = float(values[finite].max()) if finite.any() else None
-        null_max = summary["null_max"]
-        summary["passed"] = bool(not sub.exact or null_max is None or null_max <= self.options.tolerance)
+            means[kind] = float(values[finite].mean()) if finite.any() else None
+            means[f"{kind}_max"] = float(values[finite].max()) if finite.any() else None
+        null_max = means["null_max"]
+        summary = NullspaceValidationSummary(
+            scale=self.options.scale, null_dim=sub.null_dim, rule=sub.rule, **means,
+            passed=bool(not sub.exact or null_max is None or null_max <= self.options.tolerance),
+        )
         return ProbeOutput(per_image={f"logit_change_{k}": v for k, v in cols.items()}, summary=summary)
 
 

@@ -22,7 +22,7 @@ from pydantic import Field
 from sing_audit.components import PluginOptions
 from sing_audit.hookspecs import hookimpl
 from sing_audit.nullspace import remove_null
-from sing_audit.probes import Probe, ProbeContext, ProbeOutput, row_chunks
+from sing_audit.probes import Probe, ProbeContext, ProbeOutput, ProbeSummary, row_chunks
 
 
 def cross_validated_accuracy(x: np.ndarray, y: np.ndarray, folds: int, seed: int, max_iter: int) -> float | None:
@@ -44,8 +44,21 @@ def cross_validated_accuracy(x: np.ndarray, y: np.ndarray, folds: int, seed: int
     return float(np.mean(scores))
 
 
+class PrincipalConsistencySummary(ProbeSummary):
+    """Cross-validated accuracy of a linear classifier on the principal coordinates and on
+    the translated features after null removal."""
+
+    probe = "principal_consistency"
+
+    accuracy_principal: float | None = None
+    accuracy_translated: float | None = None
+    folds: int | None = None
+
+
 class PrincipalConsistency(Probe):
     """Accuracy of a classifier on principal features before and after translation."""
+
+    Summary = PrincipalConsistencySummary
 
     class Options(PluginOptions):
         folds: int = Field(default=3, ge=2)
@@ -65,11 +78,11 @@ class PrincipalConsistency(Probe):
             coords[rows] = f @ sub.principal
             translated[rows] = ctx.translated[rows] if sub.null_dim == 0 else ctx.translate(remove_null(f, sub), rows)
         o = self.options
-        summary = {
-            "accuracy_principal": cross_validated_accuracy(coords, ctx.labels, o.folds, o.seed, o.max_iter),
-            "accuracy_translated": cross_validated_accuracy(translated, ctx.labels, o.folds, o.seed, o.max_iter),
-            "folds": o.folds,
-        }
+        summary = PrincipalConsistencySummary(
+            accuracy_principal=cross_validated_accuracy(coords, ctx.labels, o.folds, o.seed, o.max_iter),
+            accuracy_translated=cross_validated_accuracy(translated, ctx.labels, o.folds, o.seed, o.max_iter),
+            folds=o.folds,
+        )
         return ProbeOutput(summary=summary)
 
     def aggregate(self, summaries):

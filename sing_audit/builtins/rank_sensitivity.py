@@ -19,12 +19,12 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from sing_audit.components import PluginOptions
 from sing_audit.hookspecs import hookimpl
 from sing_audit.nullspace import logit_drift, null_energy, remove_null, split_head
-from sing_audit.probes import Probe, ProbeContext, ProbeOutput, row_chunks
+from sing_audit.probes import Probe, ProbeContext, ProbeOutput, ProbeSummary, row_chunks
 from sing_audit.scores import attribute_scores_toward, image_scores
 
 DEFAULTS = {
@@ -33,8 +33,32 @@ DEFAULTS = {
 }
 
 
+class SensitivityPoint(BaseModel):
+    """The audit's numbers under one approximate rule value."""
+
+    value: float | None = None
+    rank: int | None = None
+    null_dim: int | None = None
+    null_energy: float | None = None
+    is_mean: float | None = None
+    as_abs_mean: float | None = None
+    logit_drift_mean: float | None = None
+    prediction_agreement: float | None = None
+
+
+class RankSensitivitySummary(ProbeSummary):
+    """IS, |AS| and the logit drift under each value of the approximate rule (``points``)."""
+
+    probe = "rank_sensitivity"
+
+    rule: str | None = None
+    points: list[SensitivityPoint] = Field(default_factory=list)
+
+
 class RankSensitivity(Probe):
     """Null removal under a grid of energy or null-fraction thresholds."""
+
+    Summary = RankSensitivitySummary
 
     class Options(PluginOptions):
         rule: Literal["energy", "fraction"] = "energy"
@@ -72,18 +96,18 @@ class RankSensitivity(Probe):
                 drift[rows], agree[rows] = d.relative, d.agreement
                 energy[rows] = null_energy(f, sub)
             points.append(
-                {
-                    "value": float(value),
-                    "rank": sub.rank,
-                    "null_dim": sub.null_dim,
-                    "null_energy": float(energy.mean()),
-                    "is_mean": float(is_.mean()),
-                    "as_abs_mean": float(np.abs(as_).mean()),
-                    "logit_drift_mean": float(drift.mean()),
-                    "prediction_agreement": float(agree.mean()),
-                }
+                SensitivityPoint(
+                    value=float(value),
+                    rank=sub.rank,
+                    null_dim=sub.null_dim,
+                    null_energy=float(energy.mean()),
+                    is_mean=float(is_.mean()),
+                    as_abs_mean=float(np.abs(as_).mean()),
+                    logit_drift_mean=float(drift.mean()),
+                    prediction_agreement=float(agree.mean()),
+                )
             )
-        return ProbeOutput(summary={"rule": o.rule, "points": points})
+        return ProbeOutput(summary=RankSensitivitySummary(rule=o.rule, points=points))
 
 
 @hookimpl

@@ -1,9 +1,10 @@
-"""The built-in sections of the report, registered like any third-party section.
+"""The built-in sections of the report about the audit itself, registered like any
+third-party section (a probe's own section sits beside the probe, e.g.
+:mod:`sing_audit.builtins.steering_section`).
 
-Each is a :class:`sing_audit.report.ReportSection` with its own template in
-``sing_audit/report_templates/``. They read only the typed result and files it names
-inside the run folder. Optional sections (concepts, steering) document the probe
-summary shape they read in their docstring.
+Each is a :class:`sing_audit.report.ReportSection` with its own template in the top-level
+``report_templates/``. They read only the typed result and files it names inside the
+run folder; a probe's summary only through its model (:func:`sing_audit.probes.probe_summary`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ import numpy as np
 import yaml
 
 from sing_audit import plots
+from sing_audit.builtins.nullspace_validation import NullspaceValidationSummary
+from sing_audit.builtins.principal_consistency import PrincipalConsistencySummary
+from sing_audit.builtins.rank_sensitivity import RankSensitivitySummary
 from sing_audit.hookspecs import hookimpl
+from sing_audit.palette import model_color, model_label
+from sing_audit.probes import probe_summary
 from sing_audit.report import NAME_CHARS, ReportSection, embed_image, read_images_csv, short_name
+from sing_audit.report_sections import sorted_classes
 from sing_audit.stats import MIN_OUTLIER_VALUES
 
 #: per-class rows the pdf keeps per model (plus every flagged, outlier and waived class)
@@ -25,41 +32,10 @@ PRINT_CLASS_ROWS = 40
 #: classes shown in the violin plot: the most leaking and the least leaking
 VIOLIN_TOP = 6
 VIOLIN_BOTTOM = 3
-#: classes of the concept section (table) and of its chart
-CONCEPT_CLASSES = 15
-CONCEPT_CHART_CLASSES = 4
-CONCEPTS_PER_CLASS = 5
 #: flagged classes named in the IS-vs-AS scatter (the most leaking, over all models)
 SCATTER_LABELS = 6
 #: translator null-space energy below which the audit warns that leakage may be hidden
 LOW_TRANSLATOR_NULL_ENERGY = 0.05
-
-
-def _multi_target(result) -> bool:
-    return len({m.target for m in result.models}) > 1
-
-
-def model_label(result, m) -> str:
-    """``name`` (or ``name · target`` when the audit has several targets)."""
-    return f"{m.name} · {m.target}" if _multi_target(result) else m.name
-
-
-def model_color(result, m) -> str:
-    i = next((k for k, x in enumerate(result.models) if x is m), 0)
-    return plots.MODEL_COLORS[i % len(plots.MODEL_COLORS)]
-
-
-def _abs_key(c) -> float:
-    return -(c.as_abs_mean if c.as_abs_mean is not None else -math.inf)
-
-
-def sorted_classes(m) -> list:
-    """Classes by mean |AS|, largest first (undefined last)."""
-    return sorted(m.classes, key=lambda c: (c.as_abs_mean is None, _abs_key(c), c.index))
-
-
-def _fmt_num(v, digits=2) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
 
 
 # --------------------------------------------------------------------------- 1. verdict
@@ -152,19 +128,18 @@ class ModelComparisonSection(ReportSection):
         """The ``rank_sensitivity`` probe's points, as a chart against the null fraction and a table."""
         rows, series, rules = [], [], set()
         for m in result.models:
-            summary = m.probes.get("rank_sensitivity")
-            points = summary.get("points") if isinstance(summary, dict) else None
-            if not isinstance(points, list):
+            summary = probe_summary(m, RankSensitivitySummary)
+            if summary is None:
                 continue
-            points = [p for p in points if isinstance(p, dict) and p.get("null_dim") is not None]
+            points = [p.model_dump() for p in summary.points if p.null_dim is not None]
             if not points:
                 continue
-            rules.add(str(summary.get("rule", "")))
+            rules.add(str(summary.rule or ""))
             label = model_label(result, m)
             frac = [p["null_dim"] / m.num_features if m.num_features else 0.0 for p in points]
             series.append((label, frac, [p.get("as_abs_mean") for p in points], [p.get("is_mean") for p in points],
                            model_color(result, m)))
-            rows.append({"label": label, "rule": summary.get("rule"), "points": points, "m": m})
+            rows.append({"label": label, "rule": summary.rule, "points": points, "m": m})
         if not rows:
             return None
         chart = plots.sensitivity_lines(series, "null fraction: null dimension / features")
@@ -238,149 +213,6 @@ class PerClassSection(ReportSection):
         return {"models": models, "print_limit": PRINT_CLASS_ROWS, "min_outlier_classes": MIN_OUTLIER_VALUES}
 
 
-# --------------------------------------------------------------------------- 4. concepts
-
-
-class ConceptsSection(ReportSection):
-    """Open-vocabulary concepts: per class, the concepts with the largest |AS|.
-
-    Reads ``model.probes["concepts"]`` of each model, shaped::
-
-        {"per_class": {class_name: [{"concept": str, "as": float, "angle": float}, ...]}}
-
-    ``as`` is the AS toward the concept's text embedding (degrees), ``angle`` the angle
-    between the translated feature T(f) and that embedding (degrees, may be ``null``).
-    Optional keys, shown when present (the ``concepts`` probe writes them): ``sets``
-    (``[{"name", "version", "size"}]``), ``n_concepts`` and ``model_top``
-    (``[{"concept", "as"}]``, the model's top concepts over all images).
-    Rendered only when at least one model has a non-empty ``per_class``.
-    """
-
-    key = "concepts"
-    title = "Open-vocabulary concepts"
-    order = 40
-    template = "section_concepts.html.j2"
-
-    @staticmethod
-    def _per_class(m) -> dict:
-        per = (m.probes.get("concepts") or {}).get("per_class") or {}
-        return per if isinstance(per, dict) else {}
-
-    def applies(self, result) -> bool:
-        return any(self._per_class(m) for m in result.models)
-
-    def context(self, result, run_dir: Path) -> dict[str, Any]:
-        models = []
-        for m in result.models:
-            per = self._per_class(m)
-            if not per:
-                continue
-            summary = m.probes.get("concepts") or {}
-            by_name = {c.name: c for c in m.classes}
-            rank = {c.name: i for i, c in enumerate(sorted_classes(m))}
-
-            def top(items):
-                good = [x for x in items if isinstance(x, dict) and x.get("as") is not None]
-                return sorted(good, key=lambda x: -abs(float(x["as"])))[:CONCEPTS_PER_CLASS]
-
-            classes = [(str(name), top(items or [])) for name, items in per.items() if isinstance(items, list)]
-            classes = [(n, it) for n, it in classes if it]
-            classes.sort(key=lambda t: (rank.get(t[0], math.inf), -abs(float(t[1][0]["as"]))))
-            shown = classes[:CONCEPT_CLASSES]
-            charted = shown[:CONCEPT_CHART_CLASSES]
-            chart = plots.concept_bars(
-                [(name, [(str(x.get("concept", "")), float(x["as"]), x.get("angle")) for x in items]) for name, items in charted]
-            ) if charted else None
-            sets = [x for x in summary.get("sets") or [] if isinstance(x, dict)]
-            model_top = [x for x in summary.get("model_top") or [] if isinstance(x, dict) and x.get("as") is not None]
-            models.append({
-                "m": m, "label": model_label(result, m), "chart": chart, "chart_classes": len(charted),
-                "classes": [{"name": n, "concepts": it, "as_abs": getattr(by_name.get(n), "as_abs_mean", None)} for n, it in shown],
-                "more": len(classes) - len(shown), "sets": sets, "n_concepts": summary.get("n_concepts"),
-                "model_top": model_top[:8],
-            })
-        return {"models": models}
-
-
-# --------------------------------------------------------------------------- 5. steering
-
-
-class SteeringSection(ReportSection):
-    """Steering within the null space: AS toward each target prompt per model (mean ± std),
-    the step ε and the logit drift it caused (≈ 0 under the exact rank rule).
-
-    Reads ``model.probes["steering"]`` of each model (the ``steering`` probe's summary)::
-
-        {"epsilon_mode": str, "epsilon": float, "note": str (optional),
-         "targets": [{"prompt": str, "as_mean": float, "as_std": float,
-                      "epsilon": float, "logit_drift": float,
-                      # optional: "source": str, "n": int, "is_mean": float,
-                      #           "zero_directions": int}, ...]}
-
-    Laid out like the SING paper's Table 1: one row per model, one column per prompt,
-    then ε and the largest logit drift. With more than five prompts the table is
-    transposed (one row per prompt); the pdf keeps the prompts with the largest |AS|.
-    Rendered only when at least one model has a non-empty ``targets`` list.
-    """
-
-    key = "steering"
-    title = "Steering"
-    order = 50
-    template = "section_steering.html.j2"
-    MAX_PROMPT_COLUMNS = 5
-    PRINT_PROMPTS = 30
-
-    @staticmethod
-    def _summary(m) -> dict:
-        s = m.probes.get("steering")
-        return s if isinstance(s, dict) else {}
-
-    @classmethod
-    def _targets(cls, m) -> list:
-        t = cls._summary(m).get("targets") or []
-        return [x for x in t if isinstance(x, dict) and "prompt" in x] if isinstance(t, list) else []
-
-    def applies(self, result) -> bool:
-        return any(self._targets(m) for m in result.models)
-
-    def context(self, result, run_dir: Path) -> dict[str, Any]:
-        columns: list[tuple[str, str]] = []  # (prompt, source)
-        cells: dict[tuple[int, tuple[str, str]], dict] = {}
-        rows, notes = [], []
-        for i, m in enumerate(result.models):
-            summary = self._summary(m)
-            ts = self._targets(m)
-            if not ts:
-                if summary:
-                    notes.append(f"{model_label(result, m)}: {summary.get('note') or 'no steering targets'}")
-                continue
-            drifts = [t.get("logit_drift") for t in ts if t.get("logit_drift") is not None]
-            eps = [t.get("epsilon") for t in ts if t.get("epsilon") is not None]
-            rows.append({
-                "i": i, "label": model_label(result, m), "mode": summary.get("epsilon_mode"),
-                "epsilon": summary.get("epsilon", eps[0] if eps else None),
-                "drift": max(drifts) if drifts else None,
-                "zero": summary.get("zero_directions"),
-            })
-            for t in ts:
-                col = (str(t["prompt"]), str(t.get("source") or ""))
-                if col not in columns:
-                    columns.append(col)
-                cells[(i, col)] = t
-        grid = [[cells.get((r["i"], col)) for col in columns] for r in rows]
-
-        def strength(j: int) -> float:
-            vals = [abs(row[j]["as_mean"]) for row in grid if row[j] is not None and row[j].get("as_mean") is not None]
-            return max(vals) if vals else -1.0
-
-        transposed = len(columns) > self.MAX_PROMPT_COLUMNS
-        order = sorted(range(len(columns)), key=lambda j: -strength(j)) if transposed else list(range(len(columns)))
-        return {
-            "columns": columns, "rows": rows, "grid": grid, "transposed": transposed, "notes": notes,
-            "order": order, "print_order": order[: self.PRINT_PROMPTS],
-        }
-
-
 # --------------------------------------------------------------------------- 6. trust
 
 
@@ -423,19 +255,20 @@ class TrustSection(ReportSection):
                     "to the null space can hide leakage."
                 )
             rows.append({"m": m, "label": label, "low": low})
-            v = m.probes.get("nullspace_validation")
-            if isinstance(v, dict) and v:
+            validated = probe_summary(m, NullspaceValidationSummary)
+            if validated is not None:
+                v = validated.model_dump()
                 error = v.get("error") or v.get("message")
                 validation.append({"m": m, "label": label, "v": v, "error": error})
                 if error or v.get("passed") is False:
                     warnings.append(f"{label}: null-space validation failed" + (f": {error}" if error else
                                     ": perturbations inside the null space change the logits."))
-            pc = m.probes.get("principal_consistency")
-            if isinstance(pc, dict) and pc:
-                consistency.append({"label": label, "pc": pc})
+            pc = probe_summary(m, PrincipalConsistencySummary)
+            if pc is not None:
+                consistency.append({"label": label, "pc": pc.model_dump()})
             for tc in getattr(m, "translator_comparison", None) or []:
                 families.append({"label": label, "primary": m.fidelity, "m": m, "tc": tc})
-        aggregate = (getattr(result, "probe_aggregates", None) or {}).get("principal_consistency") or {}
+        aggregate = (getattr(result, "probe_aggregates", None) or {}).get(PrincipalConsistencySummary.probe) or {}
         return {"rows": rows, "warnings": warnings, "floor": floor, "validation": validation,
                 "agreement": result.target_agreement, "consistency": consistency,
                 "consistency_r": aggregate.get("pearson_r") if isinstance(aggregate, dict) else None,
@@ -534,8 +367,6 @@ BUILTIN_SECTIONS = (
     VerdictSection,
     ModelComparisonSection,
     PerClassSection,
-    ConceptsSection,
-    SteeringSection,
     TrustSection,
     ImageEvidenceSection,
     ProvenanceSection,
@@ -543,6 +374,6 @@ BUILTIN_SECTIONS = (
 
 
 @hookimpl
-def register_reporters(register):
+def register_report_sections(register):
     for cls in BUILTIN_SECTIONS:
-        register(f"section:{cls.key}", cls)
+        register(cls.key, cls)

@@ -27,7 +27,8 @@ under the exact rank rule).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,7 +37,7 @@ from sing_audit.components import PluginOptions
 from sing_audit.errors import ConfigError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.nullspace import null_component
-from sing_audit.probes import Probe, ProbeContext, ProbeOutput, row_chunks
+from sing_audit.probes import Probe, ProbeContext, ProbeOutput, ProbeSummary, row_chunks
 from sing_audit.steering import SteeringResult, steer_linear, steering_operators
 
 
@@ -48,8 +49,47 @@ class Pair(BaseModel):
     target: str = Field(alias="to")
 
 
+class SteeringTarget(BaseModel):
+    """One prompt's steering result (degrees; ``logit_drift`` relative)."""
+
+    prompt: str
+    source: str | None = None
+    n: int | None = None
+    as_mean: float | None = None
+    as_std: float | None = None
+    is_mean: float | None = None
+    epsilon: float | None = None
+    logit_drift: float | None = None
+    zero_directions: int | None = None
+
+
+class SteeringSummary(ProbeSummary):
+    """The ``steering`` probe's summary (module docstring); ``note`` instead of ``epsilon``
+    when there was nothing to steer."""
+
+    probe = "steering"
+
+    epsilon_mode: str | None = None
+    epsilon: float | None = None
+    zero_directions: int | None = None
+    targets: list[SteeringTarget] = Field(default_factory=list)
+    note: str | None = None
+
+    def explain_lines(self, shorten: Callable[[Any], str]) -> list[str]:
+        return [
+            f"  steering toward {shorten(t.prompt)!r}: AS {t.as_mean:+.2f}°, IS {t.is_mean:.2f}°, "
+            f"logit drift {t.logit_drift:.2e}"
+            for t in self.targets
+        ]
+
+    def names(self) -> list[str]:
+        return [x for t in self.targets for x in (t.prompt, t.source) if x]
+
+
 class SteeringProbe(Probe):
     """Steer null-space features toward class or text prompts; AS, IS and logit drift."""
+
+    Summary = SteeringSummary
 
     class Options(PluginOptions):
         classes: list[str] | Literal["all"] | None = Field(
@@ -201,7 +241,8 @@ class SteeringProbe(Probe):
         names, prompts, sources = self._prompt_table(ctx)
         index = {name: i for i, name in enumerate(ctx.class_names)}
         if ctx.subspaces.null_dim == 0:
-            return ProbeOutput(summary={"epsilon_mode": self.options.epsilon_mode, "targets": [], "note": "no null space: nothing to steer"})
+            return ProbeOutput(summary=SteeringSummary(
+                epsilon_mode=self.options.epsilon_mode, targets=[], note="no null space: nothing to steer"))
         every = np.arange(ctx.features.shape[0])
         o = self.options
         jobs = []
@@ -225,22 +266,29 @@ class SteeringProbe(Probe):
             if source is None:
                 source = "all other classes" if name in index else "all images"
             targets.append(
-                {
-                    "prompt": name,
-                    "source": source,
-                    "n": int(finite.sum()),
-                    "as_mean": float(np.mean(a[finite])) if finite.any() else None,
-                    "as_std": float(np.std(a[finite])) if finite.any() else None,
-                    "is_mean": float(np.nanmean(r.image_score)) if finite.any() else None,
-                    "epsilon": float(scale),
-                    "logit_drift": float(np.nanmax(r.logit_change)) if finite.any() else None,
-                    "zero_directions": zeros,
-                }
+                SteeringTarget(
+                    prompt=name,
+                    source=source,
+                    n=int(finite.sum()),
+                    as_mean=float(np.mean(a[finite])) if finite.any() else None,
+                    as_std=float(np.std(a[finite])) if finite.any() else None,
+                    is_mean=float(np.nanmean(r.image_score)) if finite.any() else None,
+                    epsilon=float(scale),
+                    logit_drift=float(np.nanmax(r.logit_change)) if finite.any() else None,
+                    zero_directions=zeros,
+                )
             )
-        summary = {"epsilon_mode": o.epsilon_mode, "epsilon": float(scale), "zero_directions": zero_total, "targets": targets}
+        summary = SteeringSummary(epsilon_mode=o.epsilon_mode, epsilon=float(scale), zero_directions=zero_total, targets=targets)
         return ProbeOutput(summary=summary)
 
 
 @hookimpl
 def register_probes(register):
     register("steering", SteeringProbe)
+
+
+@hookimpl
+def register_report_sections(register):
+    from sing_audit.builtins.steering_section import SteeringSection  # the section imports this module's summary
+
+    register(SteeringSection.key, SteeringSection)
