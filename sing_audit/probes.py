@@ -79,7 +79,6 @@ class ProbeContext:
     """
 
     model_name: str
-    backbone_name: str
     target_name: str
     features: np.ndarray
     labels: np.ndarray

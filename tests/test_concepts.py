@@ -276,7 +276,7 @@ def _context(case, target, labels=None) -> ProbeContext:
     a, bias, f, sub, w = case["a"], case["bias"], case["f"], case["sub"], case["w"]
     labels = np.zeros(f.shape[0], dtype=np.int64) if labels is None else labels
     return ProbeContext(
-        model_name="m", backbone_name="m", target_name="fake", features=f, labels=labels,
+        model_name="m", target_name="fake", features=f, labels=labels,
         head=LinearHead(w, None, float(np.finfo(np.float64).eps)), subspaces=sub,
         embeddings=f @ a.T + bias, translated=f @ a.T + bias, class_text=np.eye(w.shape[0], a.shape[0]),
         class_names=["alpha", "beta", "gamma"], folds=np.zeros(f.shape[0], dtype=np.int64),

@@ -14,30 +14,46 @@ from sing_audit.errors import ConfigError
 from sing_audit.pipeline import run_audit
 from sing_audit.pipeline.crossfit import translate_by_fold
 from sing_audit.pipeline.model import headline_scores
-from sing_audit.probes import ProbeOutput, Scores
+from sing_audit.builtins.null_removal import NullRemoval
+from sing_audit.host import Component
+from sing_audit.probes import Probe, ProbeOutput, Scores
 
 
 def _scores(n: int, value: float) -> Scores:
     return Scores(np.full(n, value), np.full(n, -value), np.full(n, 0.5 * value))
 
 
-def test_headline_takes_the_first_scores_and_the_drift_of_null_removal():
+class NotHeadline(Probe):
+    def run(self, ctx):
+        return ProbeOutput()
+
+
+def _component(plugin: str, instance) -> Component:
+    return Component(kind="probe", name=plugin, plugin=plugin, package="tests", instance=instance, options=None)
+
+
+def test_headline_is_the_probe_with_the_headline_role_not_the_first_with_scores():
     drift = {"logit_drift_relative_max": 1e-9, "logit_drift_relative_mean": 1e-10, "prediction_agreement": 1.0}
+    probes = [_component("concepts", NotHeadline()), _component("other", NotHeadline()), _component("mine", NullRemoval())]
     outputs = [
         ("concepts", ProbeOutput(summary={"prediction_agreement": 0.5})),
         ("other", ProbeOutput(scores=_scores(3, 2.0))),
-        ("null_removal", ProbeOutput(summary=drift, scores=_scores(3, 7.0))),
+        ("mine", ProbeOutput(summary=drift, scores=_scores(3, 7.0))),
     ]
-    headline = headline_scores(outputs)
-    assert headline.probe == "null_removal"
-    np.testing.assert_array_equal(headline.scores.image_score, np.full(3, 2.0))
+    headline = headline_scores(probes, outputs)
+    assert headline.probe == "mine"
+    np.testing.assert_array_equal(headline.scores.image_score, np.full(3, 7.0))
     assert headline.drift.relative_max == 1e-9 and headline.drift.prediction_agreement == 1.0
-    assert headline_scores([("other", ProbeOutput(scores=_scores(2, 1.0)))]).drift.relative_max is None
+    # a headline probe that reports no drift: the result says so (None), it does not invent one
+    bare = headline_scores([_component("mine", NullRemoval())], [("mine", ProbeOutput(scores=_scores(2, 1.0)))])
+    assert bare.drift.relative_max is None
 
 
-def test_no_scores_is_a_config_error_naming_the_probe():
-    with pytest.raises(ConfigError, match="include null_removal in probes"):
-        headline_scores([("concepts", ProbeOutput(summary={"n": 3}))])
+def test_a_headline_probe_without_scores_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError, match="headline probe mine produced no image and attribute scores"):
+        headline_scores([_component("mine", NullRemoval())], [("mine", ProbeOutput(summary={"n": 3}))])
+    with pytest.raises(ConfigError, match="headline role.*null_removal"):
+        headline_scores([_component("other", NotHeadline())], [("other", ProbeOutput(scores=_scores(2, 1.0)))])
 
 
 class _Scale:

@@ -45,10 +45,22 @@ def test_the_built_in_headline_probe_is_null_removal():
 
 def test_a_third_party_headline_probe_needs_no_null_removal(synthetic_config, registry):
     cfg = load_config(synthetic_config(probes=["my_scores", "not_headline"]), registry=registry)
-    from sing_audit.runner import build_plan
+    from sing_audit.pipeline import build_plan
 
     plan = build_plan(cfg, registry)
     assert headline_probe(plan.probes).plugin == "my_scores"
+
+
+def test_a_third_party_headline_probe_sets_the_headline_numbers(synthetic_config, registry):
+    from sing_audit.pipeline import run_audit
+
+    base = run_audit(synthetic_config(probes=["null_removal"]))
+    cfg = load_config(synthetic_config(probes=["not_headline", "my_scores"], output="out-mine"), registry=registry)
+    mine = run_audit(cfg, registry=registry)
+    for a, b in zip(base.models, mine.models):
+        assert (a.is_mean, a.as_abs_mean, a.is_as_ratio) == (b.is_mean, b.as_abs_mean, b.is_as_ratio)
+        assert a.logit_drift == b.logit_drift and b.probes["my_scores"] == a.probes["null_removal"]
+        assert "null_removal" not in b.probes
 
 
 def test_no_probe_with_the_headline_role_is_a_config_error(synthetic_config, registry):

@@ -9,7 +9,9 @@ __all__ = ["cmd_explain"]
 
 
 def cmd_explain(args) -> int:
+    from ..host import create_registry
     from ..pipeline.explain import explain_image
+    from ..probes import explain_lines
 
     r = explain_image(
         args.config, args.image, model=args.model, target=args.target, label=args.label, top_k=args.top,
@@ -26,11 +28,7 @@ def cmd_explain(args) -> int:
     say("  classes most moved by null removal (AS):")
     for c in r.top_classes:
         say(f"    {c.attribute_score:+8.2f}°  {one_line(shorten(c.name))}")
-    concepts = r.probes.get("concepts", {}).get("per_class", {})
-    for name, rows in concepts.items():
-        say(f"  top concepts ({one_line(shorten(name))}):")
-        for row in rows:
-            say(f"    {row['as']:+8.2f}°  {one_line(shorten(row['concept']))}  (angle {row['angle']:.1f}°)")
-    for row in r.probes.get("steering", {}).get("targets", []):
-        say(f"  steering toward {one_line(shorten(row['prompt']))!r}: AS {row['as_mean']:+.2f}°, IS {row['is_mean']:.2f}°, logit drift {row['logit_drift']:.2e}")
+    # each probe's own summary model says what it prints (sing_audit.probes.ProbeSummary.explain_lines)
+    for line in explain_lines(create_registry(), r.probes, lambda text: one_line(shorten(text))):
+        say(line)
     return 0

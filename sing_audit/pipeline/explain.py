@@ -23,7 +23,7 @@ from ..host import create_registry, suggest
 from ..nullspace import null_energy, remove_null
 from ..scores import attribute_scores
 from .crossfit import translate_by_fold
-from .model import Services, first_scores, prepare_model, probe_context, probe_summaries, run_probes
+from .model import Services, headline_scores, prepare_model, probe_context, probe_summaries, run_probes
 from .plan import audit_identity, build_plan
 from .run_folder import RunFolder
 from .sources import Sources
@@ -190,11 +190,11 @@ def explain_image(
         )
         outputs = run_probes(plan.probes, ctx)
         summaries = probe_summaries(outputs)
-        scores = first_scores(outputs)
+        scores = headline_scores(plan.probes, outputs).scores
         t_r = t_f if sub.null_dim == 0 else translate(remove_null(f, sub), slice(0, 1))
         shifts = attribute_scores(t_f, t_r, mi.text)[0]
         order = np.argsort(-np.abs(shifts), kind="stable")[:top_k]
-        contrast = float(scores.attribute_contrast[0]) if scores is not None else None
+        contrast = float(scores.attribute_contrast[0])
         return ExplainResult(
             image=image,
             source=source,

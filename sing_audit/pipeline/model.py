@@ -15,7 +15,7 @@ from ..analysis import apply_policy, class_results
 from ..components import ImageTarget, LinearHead
 from ..errors import ConfigError, DataError
 from ..nullspace import HeadSubspaces, split_head
-from ..probes import ProbeContext, ProbeOutput, Scores, row_chunks
+from ..probes import HeadlineSummary, ProbeContext, ProbeOutput, Scores, headline_probe, row_chunks
 from ..results import ModelResult, NullRemovalDrift
 from ..stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from ..store import content_key
@@ -30,7 +30,7 @@ from .sources import EmbeddingSource, FeatureSource, Sources
 from .stages import StageClock
 from .text import TextEncoder
 
-__all__ = ["Headline", "ModelInputs", "ProbeOutputs", "Services", "analyse_model", "first_scores", "headline_scores",
+__all__ = ["Headline", "ModelInputs", "ProbeOutputs", "Services", "analyse_model", "headline_scores",
            "prepare_model", "probe_context", "probe_summaries", "run_probes"]
 
 
@@ -205,25 +205,21 @@ class Headline:
     drift: NullRemovalDrift
 
 
-def first_scores(outputs: ProbeOutputs) -> Scores | None:
-    """The scores of the first probe that produced any (``None``: none did)."""
-    return next((out.scores for _, out in outputs if out.scores is not None), None)
-
-
-def headline_scores(outputs: ProbeOutputs) -> Headline:
-    """The headline IS/AS and logit drift. Read from the probe named ``null_removal``:
-    the one place that knows the headline probe by its name."""
-    probe = "null_removal"
-    scores = first_scores(outputs)
-    if scores is None:
-        raise ConfigError(f"no probe produced image and attribute scores; include {probe} in probes")
-    summary = probe_summaries(outputs).get(probe, {})
+def headline_scores(probes: list, outputs: ProbeOutputs) -> Headline:
+    """The headline IS/AS and logit drift: the output of the one probe component with the
+    headline role (:func:`sing_audit.probes.headline_probe`; ``outputs`` are in the order
+    of ``probes``), its drift read through :class:`~sing_audit.probes.HeadlineSummary`."""
+    comp = headline_probe(probes)
+    plugin, out = outputs[next(i for i, p in enumerate(probes) if p is comp)]
+    if out.scores is None:
+        raise ConfigError(f"the headline probe {plugin} produced no image and attribute scores")
+    summary = HeadlineSummary.model_validate(out.summary)
     drift = NullRemovalDrift(
-        relative_max=summary.get("logit_drift_relative_max"),
-        relative_mean=summary.get("logit_drift_relative_mean"),
-        prediction_agreement=summary.get("prediction_agreement"),
+        relative_max=summary.logit_drift_relative_max,
+        relative_mean=summary.logit_drift_relative_mean,
+        prediction_agreement=summary.prediction_agreement,
     )
-    return Headline(probe, scores, drift)
+    return Headline(plugin, out.scores, drift)
 
 
 # --------------------------------------------------------------------------- one model
@@ -254,7 +250,7 @@ def probe_context(fsrc: FeatureSource, esrc: EmbeddingSource, mi: ModelInputs, t
     )
     per_image.update(rows)
     return ProbeContext(
-        model_name=fsrc.name, backbone_name=fsrc.name, target_name=esrc.name, head=mi.head, subspaces=mi.sub,
+        model_name=fsrc.name, target_name=esrc.name, head=mi.head, subspaces=mi.sub,
         class_text=mi.text, class_names=fsrc.class_names, target=esrc.target, generator=generator,
         encode_text=text.encode, registry=registry, **per_image,
     )
@@ -282,7 +278,7 @@ def analyse_model(services: Services, fsrc: FeatureSource, esrc: EmbeddingSource
         services.loader.ensure_loaded(esrc.target)
     with clock.stage("probes"):
         outputs = run_probes(plan.probes, ctx)
-    headline = headline_scores(outputs)
+    headline = headline_scores(plan.probes, outputs)
     with clock.stage("statistics"):
         stats = _statistics(fsrc.name, mi, fsrc.class_names, headline.scores, generator, cfg)
     evidence = top_images(mi.ids, mi.labels, fsrc.class_names, headline.scores, cfg.report.top_images,

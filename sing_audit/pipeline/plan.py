@@ -8,6 +8,7 @@ from ..components import EmbeddingTarget, FeatureBackbone, ImageBackbone, ImageT
 from ..config import AuditConfig
 from ..errors import ConfigError
 from ..host import BuildContext, Component, Registry, create_component
+from ..probes import headline_probe
 from ..store import content_key
 from ..terminal import suggest
 from ..visualize import check_visualizer
@@ -58,6 +59,7 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
         _build(registry, "translator", t, f"compare_translators[{i}]", cfg, source) for i, t in enumerate(cfg.compare_translators)
     ]
     probes = [_build(registry, "probe", p, f"probes[{i}]", cfg, source) for i, p in enumerate(cfg.probe_specs())]
+    headline_probe(probes)  # a ConfigError when no probe (or more than one) has the headline role
     reporters: dict[str, Component] = {}
     available = registry.reporters_by_format()
     for i, fmt in enumerate(cfg.report.formats):
