@@ -1,6 +1,6 @@
 """What a probe receives and returns.
 
-The runner builds one :class:`ProbeContext` per (backbone, target) pair after the
+The run (:func:`sing_audit.pipeline.model.probe_context`) builds one :class:`ProbeContext` per (backbone, target) pair after the
 translator is cross-fitted; every configured probe runs on it and returns a
 :class:`ProbeOutput`: per-image columns (they go into the model's CSV) and a summary
 (a :class:`ProbeSummary`, the pydantic model the probe declares as ``Probe.Summary``; it

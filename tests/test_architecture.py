@@ -60,6 +60,32 @@ def test_a_broken_rule_is_reported(tmp_path):
     assert proc.returncode != 0 and "sing_audit.cli is not allowed to import sing_audit.pipeline" in proc.stdout, proc.stdout[-3000:]
 
 
+def _python_blocks(text: str) -> list[tuple[int, str]]:
+    blocks, start, lines = [], None, []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if start is None and line.strip() == "```python":
+            start, lines = number + 1, []
+        elif start is not None and line.strip() == "```":
+            blocks.append((start, "\n".join(lines) + "\n"))
+            start = None
+        elif start is not None:
+            lines.append(line)
+    return blocks
+
+
+def test_the_add_a_component_examples_run(tmp_path, monkeypatch):
+    """docs/architecture.md's recipes, in order, in one namespace (one per kind of component)."""
+    monkeypatch.chdir(tmp_path)
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    blocks = _python_blocks(text)
+    hooks = ["register_backbones", "register_targets", "register_translators", "register_probes",
+             "register_report_sections", "register_reporters"]
+    assert all(any(f"def {h}(" in code for _, code in blocks) for h in hooks)
+    namespace: dict = {"__name__": "architecture_docs"}
+    for line, code in blocks:
+        exec(compile(code, f"docs/architecture.md:{line}", "exec"), namespace)  # noqa: S102 - our own docs
+
+
 def test_no_module_is_too_long_to_read():
     tracked = subprocess.run(["git", "ls-files", "-z", "sing_audit", "plugins"], cwd=REPO, capture_output=True,
                              check=True).stdout.decode().split("\0")
