@@ -235,6 +235,13 @@ class BuildContext:
         """The same context for a spec found at ``where`` (e.g. ``probes[2].sets[0]``)."""
         return BuildContext(self.registry, self.base_dir, self.source, where)
 
+    @classmethod
+    def standalone(cls, base_dir: Path | None = None, source: str = "<python>") -> "BuildContext":
+        """The context of a component built directly in Python, outside a run: the
+        registry of everything installed (as ``sing-audit run`` would load it), paths from
+        ``base_dir`` (default: the working folder)."""
+        return cls(create_registry(), Path(base_dir) if base_dir is not None else Path.cwd(), source)
+
 
 @dataclass
 class Component:

@@ -168,10 +168,10 @@ class ConceptsProbe(Probe):
     # ------------------------------------------------------------------ sets
 
     def _build_context(self, where: str):
-        from sing_audit.host import BuildContext, create_registry
+        from sing_audit.host import BuildContext
 
-        if self._context is None:
-            self._context = BuildContext(create_registry(), self.options.base_dir or Path.cwd(), "concepts probe", "")
+        if self._context is None:  # built directly in Python, not by a run
+            self._context = BuildContext.standalone(self.options.base_dir, "concepts probe")
         base = self._context
         prefix = f"{base.where}." if base.where else ""
         return BuildContext(base.registry, self.options.base_dir or base.base_dir, base.source, f"{prefix}{where}")
