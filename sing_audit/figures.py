@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["DPI", "LABEL_PT", "TICK_PT", "cached", "chart_style", "figure_to_data_uri"]
+__all__ = ["DPI", "LABEL_PT", "TICK_PT", "cached", "chart_style", "figure_to_data_uri", "log_tick_label", "use_log_ticks"]
 
 DPI = 130
 TICK_PT = 8.0
@@ -48,6 +48,37 @@ def chart_style():
         warnings.filterwarnings("ignore", message=".*[Gg]lyph.*missing.*")
         warnings.filterwarnings("ignore", category=UserWarning, module="matplotlib")
         yield
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def log_tick_label(value: float) -> str:
+    """A log axis's tick label as plain text: ``10⁻³`` for a power of ten, else ``0.25``.
+
+    matplotlib's log formatters write mathtext (``$\\mathdefault{10^{0}}$``), which the
+    charts draw literally (``text.parse_math`` is off so that names are drawn as typed):
+    log axes take this label instead, through :func:`use_log_ticks`.
+    """
+    if not np.isfinite(value) or value <= 0:
+        return ""
+    exponent = float(np.log10(value))
+    if abs(exponent - round(exponent)) < 1e-9:
+        return "10" + str(int(round(exponent))).translate(_SUPERSCRIPT)
+    return f"{value:.2g}"
+
+
+def use_log_ticks(axis) -> None:
+    """Label a log-scaled ``axis`` (``ax.yaxis``) in plain text: powers of ten at the major
+    ticks, and the minor ticks too when the view spans less than a decade (no power of ten
+    would be labelled otherwise)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: log_tick_label(v)))
+    axis.axes.viewLim  # noqa: B018 - applies a pending autoscale, so the view interval is current
+    low, high = sorted(axis.get_view_interval())
+    narrow = low > 0 and np.floor(np.log10(high)) == np.floor(np.log10(low))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _pos: log_tick_label(v)) if narrow else NullFormatter())
 
 
 def figure_to_data_uri(fig, colors: int = 128) -> str:

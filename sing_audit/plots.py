@@ -24,11 +24,14 @@ from .report import short_name
 
 __all__ = [
     "MODEL_COLORS",
+    "MIN_ELLIPSE_CLASSES",
     "ScatterSeries",
     "concept_bars",
     "figure_to_data_uri",
     "ratio_bars",
+    "ellipse_path",
     "scatter_is_as",
+    "scatter_is_as_figure",
     "sensitivity_lines",
     "short",
     "violins",
@@ -116,69 +119,149 @@ class ScatterSeries:
     annotate: list[int] = field(default_factory=list)
 
 
-def _ellipse(ax, pts: np.ndarray, k: float, color: str, style: str) -> None:
-    from matplotlib.patches import Ellipse
+#: Classes a model needs before the scatter draws its covariance ellipses. Below it the
+#: ellipse's axes rest on too few points to mean anything (see :func:`scatter_is_as`), and
+#: the model gets only its centroid with a 95% interval.
+MIN_ELLIPSE_CLASSES = 20
+#: IS is an angle between two vectors: nothing is drawn outside [0°, 180°]
+IS_RANGE = (0.0, 180.0)
 
-    cov = np.cov(pts, rowvar=False)
-    if not np.all(np.isfinite(cov)):
-        return
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def ellipse_path(center, cov: np.ndarray, k: float, x_range: tuple[float, float] = IS_RANGE, n: int = 240):
+    """The ``k``σ contour of a 2-D covariance around ``center`` as a matplotlib ``Path`` of
+    open pieces, cut where it leaves ``x_range`` (the cut ends lie exactly on the bound),
+    or None for a degenerate covariance or a contour wholly outside."""
+    from matplotlib.path import Path as MplPath
+
+    cov = np.asarray(cov, dtype=float)
+    if cov.shape != (2, 2) or not np.all(np.isfinite(cov)):
+        return None
     vals, vecs = np.linalg.eigh(cov)
     vals = np.clip(vals, 0.0, None)
     if vals.max() <= 0:
-        return
-    angle = math.degrees(math.atan2(vecs[1, -1], vecs[0, -1]))
-    width, height = 2 * k * math.sqrt(vals[-1]), 2 * k * math.sqrt(vals[0])
-    ax.add_patch(
-        Ellipse(pts.mean(axis=0), width, height, angle=angle, fill=False, edgecolor=color, linestyle=style, linewidth=1.2)
-    )
+        return None
+    t = np.linspace(0.0, 2 * np.pi, n + 1)
+    unit = np.stack([np.cos(t), np.sin(t)], axis=1) * (k * np.sqrt(vals))
+    pts = np.asarray(center, dtype=float) + unit @ vecs.T
+    lo, hi = x_range
+    inside = (pts[:, 0] >= lo) & (pts[:, 0] <= hi)
+    verts, codes = [], []
+    for a, b in _runs(inside):
+        piece = [pts[i] for i in range(a, b)]
+        for out, last, at_start in ((a - 1, a, True), (b, b - 1, False)):  # where the contour crosses the bound
+            if 0 <= out < len(pts) and not inside[out]:
+                bound = lo if pts[out, 0] < lo else hi
+                f = (bound - pts[last, 0]) / (pts[out, 0] - pts[last, 0])
+                cut = np.array([bound, pts[last, 1] + f * (pts[out, 1] - pts[last, 1])])
+                piece = [cut, *piece] if at_start else [*piece, cut]
+        if len(piece) >= 2:
+            verts += piece
+            codes += [MplPath.MOVETO] + [MplPath.LINETO] * (len(piece) - 1)
+    return MplPath(np.array(verts), codes) if verts else None
+
+
+def _ellipse(ax, pts: np.ndarray, k: float, color: str, style: str) -> None:
+    from matplotlib.patches import PathPatch
+
+    path = ellipse_path(pts.mean(axis=0), np.cov(pts, rowvar=False), k)
+    if path is not None:
+        ax.add_patch(PathPatch(path, fill=False, edgecolor=color, linestyle=style, linewidth=1.2, gid=f"ellipse-{k:g}"))
+
+
+def _centroid(ax, pts: np.ndarray, color: str) -> None:
+    """The mean of the points with its 95% interval on each axis (normal, 1.96 standard errors)."""
+    centre = pts.mean(axis=0)
+    half = 1.96 * pts.std(axis=0, ddof=1) / math.sqrt(len(pts)) if len(pts) > 1 else np.zeros(2)
+    low_x = max(centre[0] - half[0], IS_RANGE[0])
+    ax.errorbar([centre[0]], [centre[1]], xerr=[[centre[0] - low_x], [half[0]]], yerr=[[half[1]], [half[1]]],
+                fmt="P", markersize=8, color=color, markeredgecolor="#202124", markeredgewidth=0.8, elinewidth=1.4,
+                capsize=3, zorder=4, gid="centroid")
+
+
+def scatter_is_as_figure(series: Sequence[ScatterSeries], width: float = 7.2, height: float = 4.2):
+    """The figure of :func:`scatter_is_as` (for tests and third-party sections)."""
+    legend = [f"{short(s.label, LABEL_CHARS)} ({len(s.is_means)} classes)" for s in series] + [
+        "flagged class", "mean ± 95% CI", f"1σ ellipse (≥ {MIN_ELLIPSE_CLASSES} classes)"]
+    with _style():
+        fig, ax = _axes(width, height, left=0.6, right=_text_width(legend) + 0.55, top=0.15, bottom=0.5)
+        _draw_scatter(ax, series)
+    return fig
+
+
+def _draw_scatter(ax, series: Sequence[ScatterSeries]) -> None:
+    ax.axhline(0, color="#9aa0a6", linewidth=0.8, zorder=1)
+    every_x = np.concatenate([np.asarray(s.is_means, dtype=float) for s in series] or [np.zeros(0)])
+    every_x = every_x[np.isfinite(every_x)]
+    x_mid = float(every_x.min() + every_x.max()) / 2 if every_x.size else 0.0
+    any_flag = any_ellipse = any_centroid = False
+    for i, s in enumerate(series):
+        color = s.color or MODEL_COLORS[i % len(MODEL_COLORS)]
+        x = np.asarray(s.is_means, dtype=float)
+        y = np.asarray(s.as_means, dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        flagged = np.asarray(s.flagged, dtype=bool) if len(s.flagged) == len(x) else np.zeros(len(x), bool)
+        size = 9 if ok.sum() > 300 else 18
+        ax.scatter(x[ok & ~flagged], y[ok & ~flagged], s=size, color=color, alpha=0.55, linewidths=0,
+                   label=f"{short(s.label, LABEL_CHARS)} ({int(ok.sum())} classes)", zorder=2)
+        if (ok & flagged).any():
+            any_flag = True
+            ax.scatter(x[ok & flagged], y[ok & flagged], s=size * 2.6, facecolor=color, edgecolor=FLAG_COLOR,
+                       linewidths=1.4, zorder=3)
+        pts = np.column_stack([x[ok], y[ok]])
+        if len(pts):
+            any_centroid = True
+            _centroid(ax, pts, color)
+        if len(pts) >= MIN_ELLIPSE_CLASSES:
+            any_ellipse = True
+            _ellipse(ax, pts, 1.0, color, "-")
+            _ellipse(ax, pts, 2.0, color, "--")
+        for n_ann, j in enumerate(s.annotate):
+            if 0 <= j < len(x) and ok[j] and j < len(s.names):
+                # toward the middle, so a long name stays inside the axes; alternately above and
+                # below, so neighbouring labels do not collide
+                dx, ha = (5, "left") if x[j] <= x_mid else (-5, "right")
+                dy, va = (4, "bottom") if n_ann % 2 == 0 else (-4, "top")
+                ax.annotate(short(s.names[j], LABEL_CHARS), (x[j], y[j]), xytext=(dx, dy), textcoords="offset points",
+                            fontsize=7.5, color="#202124", ha=ha, va=va)
+    if any_flag:
+        ax.scatter([], [], s=30, facecolor="white", edgecolor=FLAG_COLOR, linewidths=1.4, label="flagged class")
+    if any_centroid:
+        ax.errorbar([], [], xerr=[], yerr=[], fmt="P", markersize=7, color=NEUTRAL, markeredgecolor="#202124",
+                    markeredgewidth=0.8, capsize=3, label="mean ± 95% CI")
+    if any_ellipse:
+        ax.plot([], [], color=NEUTRAL, linestyle="-", label=f"1σ ellipse (≥ {MIN_ELLIPSE_CLASSES} classes)")
+        ax.plot([], [], color=NEUTRAL, linestyle="--", label=f"2σ ellipse (≥ {MIN_ELLIPSE_CLASSES} classes)")
+    if every_x.size:  # IS is never negative: the axis starts at 0 or just left of it for the markers
+        ax.set_xlim(left=max(ax.get_xlim()[0], -0.03 * max(float(every_x.max()), 1e-9)))
+    ax.set_xlabel("mean IS of the class (°)")
+    ax.set_ylabel("mean AS of the class (°)")
+    # outside the axes: "best" would test every point (slow) and still hide some
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.2)
 
 
 @_cached
 def scatter_is_as(series: Sequence[ScatterSeries], width: float = 7.2, height: float = 4.2) -> str:
-    """Mean IS (x) against mean AS (y) per class, one colour per model, with 1σ (solid)
-    and 2σ (dashed) ellipses of the covariance of each model's points."""
-    legend = [f"{short(s.label, LABEL_CHARS)} ({len(s.is_means)} classes)" for s in series] + ["flagged class", "1σ ellipse"]
+    """Mean IS (x) against mean AS (y) per class, one colour per model; each model's centroid
+    with its 95% interval, and, for a model with at least :data:`MIN_ELLIPSE_CLASSES` classes,
+    1σ (solid) and 2σ (dashed) ellipses of the covariance of its points, cut at IS = 0.
+
+    Why not an ellipse for every model: an ellipse draws the points as one Gaussian cloud.
+    From a handful of classes its axes are mostly noise, and a model whose classes fall in
+    two groups (a few leaking classes far from the rest, the very thing the audit looks
+    for) gets a long thin ellipse along the line joining the groups, which reads like a
+    trend that no class follows; its 2σ contour also runs into negative IS, which no class
+    can have. The centroid with its interval says what such a model's points support:
+    where the model sits, and how sure that is. Ellipses are cut where IS < 0 rather than
+    drawn into impossible values.
+    """
     with _style():
-        fig, ax = _axes(width, height, left=0.6, right=_text_width(legend) + 0.55, top=0.15, bottom=0.5)
-        ax.axhline(0, color="#9aa0a6", linewidth=0.8, zorder=1)
-        every_x = np.concatenate([np.asarray(s.is_means, dtype=float) for s in series] or [np.zeros(0)])
-        every_x = every_x[np.isfinite(every_x)]
-        x_mid = float(every_x.min() + every_x.max()) / 2 if every_x.size else 0.0
-        any_flag = False
-        for i, s in enumerate(series):
-            color = s.color or MODEL_COLORS[i % len(MODEL_COLORS)]
-            x = np.asarray(s.is_means, dtype=float)
-            y = np.asarray(s.as_means, dtype=float)
-            ok = np.isfinite(x) & np.isfinite(y)
-            flagged = np.asarray(s.flagged, dtype=bool) if len(s.flagged) == len(x) else np.zeros(len(x), bool)
-            size = 9 if ok.sum() > 300 else 18
-            ax.scatter(x[ok & ~flagged], y[ok & ~flagged], s=size, color=color, alpha=0.55, linewidths=0,
-                       label=f"{short(s.label, LABEL_CHARS)} ({int(ok.sum())} classes)", zorder=2)
-            if (ok & flagged).any():
-                any_flag = True
-                ax.scatter(x[ok & flagged], y[ok & flagged], s=size * 2.6, facecolor=color, edgecolor=FLAG_COLOR,
-                           linewidths=1.4, zorder=3)
-            pts = np.column_stack([x[ok], y[ok]])
-            if len(pts) >= 3:
-                _ellipse(ax, pts, 1.0, color, "-")
-                _ellipse(ax, pts, 2.0, color, "--")
-            for n_ann, j in enumerate(s.annotate):
-                if 0 <= j < len(x) and ok[j] and j < len(s.names):
-                    # toward the middle, so a long name stays inside the axes; alternately above and
-                    # below, so neighbouring labels do not collide
-                    dx, ha = (5, "left") if x[j] <= x_mid else (-5, "right")
-                    dy, va = (4, "bottom") if n_ann % 2 == 0 else (-4, "top")
-                    ax.annotate(short(s.names[j], LABEL_CHARS), (x[j], y[j]), xytext=(dx, dy), textcoords="offset points",
-                                fontsize=7.5, color="#202124", ha=ha, va=va)
-        if any_flag:
-            ax.scatter([], [], s=30, facecolor="white", edgecolor=FLAG_COLOR, linewidths=1.4, label="flagged class")
-        ax.plot([], [], color=NEUTRAL, linestyle="-", label="1σ ellipse")
-        ax.plot([], [], color=NEUTRAL, linestyle="--", label="2σ ellipse")
-        ax.set_xlabel("mean IS of the class (°)")
-        ax.set_ylabel("mean AS of the class (°)")
-        # outside the axes: "best" would test every point (slow) and still hide some
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.2)
-        return figure_to_data_uri(fig)
+        return figure_to_data_uri(scatter_is_as_figure(series, width, height))
 
 
 # --------------------------------------------------------------------------- ratio bars

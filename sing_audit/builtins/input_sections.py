@@ -32,7 +32,7 @@ from sing_audit.hookspecs import hookimpl
 from sing_audit.palette import model_color, model_label
 from sing_audit.report import ReportSection
 
-__all__ = ["INPUT_PROBES", "InputSpaceSection", "spectrum_chart"]
+__all__ = ["INPUT_PROBES", "InputSpaceSection", "spectrum_chart", "spectrum_figure"]
 
 #: the probes this section reads, in the order they are shown
 INPUT_PROBES = ("patch_embed_null", "encoder_null", "embedding_match", "jacobian")
@@ -164,19 +164,30 @@ def spectrum_chart(series: list[tuple[str, list[float], str]], width: float = 5.
     series = [s for s in series if s[1]]
     if not series:
         return None
+    with figures.chart_style():
+        return figures.figure_to_data_uri(spectrum_figure(series, width, height))
+
+
+def spectrum_figure(series: list[tuple[str, list[float], str]], width: float = 5.6, height: float = 2.4):
+    """The figure of :func:`spectrum_chart` (positive singular values only), its left margin
+    measured from the tick labels so that the y-label is drawn whole."""
     from matplotlib.figure import Figure
 
     with figures.chart_style():
         fig = Figure(figsize=(width, height), dpi=figures.DPI)
-        fig.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.2)
         ax = fig.add_subplot()
         for label, sv, color in series:
             ax.plot(range(1, len(sv) + 1), sv, linewidth=1.3, color=color, label=plots.short(label, plots.LABEL_CHARS))
         ax.set_yscale("log")
+        figures.use_log_ticks(ax.yaxis)
         ax.set_xlabel("index of the singular value")
         ax.set_ylabel("σ of ∂f/∂x")
         ax.legend(loc="upper right", frameon=False)
-        return figures.figure_to_data_uri(fig)
+        ticks = [figures.log_tick_label(v) for v in ax.get_yticks()]
+        # tick labels, the tick length and pad, the rotated y-label (its line height) and a margin
+        left = plots._text_width(ticks) + 0.08 + 1.6 * figures.LABEL_PT / 72 + 0.08
+        fig.subplots_adjust(left=left / width, right=0.97, top=0.93, bottom=0.45 / height)
+        return fig
 
 
 class InputSpaceSection(ReportSection):
