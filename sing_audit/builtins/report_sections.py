@@ -34,6 +34,9 @@ VIOLIN_TOP = 6
 VIOLIN_BOTTOM = 3
 #: flagged classes named in the IS-vs-AS scatter (the most leaking, over all models)
 SCATTER_LABELS = 6
+#: thresholds per table of the rank-sensitivity grid: a longer grid is split into several
+#: tables (each with the model column) so that every table fits the printed page's width
+SENSITIVITY_COLUMNS = 5
 #: translator null-space energy below which the audit warns that leakage may be hidden
 LOW_TRANSLATOR_NULL_ENERGY = 0.05
 
@@ -150,7 +153,9 @@ class ModelComparisonSection(ReportSection):
                 if p.get("value") not in values:
                     values.append(p.get("value"))
         grid = [[next((p for p in r["points"] if p.get("value") == v), None) for v in values] for r in rows]
-        return {"chart": chart, "rows": rows, "values": values, "grid": grid, "rule": " / ".join(sorted(rules))}
+        groups = [list(range(i, min(i + SENSITIVITY_COLUMNS, len(values)))) for i in range(0, len(values), SENSITIVITY_COLUMNS)]
+        return {"chart": chart, "rows": rows, "values": values, "grid": grid, "column_groups": groups,
+                "rule": " / ".join(sorted(rules))}
 
 
 # --------------------------------------------------------------------------- 3. per class
