@@ -3,6 +3,10 @@ plugin descriptions, the files a run wrote."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from sing_audit.cli import build_parser, main
@@ -28,3 +32,55 @@ def test_debug_after_the_subcommand_shows_the_traceback(synthetic_config, capsys
     assert "Traceback" in capsys.readouterr().err
     assert main(["run", str(cfg), "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- no raw log lines
+
+_LIBRARY_RUN = """
+import logging, sys
+from sing_audit.cli import main
+from sing_audit.pipeline import sources
+
+if sys.argv[1] == "basicConfig":  # a library configures the root logger at import
+    logging.basicConfig(level=logging.INFO)
+load_dataset = sources.Sources.load_dataset
+
+def noisy(self, *a, **k):
+    # as open_clip does mid-run: logging.warning() on the root logger (an implicit basicConfig)
+    logging.warning("No pretrained weights loaded for model 'X'. Model initialized randomly.")
+    logging.getLogger("some_library").warning("a library's own logger speaks")
+    return load_dataset(self, *a, **k)
+
+sources.Sources.load_dataset = noisy
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("how", ["basicConfig", "implicit"])
+def test_no_raw_log_lines_in_the_terminal_whatever_a_library_does(synthetic_config, how):
+    cfg = synthetic_config()
+    proc = subprocess.run([sys.executable, "-c", _LIBRARY_RUN, how, "run", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    raw = [line for line in (proc.stdout + proc.stderr).splitlines()
+           if re.match(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL):", line)]
+    assert raw == [], raw
+    assert "No pretrained weights" not in proc.stderr
+    log = (cfg.parent / "out" / "logs" / "run.log").read_text(encoding="utf-8")
+    assert "stage extract" in log or "stage translator" in log
+    assert "WARNING root: No pretrained weights loaded for model 'X'" in log
+    assert "WARNING some_library: a library's own logger speaks" in log
+    assert log.count("verdict:") == 1  # each record once
+
+
+def test_sing_audit_warnings_still_reach_the_terminal_once(synthetic_config, capsys):
+    import logging
+
+    logging.getLogger("sing_audit").warning("a warning of ours")  # outside a command: left to Python
+    capsys.readouterr()
+    from sing_audit.cli.output import terminal_logging
+
+    with terminal_logging():
+        logging.getLogger("sing_audit.report").warning("report section %r failed", "x")
+        logging.getLogger("some_library").warning("not for the terminal")
+    assert capsys.readouterr().err == "report section 'x' failed\n"
+    assert logging.getLogger("sing_audit").propagate  # put back as it was
