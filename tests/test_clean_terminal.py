@@ -3,6 +3,7 @@ plugin descriptions, the files a run wrote."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -84,3 +85,50 @@ def test_sing_audit_warnings_still_reach_the_terminal_once(synthetic_config, cap
         logging.getLogger("some_library").warning("not for the terminal")
     assert capsys.readouterr().err == "report section 'x' failed\n"
     assert logging.getLogger("sing_audit").propagate  # put back as it was
+
+
+# --------------------------------------------------------------------------- plugins in plain sentences
+
+
+def test_first_sentence_is_plain_and_whole():
+    from sing_audit.terminal import first_sentence
+
+    doc = """``results.json``: the typed :class:`~sing_audit.results.AuditResult`, written
+    before any other output (see :func:`sing_audit.pipeline.write_outputs`). Then `more`.
+
+    A second paragraph."""
+    assert first_sentence(doc) == "results.json: the typed AuditResult, written before any other output (see sing_audit.pipeline.write_outputs)."
+    assert first_sentence("Ridge, e.g. with α\n    chosen by `loo`") == "Ridge, e.g. with α chosen by loo"
+    assert first_sentence(None) == ""
+
+
+def test_plugins_prints_plain_sentences(capsys, monkeypatch):
+    from sing_audit import hookimpl
+    from sing_audit.components import Reporter
+    from sing_audit.host import create_plugin_manager, create_registry
+
+    class Odd(Reporter):
+        """``odd.txt``: a :class:`~sing_audit.results.AuditResult` in one line per model and
+        class, sorted. Then a second sentence that is not printed."""
+        formats = ("odd",)
+
+    class Plugin:
+        @hookimpl
+        def register_reporters(self, register):
+            register("odd", Odd)
+
+    def registry():
+        pm = create_plugin_manager()
+        pm.register(Plugin())
+        return create_registry(pm)
+
+    monkeypatch.setattr("sing_audit.host.create_registry", registry)
+    assert main(["plugins"]) == 0
+    text = capsys.readouterr().out
+    line = next(line for line in text.splitlines() if line.strip().startswith("odd "))
+    assert line.endswith("— odd.txt: a AuditResult in one line per model and class, sorted."), line
+    assert "``" not in text and ":class:" not in text and "`" not in text
+    assert main(["plugins", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert next(r for r in rows if r["name"] == "odd")["doc"] == "odd.txt: a AuditResult in one line per model and class, sorted."
+    assert all("``" not in r["doc"] and ":class:" not in r["doc"] for r in rows)
