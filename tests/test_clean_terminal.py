@@ -132,3 +132,46 @@ def test_plugins_prints_plain_sentences(capsys, monkeypatch):
     rows = json.loads(capsys.readouterr().out)
     assert next(r for r in rows if r["name"] == "odd")["doc"] == "odd.txt: a AuditResult in one line per model and class, sorted."
     assert all("``" not in r["doc"] and ":class:" not in r["doc"] for r in rows)
+
+
+# --------------------------------------------------------------------------- the files a run wrote
+
+
+def test_last_lines_name_every_file_written(synthetic_config, capsys, monkeypatch):
+    from sing_audit import hookimpl
+    from sing_audit.components import Reporter
+    from sing_audit.host import create_plugin_manager, create_registry
+    from sing_audit.store import atomic_write_text
+
+    class Pair(Reporter):
+        """pair-a.txt and pair-b.txt: two files of one format."""
+        formats = ("pair",)
+
+        def write(self, result, output_dir, fmt):
+            paths = [output_dir / "pair-a.txt", output_dir / "pair-b.txt"]
+            for path in paths:
+                atomic_write_text(path, result.verdict)
+            return paths
+
+    class Plugin:
+        @hookimpl
+        def register_reporters(self, register):
+            register("pair", Pair)
+
+    def registry():
+        pm = create_plugin_manager()
+        pm.register(Plugin())
+        return create_registry(pm)
+
+    monkeypatch.setattr("sing_audit.pipeline.audit.create_registry", registry)
+    formats = ["json", "csv", "html", "junit", "markdown", "pair"]
+    cfg = synthetic_config(report={"formats": formats})
+    assert main(["run", str(cfg)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    out = cfg.parent / "out"
+    manifest = json.loads((out / "audit.json").read_text(encoding="utf-8"))["outputs"]
+    assert {"report.html", "pair-a.txt", "pair-b.txt", "junit.xml", "summary.md"} <= set(manifest)
+    at = lines.index(f"written to {out}:")
+    named = [line.strip() for line in lines[at + 1:-1]]
+    assert lines[-1] == "exit 1: the policy failed" and lines[at - 1].startswith("FAILED")
+    assert sorted(named) == sorted({*manifest, "logs/run.log"}), named

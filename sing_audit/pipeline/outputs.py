@@ -57,7 +57,8 @@ def _json_reporter(registry: Registry) -> Component:
 
 def write_outputs(result: AuditResult, plan: Plan, folder: RunFolder) -> AuditResult:
     """Write results.json first, then every other configured output; return the result
-    with the files the reporters wrote added to its ``files``.
+    with the files the reporters wrote added to its ``files`` (a format's first file
+    under the format's name, any further one under ``"<format>:<path>"``).
 
     A writer that fails does not stop the others: each failure is logged (with its
     traceback) and collected, and :class:`OutputWriteError` is raised at the end with the
@@ -82,10 +83,10 @@ def write_outputs(result: AuditResult, plan: Plan, folder: RunFolder) -> AuditRe
             log.error("output %s (reporter %r from %s) failed", fmt, comp.plugin, comp.package, exc_info=True)
             failures.append(WriterFailure(fmt, comp.plugin, comp.package, exc))
             continue
-        for path in written:
+        for i, path in enumerate(written):
             rel = Path(path).resolve().relative_to(out.resolve()).as_posix()
             folder.record(rel)
-            files[fmt] = rel
+            files[fmt if i == 0 else f"{fmt}:{rel}"] = rel  # a format's first file under its name
     if files != result.files:
         result = result.model_copy(update={"files": files})
         json_reporter.instance.write(result, out, "json")
