@@ -25,6 +25,9 @@ def test_global_flags_work_before_and_after_the_command(command):
     assert parser.parse_args(["--debug", *command]).debug is True
     assert parser.parse_args([command[0], "--debug", *command[1:]]).debug is True
     assert parser.parse_args([*command, "--debug"]).debug is True
+    assert parser.parse_args(command).quiet is False
+    assert parser.parse_args(["--quiet", *command]).quiet is True
+    assert parser.parse_args([command[0], "-q", *command[1:]]).quiet is True
 
 
 def test_debug_after_the_subcommand_shows_the_traceback(synthetic_config, capsys):

@@ -19,6 +19,7 @@ import sys
 import traceback
 
 from ..errors import BadInputError, OutputWriteError, PluginError, SingAuditError
+from ..progress import quiet_progress
 from ..terminal import shorten
 from .exit_codes import (
     EXIT_BAD_INPUT,
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with terminal_logging():
+        with terminal_logging(), quiet_progress(args.quiet):
             return COMMANDS[args.command](args)
     except KeyboardInterrupt as exc:
         warn(interrupted_message(args, exc))

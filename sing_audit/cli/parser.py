@@ -40,6 +40,8 @@ def _add_global_flags(p: argparse.ArgumentParser, *, in_command: bool = False) -
     defaults to ``SUPPRESS`` so that it never resets what the main parser read."""
     unset = argparse.SUPPRESS if in_command else False
     p.add_argument("--debug", action="store_true", default=unset, help="show tracebacks for every error")
+    p.add_argument("-q", "--quiet", action="store_true", default=unset,
+                   help="no progress bars or progress lines (the verdict and errors are still printed)")
 
 
 def build_parser() -> argparse.ArgumentParser:

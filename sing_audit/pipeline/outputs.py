@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, OutputWriteError, WriterFailure
 from ..host import Component, Registry
+from ..progress import progress
 from ..results import AuditResult
 from ..store import atomic_write_text
 from .plan import Plan, create_reporter
@@ -76,7 +77,7 @@ def write_outputs(result: AuditResult, plan: Plan, folder: RunFolder) -> AuditRe
     folder.record("results.json")
     files = dict(result.files)
     failures: list[WriterFailure] = []
-    for fmt, comp in reporters.items():
+    for fmt, comp in progress(reporters.items(), desc="report", unit="format"):
         try:
             written = comp.instance.write(result, out, fmt)
         except Exception as exc:  # noqa: BLE001 - collected and re-raised below with the result
