@@ -10,9 +10,11 @@ line the CLI prints goes through :func:`plain`, which shows such characters esca
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
 from collections.abc import Iterable
 
-__all__ = ["plain", "shorten", "close_matches", "suggest", "TERMINAL_NAME_CHARS"]
+__all__ = ["plain", "shorten", "close_matches", "suggest", "first_sentence", "TERMINAL_NAME_CHARS"]
 
 #: longest name printed whole on a terminal line; longer ones are shortened with an ellipsis
 TERMINAL_NAME_CHARS = 80
@@ -51,3 +53,20 @@ def suggest(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) 
     if close:
         return " (did you mean " + " or ".join(f'"{c}"' for c in close) + "?)"
     return "; valid choices: " + ", ".join(sorted(choices)) if len(choices) <= 12 else ""
+
+
+_ROLE = re.compile(r":[\w:.-]+:`(~?)([^`<]*?)\s*(?:<[^`>]*>)?`")  # :class:`~a.B` , :ref:`text <target>`
+_LITERAL = re.compile(r"``(.+?)``|`([^`]+)`_{0,2}")
+_SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\betc)(?<!\bvs)[.!?](?=\s|$)")
+
+
+def first_sentence(doc) -> str:
+    """The first sentence of a docstring's first paragraph as plain text: its lines
+    joined, reST markup dropped (``:class:`~a.B``` reads ``B``, a full path stays full,
+    ````x```` and ```x``` read ``x``); the whole paragraph when no sentence ends in it."""
+    paragraph = re.split(r"\n\s*\n", inspect.cleandoc(str(doc or "")).strip(), maxsplit=1)[0]
+    text = " ".join(paragraph.split())
+    text = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), text)
+    text = _LITERAL.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), text)
+    end = _SENTENCE_END.search(text)
+    return text[: end.end()] if end else text

@@ -44,6 +44,7 @@ from sing_audit.builtins.mlp_state import restore_translator, translator_state
 from sing_audit.components import Translator
 from sing_audit.errors import ConfigError, DataError
 from sing_audit.hookspecs import hookimpl
+from sing_audit.progress import progress_is_quiet
 from sing_audit.mlp import (
     SMALL_NETWORK,
     CachedTorchForward,
@@ -217,7 +218,7 @@ class MLPTranslator(CachedTorchForward, Translator):
                 desc=f"fit {self._name()}",
                 unit="epoch",
                 leave=False,
-                disable=None if o.progress is None else not o.progress,
+                disable=True if progress_is_quiet() else None if o.progress is None else not o.progress,
             )
             try:
                 with self._threads(sum(p.numel() for p in net.parameters())):

@@ -19,6 +19,7 @@ import sys
 import traceback
 
 from ..errors import BadInputError, OutputWriteError, PluginError, SingAuditError
+from ..progress import quiet_progress
 from ..terminal import shorten
 from .exit_codes import (
     EXIT_BAD_INPUT,
@@ -30,7 +31,7 @@ from .exit_codes import (
 )
 from .explain import cmd_explain
 from .introspect import cmd_plugins, cmd_schema, cmd_validate
-from .output import print_error, say, warn
+from .output import print_error, say, terminal_logging, warn
 from .parser import build_parser
 from .report import cmd_diff, cmd_report
 from .run import cmd_merge, cmd_run, interrupted_message, log_hint, print_models
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with terminal_logging(), quiet_progress(args.quiet):
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt as exc:
         warn(interrupted_message(args, exc))
         return EXIT_INTERRUPTED

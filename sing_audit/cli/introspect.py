@@ -3,6 +3,7 @@ without running anything."""
 
 from __future__ import annotations
 
+from ..terminal import first_sentence
 from .output import one_line, say, say_json
 
 __all__ = ["cmd_validate", "cmd_schema", "cmd_plugins"]
@@ -34,7 +35,7 @@ def cmd_plugins(args) -> int:
     from ..host import create_registry
 
     rows = [
-        {"kind": r.kind, "name": r.name, "package": r.package, "module": r.plugin, "doc": (r.factory.__doc__ or "").strip().split("\n")[0]}
+        {"kind": r.kind, "name": r.name, "package": r.package, "module": r.plugin, "doc": first_sentence(r.factory.__doc__)}
         for r in create_registry().all()
     ]
     if args.json:

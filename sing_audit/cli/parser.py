@@ -34,13 +34,23 @@ def _add_wait(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_global_flags(p: argparse.ArgumentParser, *, in_command: bool = False) -> None:
+    """The flags every command takes, before or after the command's name (``sing-audit
+    --debug run x.yaml`` and ``sing-audit run --debug x.yaml``). A subcommand's copy
+    defaults to ``SUPPRESS`` so that it never resets what the main parser read."""
+    unset = argparse.SUPPRESS if in_command else False
+    p.add_argument("--debug", action="store_true", default=unset, help="show tracebacks for every error")
+    p.add_argument("-q", "--quiet", action="store_true", default=unset,
+                   help="no progress bars or progress lines (the verdict and errors are still printed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sing-audit",
         description="Audit image classifiers for meaning hidden in the null space of their linear head.",
     )
     parser.add_argument("--version", action="version", version=f"sing-audit {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    _add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run an audit and write results.json and the report")
@@ -138,4 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many classes to list (default 10)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     _add_override(p)
+    for command in sub.choices.values():
+        _add_global_flags(command, in_command=True)
     return parser

@@ -49,8 +49,9 @@ def _audit(args, **how):
 
 def _command(name: str, args, *, same_flags: bool = False) -> str:
     """The ``sing-audit NAME`` command line for the same config and ``-o`` overrides
-    (shell-quoted); with ``same_flags`` also the run's ``--debug``, ``--force``, ``--shard``."""
-    parts = ["sing-audit", *(["--debug"] if same_flags and args.debug else []), name, str(args.config)]
+    (shell-quoted); with ``same_flags`` also the run's ``--debug``, ``--quiet``, ``--force``, ``--shard``."""
+    flags = [f for f in ("debug", "quiet") if same_flags and getattr(args, f, False)]
+    parts = ["sing-audit", *(f"--{f}" for f in flags), name, str(args.config)]
     if same_flags:
         parts += ["--force"] if getattr(args, "force", False) else []
         parts += ["--shard", args.shard] if getattr(args, "shard", None) else []

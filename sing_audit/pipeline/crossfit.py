@@ -14,6 +14,7 @@ from ..analysis import fidelity_figures
 from ..errors import DataError
 from ..nullspace import HeadSubspaces, remove_null
 from ..probes import row_chunks
+from ..progress import progress
 from ..results import TranslatorComparison
 from ..ridge import cross_fit_folds
 from ..scores import attribute_scores_toward, image_scores, unit_rows
@@ -103,7 +104,7 @@ def cross_fit(settings: FitSettings, comp, factory, features: np.ndarray, embedd
     if not all(_state_path(root, key, k).is_file() for k in range(n_folds)):
         # every fold at once where the family shares work between folds (e.g. ridge sums)
         together = factory(comp.options).fit_folds(features, np.asarray(embeddings, dtype=np.float64), folds, labels)
-    for k in range(n_folds):
+    for k in progress(range(n_folds), desc=f"translator {comp.name}", unit="fold"):
         train = folds != k
         t = together[k] if together is not None else factory(comp.options)
         path = _state_path(root, key, k)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..components import ImageDataset, ImageRecord
+from ..progress import progress
 from ..errors import DataError, HeadError
 
 __all__ = ["Extracted", "autocast_context", "effective_autocast", "extract", "resolve_device"]
@@ -156,7 +157,6 @@ def extract(
 
     import torch
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
     skip = getattr(dataset, "on_bad_image", "fail") == "skip"
     start = sink.done if sink is not None else 0
@@ -181,7 +181,7 @@ def extract(
     # where the time goes: waiting for the next batch (decode, transform, collate; the
     # device idles), in forward (up to the copy back), and the rest (store writes, commits)
     timing = {"wait_seconds": 0.0, "forward_seconds": 0.0, "write_seconds": 0.0, "batches": 0, "images": 0}
-    batches = iter(tqdm(loader, desc=label, unit="batch", disable=None, leave=False))
+    batches = iter(progress(loader, desc=f"extract {label}", unit="batch"))
     started = time.perf_counter()
     with torch.inference_mode(), autocast_context(device, autocast):
         b = -1

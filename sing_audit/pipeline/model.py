@@ -16,6 +16,7 @@ from ..components import ImageTarget, LinearHead
 from ..errors import ConfigError, DataError
 from ..nullspace import HeadSubspaces, split_head
 from ..probes import HeadlineSummary, ProbeContext, ProbeOutput, Scores, headline_probe, row_chunks
+from ..progress import progress
 from ..results import ModelResult, NullRemovalDrift
 from ..stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from ..store import content_key
@@ -187,7 +188,13 @@ ProbeOutputs = list[tuple[str, ProbeOutput]]
 
 def run_probes(probes, ctx: ProbeContext) -> ProbeOutputs:
     """Every probe component's output on ``ctx``."""
-    return [(comp.plugin, comp.instance.run(ctx)) for comp in probes]
+    outputs = []
+    with progress(total=len(probes), desc="probes", unit="probe") as bar:
+        for comp in probes:
+            bar.set_description(f"probe {comp.plugin}")
+            outputs.append((comp.plugin, comp.instance.run(ctx)))
+            bar.update(1)
+    return outputs
 
 
 def probe_summaries(outputs: ProbeOutputs) -> dict[str, dict]:

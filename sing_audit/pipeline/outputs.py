@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, OutputWriteError, WriterFailure
 from ..host import Component, Registry
+from ..progress import progress
 from ..results import AuditResult
 from ..store import atomic_write_text
 from .plan import Plan, create_reporter
@@ -57,7 +58,8 @@ def _json_reporter(registry: Registry) -> Component:
 
 def write_outputs(result: AuditResult, plan: Plan, folder: RunFolder) -> AuditResult:
     """Write results.json first, then every other configured output; return the result
-    with the files the reporters wrote added to its ``files``.
+    with the files the reporters wrote added to its ``files`` (a format's first file
+    under the format's name, any further one under ``"<format>:<path>"``).
 
     A writer that fails does not stop the others: each failure is logged (with its
     traceback) and collected, and :class:`OutputWriteError` is raised at the end with the
@@ -75,17 +77,17 @@ def write_outputs(result: AuditResult, plan: Plan, folder: RunFolder) -> AuditRe
     folder.record("results.json")
     files = dict(result.files)
     failures: list[WriterFailure] = []
-    for fmt, comp in reporters.items():
+    for fmt, comp in progress(reporters.items(), desc="report", unit="format"):
         try:
             written = comp.instance.write(result, out, fmt)
         except Exception as exc:  # noqa: BLE001 - collected and re-raised below with the result
             log.error("output %s (reporter %r from %s) failed", fmt, comp.plugin, comp.package, exc_info=True)
             failures.append(WriterFailure(fmt, comp.plugin, comp.package, exc))
             continue
-        for path in written:
+        for i, path in enumerate(written):
             rel = Path(path).resolve().relative_to(out.resolve()).as_posix()
             folder.record(rel)
-            files[fmt] = rel
+            files[fmt if i == 0 else f"{fmt}:{rel}"] = rel  # a format's first file under its name
     if files != result.files:
         result = result.model_copy(update={"files": files})
         json_reporter.instance.write(result, out, "json")

@@ -82,7 +82,8 @@ class StageClock:
 
 @contextmanager
 def file_log(out: Path, name: str = "run.log"):
-    """Log the run into ``out/logs/name``. An exception that ends the run is logged there
+    """Log the run into ``out/logs/name``, and with it what any library logs meanwhile
+    (named by its logger: ``WARNING root: …``). An exception that ends the run is logged there
     too — with its traceback when it is a bug — and carries the log's path
     (``exc.sing_audit_log``) so the error message can point to it."""
     logs = out / "logs"
@@ -91,6 +92,12 @@ def file_log(out: Path, name: str = "run.log"):
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
+    # what libraries log (at the root logger or their own) goes into the same file, named
+    others = logging.StreamHandler(handler.stream)
+    others.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    others.addFilter(lambda r: r.name != log.name and not r.name.startswith(log.name + "."))  # ours are in already
+    root = logging.getLogger()
+    root.addHandler(others)
     previous = log.level
     log.setLevel(logging.INFO)
     try:
@@ -107,6 +114,7 @@ def file_log(out: Path, name: str = "run.log"):
         exc.sing_audit_log = path
         raise
     finally:
+        root.removeHandler(others)
         log.removeHandler(handler)
         handler.close()
         log.setLevel(previous)

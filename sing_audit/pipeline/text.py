@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..components import EmbeddingTarget, Target, template_ensemble
+from ..progress import progress
 from ..errors import DataError
 from ..store import content_key
 from .cache import ArrayStore
@@ -101,11 +102,13 @@ class ChunkedText:
         if reused:
             log.info("text: %d of %d prompt chunks from cache (target %s)", reused, len(chunks), self.label)
         if missing:
-            with self.computing():
+            with self.computing(), progress(total=sum(len(chunks[i]) for i in missing),
+                                            desc=f"text {self.label}", unit="prompt") as bar:
                 for i in missing:
                     raw = self._encoded(chunks[i])
                     self.store.save(CHUNK_KIND, self.key(chunks[i]), {"values": raw})
                     results[i] = reduce(raw)
+                    bar.update(len(chunks[i]))
         return results  # type: ignore[return-value]
 
     def forget(self, chunks: list[list[str]]) -> None:
