@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..components import EmbeddingTarget, FeatureBackbone, ImageBackbone, ImageTarget
 from ..config import AuditConfig
 from ..errors import ConfigError
-from ..host import BuildContext, Component, Registry, create_component
+from ..host import BuildContext, Component, Registry, check_component, create_component
 from ..probes import headline_probe
 from ..store import content_key
 from ..terminal import suggest
@@ -42,12 +42,19 @@ def create_reporter(registry: Registry, fmt: str) -> Component:
     return reporter
 
 
-def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str, name: str | None = None) -> Component:
-    return create_component(BuildContext(registry, cfg.base_dir, source, where), kind, spec, name or spec.plugin)
-
-
 def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -> Plan:
-    """Validate every component's options and build the components."""
+    """Validate every component's options, build the components and run their
+    pre-flight checks (``check()``: paths, model names, cached weights; nothing loads),
+    so ``validate`` and ``run`` find the same mistakes before any model is built."""
+    built: list[tuple[BuildContext, Component]] = []
+
+    def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str,
+               name: str | None = None) -> Component:
+        context = BuildContext(registry, cfg.base_dir, source, where)
+        component = create_component(context, kind, spec, name or spec.plugin)
+        built.append((context, component))
+        return component
+
     dataset = _build(registry, "dataset", cfg.dataset, "dataset", cfg, source) if cfg.dataset else None
     targets = [
         _build(registry, "target", t, f"targets[{i}]" if cfg.targets else "target", cfg, source, t.name or t.plugin)
@@ -81,6 +88,8 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     visualizer = _build(registry, "visualizer", cfg.visualizer, "visualizer", cfg, source) if cfg.visualizer else None
     if visualizer is not None:
         check_visualizer(visualizer, targets, source)
+    for context, component in built:
+        check_component(context, component)
     return Plan(cfg, registry, dataset, targets, backbones, translator, compared, probes, reporters, source, visualizer)
 
 

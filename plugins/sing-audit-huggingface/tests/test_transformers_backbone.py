@@ -205,3 +205,22 @@ def test_torch_module_and_transformers_end_to_end(tmp_path, hf_models):
     for m in by_name.values():
         assert m["n_images"] == 12 and m["logit_drift"]["relative_max"] < 1e-6
         assert {c["name"] for c in m["classes"]} == set(NAMES)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_refuses_a_model_folder_without_config_before_building(command, tmp_path, capsys, monkeypatch):
+    from sing_audit.cli import main
+    from sing_audit.testing import image_folder_audit
+    from sing_audit_huggingface.transformers_backbone import TransformersBackbone
+
+    def no_load(self, device="cpu"):
+        raise AssertionError("load() reached although the pre-flight should have failed")
+
+    monkeypatch.setattr(TransformersBackbone, "load", no_load)
+    (tmp_path / "model").mkdir()
+    cfg = image_folder_audit(tmp_path, [{"name": "vit", "plugin": "transformers", "model": "model"}])
+    assert main([command, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"{cfg}: backbones[0].model: the model folder " in err and "has no config.json" in err
+    assert not (tmp_path / "out").exists()

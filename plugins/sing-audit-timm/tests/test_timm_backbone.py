@@ -411,6 +411,7 @@ def test_offline_uncached_config_exits_2_before_building(tmp_path, offline, empt
     assert main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "resnet50.a1_in1k" in err and "not on this machine" in err and "weights: <local file>" in err
+    assert f"{cfg}: backbones[0].weights: the pretrained weights of timm model" in err
 
 
 def test_file_digest_in_describe_before_load(weight_files):
@@ -651,3 +652,20 @@ def test_the_family_registers_its_components_and_head_folders():
                        ("head_folder", type_path(NormLinear))]:
         assert registry.get(kind, name).package.startswith("sing-audit-timm "), (kind, name)
     assert hasattr(TimmBackbone, "Options")
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_refuses_a_misspelt_model_before_building(command, tmp_path, capsys, monkeypatch):
+    from sing_audit.cli import main
+    from sing_audit.testing import image_folder_audit
+
+    def no_load(self, device="cpu"):
+        raise AssertionError("load() reached although the pre-flight should have failed")
+
+    monkeypatch.setattr(TimmBackbone, "load", no_load)
+    cfg = image_folder_audit(tmp_path, [{"name": "r", "plugin": "timm", "model": "resnet5", "weights": "random"}])
+    assert main([command, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"{cfg}: backbones[0].model: timm has no model named 'resnet5'; did you mean resnet50" in err
+    assert not (tmp_path / "out").exists()

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import Field
 
 from sing_audit.components import ModelOptions
-from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError, exception_summary
+from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError, at_field, exception_summary
 from sing_audit.hooked_head import HookedHeadBackbone, find_head_layer
 from sing_audit.hookspecs import hookimpl
 from sing_audit.host import BuildContext
@@ -86,7 +86,12 @@ class TransformersBackbone(HookedHeadBackbone):
                 "the transformers backbone needs the transformers package, which is not installed: "
                 "pip install transformers"
             )
-        w = self.resolved_weights
+        with at_field("weights"):
+            w = self.resolved_weights
+        with at_field("model"):
+            self._check_model(w)
+
+    def _check_model(self, w) -> None:
         folder = self.folder()
         if folder is not None:
             if not (folder / "config.json").is_file():

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import Field
 
 from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
-from sing_audit.errors import ConfigError, WeightsError, exception_summary
+from sing_audit.errors import ConfigError, WeightsError, at_field, exception_summary
 from sing_audit.head_inputs import head_features
 from sing_audit.heads import FoldedHead, HeadFolders
 from sing_audit.hookspecs import hookimpl
@@ -91,15 +91,17 @@ class TimmBackbone(TimmModelName, ImageBackbone):
         not in the local cache. Called by the constructor, so the host fails at
         validation time; safe to call again.
         """
-        self._check_model_name()
-        w = self.resolved_weights
-        if w.kind == "file" and w.folder is not None and self._local_dir() is None:
-            self._check_folder_architecture(w.folder)
-        if w.kind in ("pretrained", "tag"):
-            name = self._pretrained_name()
-            check_has_weights(name)
-            if hub_offline():
-                check_cached(name)
+        with at_field("model"):
+            self._check_model_name()
+        with at_field("weights"):
+            w = self.resolved_weights
+            if w.kind == "file" and w.folder is not None and self._local_dir() is None:
+                self._check_folder_architecture(w.folder)
+            if w.kind in ("pretrained", "tag"):
+                name = self._pretrained_name()
+                check_has_weights(name)
+                if hub_offline():
+                    check_cached(name)
 
     # ------------------------------------------------------------------ building
 
