@@ -387,7 +387,8 @@ def test_hub_folder_runs_an_audit_end_to_end(vit_files, tmp_path, capsys):
     assert model["random_weights"] is False and model["null_dim"] == 0
 
 
-def test_offline_uncached_config_exits_2_before_building(tmp_path, offline, empty_hub_cache, capsys, monkeypatch):
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_offline_uncached_config_exits_2_before_building(command, tmp_path, offline, empty_hub_cache, capsys, monkeypatch):
     from sing_audit.cli import main
 
     from sing_audit.testing import write_config
@@ -408,10 +409,11 @@ def test_offline_uncached_config_exits_2_before_building(tmp_path, offline, empt
             "backbones": [{"name": "r50", "plugin": "timm", "model": "resnet50.a1_in1k"}],
         },
     )
-    assert main(["run", str(cfg)]) == 2
-    err = capsys.readouterr().err
+    assert main([command, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
     assert "resnet50.a1_in1k" in err and "not on this machine" in err and "weights: <local file>" in err
     assert f"{cfg}: backbones[0].weights: the pretrained weights of timm model" in err
+    assert "\n" not in err and err.count("not on this machine") == 1
 
 
 def test_file_digest_in_describe_before_load(weight_files):

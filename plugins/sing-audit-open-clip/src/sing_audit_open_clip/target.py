@@ -15,6 +15,7 @@ from sing_audit.store import jsonable
 from sing_audit.terminal import close_matches
 from sing_audit.weights import (
     ResolvedWeights,
+    hub_offline,
     file_digest,
     load_into,
     load_state_dict,
@@ -22,6 +23,8 @@ from sing_audit.weights import (
     state_dict_digest,
     weights_description,
 )
+
+from .pretrained import check_cached
 
 __all__ = ["OpenClipTarget"]
 
@@ -90,7 +93,8 @@ class OpenClipTarget(ImageTarget):
     def check(self) -> None:
         """The pre-flight, before anything loads: the model name is one open_clip knows
         (with close matches), the weights file exists, a pretrained tag is one open_clip
-        lists for the model."""
+        lists for the model, and — when the hub is offline (``HF_HUB_OFFLINE``) —
+        pretrained weights are in the local cache."""
         self._check_model_name()
         try:
             w = self.resolved_weights
@@ -98,6 +102,10 @@ class OpenClipTarget(ImageTarget):
             raise WeightsError(str(exc), field="weights") from exc
         if w.kind == "tag" and not self._has_schema():
             self._check_tag(w.value, self._tags())
+        if w.kind in ("pretrained", "tag") and hub_offline():
+            tag = None if self._has_schema() else self._expected_tag(w)
+            if tag is not None or self._has_schema():
+                check_cached(self.options.model, tag)
 
     def _check_tag(self, tag: str, tags: list[str]) -> None:
         if tag not in tags:
