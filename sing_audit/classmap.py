@@ -7,7 +7,8 @@ Rules, in order:
    synsets such as ``n01440764``);
 3. labels that match the head's readable names (case-insensitive, ``_`` = space); for an
    ImageNet-1k head, any of a class's listed synonyms (``tabby cat`` for class 281
-   "tabby, tabby cat") when no readable name matches;
+   "tabby, tabby cat") when no readable name matches; a label that is a machine key
+   among labels that are names maps by its key;
 4. otherwise a :class:`DataError` listing the labels that did not map, with close matches,
    and telling the user to add ``class_map`` to the dataset.
 
@@ -134,11 +135,14 @@ def map_labels(
         for i, name in enumerate(head.class_names):
             by_name.setdefault(normalize_name(name), []).append(i)
         synonyms = _synonym_index(head)
+        by_key: dict[str, list[int]] = {}
+        for i, key in enumerate(head.class_keys or []):
+            by_key.setdefault(key, [i])
         label_to_index = {}
         unmapped = []
         ambiguous = []
         for label in uniq:
-            hits = by_name.get(normalize_name(label)) or synonyms.get(normalize_name(label))
+            hits = by_name.get(normalize_name(label)) or synonyms.get(normalize_name(label)) or by_key.get(label)
             if not hits:
                 unmapped.append(label)
             elif len(hits) > 1:

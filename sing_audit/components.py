@@ -21,7 +21,9 @@ Any component may implement ``check()``: the pre-flight that ``sing-audit valida
 ``run`` call on every built component before anything loads. It must be cheap (no
 weights, no network, no model built) and raises :class:`~sing_audit.errors.ConfigError`,
 ``DataError`` or ``WeightsError`` with ``field=`` the option at fault, so the message names
-the config field (``audit.yaml: dataset.root: ...``). The default checks nothing.
+the config field (``audit.yaml: dataset.root: ...``). The default checks nothing. A
+backbone that can tell its head's classes without weights implements
+``declared_classes()``, and the pre-flight maps the dataset's labels to them.
 
 Every public name of :mod:`sing_audit.options` and :mod:`sing_audit.datasets` is
 importable from here too, the one place plugins import their base classes from.
@@ -115,6 +117,12 @@ class Backbone(abc.ABC):
     def check(self) -> None:
         """The pre-flight: raise if the options name something that does not exist (model
         name, file, cached weights), without building the model. Default: nothing."""
+
+    def declared_classes(self) -> tuple[int, list[str] | None, list[str] | None] | None:
+        """``(number of classes, class names, class keys)`` of the head, as the model's
+        published config declares them (no weights read), so the pre-flight can map the
+        dataset's labels before anything loads; ``None`` when only loading can tell."""
+        return None
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:

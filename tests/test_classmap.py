@@ -240,3 +240,10 @@ def test_ambiguous_synonym(imagenet_head):
     shared = next(n for n, idx in seen.items() if len(set(idx)) > 1 and n not in firsts)
     with pytest.raises(DataError, match="more than one head class"):
         map_labels([shared], imagenet_head)
+
+
+def test_keys_among_names_map_by_key(imagenet_head):
+    m = map_labels(["n01440764", "tabby cat"], imagenet_head)
+    assert m.label_to_index == {"n01440764": 0, "tabby cat": 281}
+    with pytest.raises(DataError, match=r"1 dataset label\(s\) do not match the head's class names: 'my_widget'"):
+        map_labels(["n01440764", "tabby cat", "my_widget"], imagenet_head)

@@ -110,3 +110,68 @@ def test_at_field_keeps_a_field_already_named():
         with at_field("model"):
             raise DataError("x", field="root")
     assert info.value.field == "root"
+
+
+# --------------------------------------------------------------------------- labels to the declared head classes
+
+
+class _Declared(_Checked):
+    """A backbone whose config declares ImageNet-1k's classes."""
+
+    def check(self):
+        pass
+
+    def declared_classes(self):
+        from sing_audit.imagenet import imagenet_class_info
+
+        keys, names = imagenet_class_info(1000)
+        return 1000, list(names), list(keys)
+
+
+def _plan_with(tmp_path, factory, **dataset):
+    from sing_audit import hookimpl
+    from sing_audit.config import load_config
+    from sing_audit.host import create_plugin_manager, create_registry
+    from sing_audit.pipeline import build_plan
+
+    class Plugin:
+        @hookimpl
+        def register_backbones(self, register):
+            register("declared", factory)
+
+    pm = create_plugin_manager(load_entry_points=False)
+    pm.register(Plugin())
+    cfg = image_folder_audit(tmp_path, [{"name": "d", "plugin": "declared"}], dataset=dataset)
+    return build_plan(load_config(cfg), create_registry(pm), "audit.yaml")
+
+
+def _folder(tmp_path, *classes):
+    from PIL import Image
+
+    for name in classes:
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / name / "a.png")
+    return str(tmp_path / "imgs")
+
+
+def test_a_label_that_maps_to_no_declared_class_fails_the_preflight(tmp_path):
+    root = _folder(tmp_path, "n01440764", "tabby cat", "my_widget")
+    with pytest.raises(DataError) as err:
+        _plan_with(tmp_path, _Declared, root=root)
+    msg = str(err.value)
+    assert msg.startswith("audit.yaml: dataset: 1 dataset label(s) do not match the head's class names: 'my_widget'")
+    assert "add class_map" in msg and "backbones[0] 'd': 1000 classes" in msg and "\n" not in msg
+
+
+def test_synonyms_keys_and_class_map_pass_the_preflight(tmp_path):
+    root = _folder(tmp_path, "n01440764", "tabby cat", "my_widget")
+    _plan_with(tmp_path, _Declared, root=root, class_map={"n01440764": 0, "tabby cat": 281, "my_widget": 5})
+    _plan_with(tmp_path / "b", _Declared, root=_folder(tmp_path / "b", "n01440764", "tabby cat"))
+
+
+def test_a_backbone_that_declares_nothing_is_left_to_the_run(tmp_path):
+    class Undeclared(_Declared):
+        def declared_classes(self):
+            return None
+
+    _plan_with(tmp_path, Undeclared, root=_folder(tmp_path, "my_widget"))

@@ -671,3 +671,36 @@ def test_cli_refuses_a_misspelt_model_before_building(command, tmp_path, capsys,
     assert "\n" not in err
     assert f"{cfg}: backbones[0].model: timm has no model named 'resnet5'; did you mean resnet50" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_refuses_a_class_folder_of_no_head_class_before_building(command, tmp_path, capsys, monkeypatch):
+    from sing_audit.cli import main
+    from sing_audit.testing import image_folder_audit
+
+    def no_load(self, device="cpu"):
+        raise AssertionError("load() reached although the pre-flight should have failed")
+
+    monkeypatch.setattr(TimmBackbone, "load", no_load)
+    for name in ("n01440764", "tabby cat", "my_widget"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / name / "a.png")
+    backbone = {"name": "r", "plugin": "timm", "model": "resnet18", "weights": "random"}
+    cfg = image_folder_audit(tmp_path, [backbone], dataset={"root": "imgs"})
+    assert main([command, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"{cfg}: dataset: 1 dataset label(s) do not match the head's class names: 'my_widget'" in err
+    assert "backbones[0] 'r': 1000 classes" in err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "imgs" / "my_widget" / "a.png").unlink()
+    (tmp_path / "imgs" / "my_widget").rmdir()
+    assert main(["validate", str(cfg)]) == 0  # a synset and a synonym ("tabby cat" is class 281)
+
+
+def test_declared_classes_come_from_the_pretrained_config():
+    from sing_audit.imagenet import imagenet_class_info
+
+    count, names, keys = TimmBackbone({"model": "resnet18", "weights": "random"}).declared_classes()
+    assert count == 1000 and keys == list(imagenet_class_info(1000)[0]) and names[281] == "tabby"
+    assert TimmBackbone({"model": "vit_base_patch16_224.augreg_in21k", "weights": "random"}).declared_classes()[0] == 21843

@@ -103,6 +103,22 @@ class TimmBackbone(TimmModelName, ImageBackbone):
                 if hub_offline():
                     check_cached(name)
 
+    def declared_classes(self) -> tuple[int, list[str] | None, list[str] | None] | None:
+        """The head's classes from timm's pretrained config of the model (``num_classes``;
+        ImageNet names and synsets for an ImageNet-sized head), without weights. ``None``
+        for a weights file or a hub folder, whose head size only the file tells."""
+        import timm
+
+        w = self.resolved_weights
+        if w.kind == "file" or self.options.model.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+            return None
+        cfg = timm.models.get_pretrained_cfg(self._pretrained_name() if w.kind == "tag" else self.options.model)
+        count = getattr(cfg, "num_classes", None) if cfg is not None else None
+        if not count:
+            return None
+        info = imagenet_class_info(int(count))
+        return (int(count), list(info[1]), list(info[0])) if info is not None else (int(count), None, None)
+
     # ------------------------------------------------------------------ building
 
     def _create(self, model_name: str, *, pretrained: bool, **kwargs: Any):
