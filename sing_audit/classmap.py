@@ -5,7 +5,10 @@ Rules, in order:
 1. an explicit ``class_map`` (dataset label -> head index) from the dataset options;
 2. labels that are all machine keys of the head (``head.class_keys``, e.g. ImageNet
    synsets such as ``n01440764``);
-3. labels that match the head's readable names (case-insensitive, ``_`` = space);
+3. labels that match the head's readable names (case-insensitive, ``_`` = space); for an
+   ImageNet-1k head, any of a class's listed synonyms (``tabby cat`` for class 281
+   "tabby, tabby cat") when no readable name matches; a label that is a machine key
+   among labels that are names maps by its key;
 4. otherwise a :class:`DataError` listing the labels that did not map, with close matches,
    and telling the user to add ``class_map`` to the dataset.
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 
 from .components import LinearHead
 from .errors import DataError
+from .imagenet import NUM_CLASSES, imagenet_class_info, imagenet_synonyms
 from .terminal import close_matches
 
 __all__ = ["LabelMapping", "map_labels", "normalize_name", "looks_like_synset"]
@@ -78,6 +82,25 @@ def _unmapped_error(unmapped: list[str], candidates: Sequence[str], against: str
     )
 
 
+def _synonym_index(head: LinearHead) -> dict[str, list[int]]:
+    """Normalised synonym -> head indices, for a head with ImageNet-1k's classes (its keys
+    or its readable names are ImageNet's, in order); empty for any other head."""
+    info = imagenet_class_info(head.num_classes) if head.num_classes == NUM_CLASSES else None
+    if info is None:
+        return {}
+    keys, names = info
+    if not ((head.class_keys is not None and tuple(head.class_keys) == keys)
+            or (head.class_names is not None and tuple(head.class_names) == names)):
+        return {}
+    out: dict[str, list[int]] = {}
+    for i, listed in enumerate(imagenet_synonyms()):
+        for name in listed:
+            hits = out.setdefault(normalize_name(name), [])
+            if i not in hits:
+                hits.append(i)
+    return out
+
+
 def map_labels(
     labels: Sequence[str | None],
     head: LinearHead,
@@ -111,11 +134,15 @@ def map_labels(
         by_name: dict[str, list[int]] = {}
         for i, name in enumerate(head.class_names):
             by_name.setdefault(normalize_name(name), []).append(i)
+        synonyms = _synonym_index(head)
+        by_key: dict[str, list[int]] = {}
+        for i, key in enumerate(head.class_keys or []):
+            by_key.setdefault(key, [i])
         label_to_index = {}
         unmapped = []
         ambiguous = []
         for label in uniq:
-            hits = by_name.get(normalize_name(label))
+            hits = by_name.get(normalize_name(label)) or synonyms.get(normalize_name(label)) or by_key.get(label)
             if not hits:
                 unmapped.append(label)
             elif len(hits) > 1:

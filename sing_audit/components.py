@@ -17,6 +17,14 @@ Kinds and what the runner asks of them:
 - probes: :class:`~sing_audit.probes.Probe` — measurements on one model's features.
 - reporters: :class:`Reporter` — write files from the typed result alone.
 
+Any component may implement ``check()``: the pre-flight that ``sing-audit validate`` and
+``run`` call on every built component before anything loads. It must be cheap (no
+weights, no network, no model built) and raises :class:`~sing_audit.errors.ConfigError`,
+``DataError`` or ``WeightsError`` with ``field=`` the option at fault, so the message names
+the config field (``audit.yaml: dataset.root: ...``). The default checks nothing. A
+backbone that can tell its head's classes without weights implements
+``declared_classes()``, and the pre-flight maps the dataset's labels to them.
+
 Every public name of :mod:`sing_audit.options` and :mod:`sing_audit.datasets` is
 importable from here too, the one place plugins import their base classes from.
 """
@@ -106,6 +114,16 @@ class Backbone(abc.ABC):
     #: True when the weights are random (asked for explicitly with ``weights: random``).
     random_weights: bool = False
 
+    def check(self) -> None:
+        """The pre-flight: raise if the options name something that does not exist (model
+        name, file, cached weights), without building the model. Default: nothing."""
+
+    def declared_classes(self) -> tuple[int, list[str] | None, list[str] | None] | None:
+        """``(number of classes, class names, class keys)`` of the head, as the model's
+        published config declares them (no weights read), so the pre-flight can map the
+        dataset's labels before anything loads; ``None`` when only loading can tell."""
+        return None
+
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """Everything the features depend on (plugin, model, weights digest, preprocessing)."""
@@ -160,6 +178,9 @@ class Target(abc.ABC):
 
     random_weights: bool = False
     templates: Sequence[str] = DEFAULT_TEMPLATES
+
+    def check(self) -> None:
+        """The pre-flight, as :meth:`Backbone.check`. Default: nothing."""
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:

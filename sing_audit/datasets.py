@@ -54,6 +54,11 @@ class ImageDataset(abc.ABC):
     def records(self) -> list[ImageRecord]:
         """Every image, in a deterministic order."""
 
+    def check(self) -> None:
+        """The pre-flight (before any model loads): raise :class:`DataError` if the images
+        cannot be listed (a missing root, no images), cheaply: no image is decoded.
+        Default: nothing."""
+
     def class_map(self) -> dict[str, int] | None:
         return None
 

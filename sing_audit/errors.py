@@ -23,6 +23,8 @@ A failed policy is not an exception; ``run`` returns a result with ``passed = Fa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "OutputWriteError",
     "WriterFailure",
     "exception_summary",
+    "at_field",
 ]
 
 
@@ -45,7 +48,14 @@ class SingAuditError(Exception):
 
 
 class BadInputError(SingAuditError):
-    """The user's input (config, data, weights) is wrong; the message says how to fix it."""
+    """The user's input (config, data, weights) is wrong; the message says how to fix it.
+
+    ``field``: the option of the component that is wrong (``"root"``, ``"model"``), when the
+    raiser knows it; the host then names the config field (``audit.yaml: dataset.root: ...``)."""
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
 
 
 class ConfigError(BadInputError):
@@ -122,3 +132,15 @@ def exception_summary(exc: BaseException) -> str:
     error messages that wrap a library's exception."""
     text = str(exc).strip()
     return f"{exc.__class__.__name__}: {text.splitlines()[0][:300]}" if text else exc.__class__.__name__
+
+
+@contextmanager
+def at_field(field: str) -> Iterator[None]:
+    """Within the block, a :class:`BadInputError` that names no field is about ``field``
+    (a component's option), so the host's message names the config field."""
+    try:
+        yield
+    except BadInputError as exc:
+        if exc.field is None:
+            exc.field = field
+        raise

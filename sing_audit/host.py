@@ -20,7 +20,7 @@ import pluggy
 from pathlib import Path
 
 from . import __version__, hookspecs
-from .errors import ConfigError, PluginError
+from .errors import BadInputError, ConfigError, PluginError
 from .terminal import suggest
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "KINDS",
     "BuildContext",
     "Component",
+    "check_component",
     "Registered",
     "Registry",
     "create_component",
@@ -301,4 +302,30 @@ def create_component(context: BuildContext, kind: str, spec, name: str | None = 
         instance = factory(*args, **kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{context.source}: {context.where}: {exc}") from exc
+    except BadInputError as exc:
+        if exc.field is None:
+            raise
+        raise _located(exc, context) from exc
     return Component(kind, name or spec.plugin, spec.plugin, registered.package, instance, options)
+
+
+def check_component(context: BuildContext, component: Component) -> None:
+    """The pre-flight of one built component: its optional ``check()`` (cheap, loads
+    nothing; see :mod:`sing_audit.components`). A :class:`BadInputError` it raises comes
+    back naming the config field: ``audit.yaml: dataset.root: ...``."""
+    check = getattr(component.instance, "check", None)
+    if check is None:
+        return
+    try:
+        check()
+    except BadInputError as exc:
+        raise _located(exc, context) from exc
+
+
+def _located(exc: BadInputError, context: BuildContext) -> BadInputError:
+    """``exc`` again (same class), its message prefixed with the file and the field."""
+    where = f"{context.where}.{exc.field}" if exc.field else context.where
+    try:
+        return type(exc)(f"{context.source}: {where}: {exc}")
+    except TypeError:  # a subclass with a constructor of its own: keep it as it is
+        return exc

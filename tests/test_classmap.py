@@ -196,3 +196,54 @@ def test_class_map_property(perm):
     m = map_labels(labels, _head(names=None, keys=None), class_map=dict(zip(labels, perm)))
     assert [m.label_to_index[x] for x in labels] == list(perm)
     assert sorted(m.class_names) == labels
+
+
+def test_imagenet_synonyms_map(imagenet_head):
+    m = map_labels(["tabby cat", "Tinca_tinca", "great white shark", "man-eater"], imagenet_head)
+    assert m.label_to_index == {"tabby cat": 281, "Tinca_tinca": 0, "great white shark": 2, "man-eater": 2}
+    assert m.class_names[281] == "tabby"  # the readable name stays the first synonym
+
+
+def test_imagenet_synonyms_by_keys_only():
+    from sing_audit.imagenet import imagenet_class_info
+
+    keys, _ = imagenet_class_info(1000)
+    head = LinearHead(weight=np.zeros((1000, 2)), bias=None, weight_eps=1e-7,
+                      class_names=[f"c{i}" for i in range(1000)], class_keys=list(keys))
+    assert map_labels(["tabby cat"], head).label_to_index == {"tabby cat": 281}
+
+
+def test_a_readable_name_wins_over_another_class_synonym(imagenet_head):
+    from sing_audit.imagenet import imagenet_synonyms
+
+    names = imagenet_synonyms()
+    # every label that is some class's readable name maps to that class, whatever synonyms say
+    firsts = [n[0] for n in names]
+    unique = [n for n in firsts if firsts.count(n) == 1][:50]
+    m = map_labels(unique, imagenet_head)
+    assert all(m.label_to_index[n] == firsts.index(n) for n in unique)
+
+
+def test_synonyms_only_for_imagenet_heads(head):
+    with pytest.raises(DataError, match="'tabby'"):  # a 4-class head knows its own names only
+        map_labels(["tabby"], _head(names=["tench", "goldfish", "golden retriever", "tabby cat"]))
+
+
+def test_ambiguous_synonym(imagenet_head):
+    from sing_audit.imagenet import imagenet_synonyms
+
+    seen: dict[str, list[int]] = {}
+    for i, listed in enumerate(imagenet_synonyms()):
+        for n in listed[1:]:
+            seen.setdefault(n, []).append(i)
+    firsts = {listed[0] for listed in imagenet_synonyms()}
+    shared = next(n for n, idx in seen.items() if len(set(idx)) > 1 and n not in firsts)
+    with pytest.raises(DataError, match="more than one head class"):
+        map_labels([shared], imagenet_head)
+
+
+def test_keys_among_names_map_by_key(imagenet_head):
+    m = map_labels(["n01440764", "tabby cat"], imagenet_head)
+    assert m.label_to_index == {"n01440764": 0, "tabby cat": 281}
+    with pytest.raises(DataError, match=r"1 dataset label\(s\) do not match the head's class names: 'my_widget'"):
+        map_labels(["n01440764", "tabby cat", "my_widget"], imagenet_head)

@@ -15,6 +15,8 @@ from sing_audit.components import ImageDataset, ImageRecord, PluginOptions
 from sing_audit.errors import DataError
 from sing_audit.hookspecs import hookimpl
 
+from .mapping_files import load_mapping_file
+
 __all__ = [
     "DEFAULT_EXTENSIONS",
     "pillow_formats",
@@ -25,7 +27,6 @@ __all__ = [
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff")
 
-_HEADER_WORDS = {"label", "labels", "folder", "class", "classes", "key", "synset", "name", "index", "idx", "path"}
 _CHUNK = 1 << 20
 
 
@@ -56,79 +57,6 @@ def pillow_formats(extensions: list[str]) -> tuple[str, ...] | None:
         if fmt not in formats:
             formats.append(fmt)
     return tuple(formats)  # (multi-picture JPEGs from phone cameras open through "JPEG")
-
-
-def load_mapping_file(path: Path, *, values: Literal["int", "str"]) -> dict[str, Any]:
-    """Read a label mapping from JSON, YAML or CSV.
-
-    JSON/YAML: an object ``{label: value}``; for integer maps also a list of labels (the
-    position is the index). CSV: two columns ``label,value``, with an optional header row.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"mapping file not found: {path}")
-    suffix = path.suffix.lower()
-    what = "class_map" if values == "int" else "class_names"
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{what} file {path} cannot be read: {exc}") from exc
-
-    if suffix in (".json", ".yaml", ".yml"):
-        try:
-            if suffix == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as exc:
-            raise DataError(f"{what} file {path} is not valid {suffix[1:].upper()}: {exc}") from exc
-        if values == "int" and isinstance(data, list):
-            data = {str(label): i for i, label in enumerate(data)}
-        if not isinstance(data, dict):
-            raise DataError(
-                f"{what} file {path} must hold a mapping label -> {'head index' if values == 'int' else 'name'}, "
-                f"got a {type(data).__name__}"
-            )
-        rows = [(str(k), v) for k, v in data.items()]
-    elif suffix in (".csv", ".tsv", ".txt"):
-        delimiter = "\t" if suffix == ".tsv" else ","
-        reader = csv.reader(text.splitlines(), delimiter=delimiter)
-        raw = [r for r in reader if r and any(cell.strip() for cell in r)]
-        if raw:
-            first = [c.strip().lower() for c in raw[0]]
-            is_header = first[0] in _HEADER_WORDS or (
-                values == "int" and len(first) >= 2 and not first[1].lstrip("-").isdigit()
-            )
-            if is_header:
-                raw = raw[1:]
-        rows = []
-        for lineno, r in enumerate(raw, start=1):
-            if len(r) < 2:
-                raise DataError(f"{what} file {path}: row {lineno} ({r!r}) needs two columns: label,value")
-            rows.append((r[0].strip(), r[1].strip()))
-    else:
-        raise DataError(f"{what} file {path} must be .json, .yaml/.yml or .csv (got {suffix or 'no suffix'!r})")
-
-    out: dict[str, Any] = {}
-    for key, value in rows:
-        if key in out:
-            raise DataError(f"{what} file {path} lists label {key!r} twice")
-        if values == "int":
-            try:
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError
-                out[key] = int(value)
-            except (TypeError, ValueError):
-                raise DataError(f"{what} file {path}: label {key!r} maps to {value!r}, which is not a head index") from None
-        else:
-            if value is None or not str(value).strip():
-                raise DataError(f"{what} file {path}: label {key!r} has an empty name")
-            out[key] = str(value).strip()
-    if not out:
-        raise DataError(f"{what} file {path} is empty")
-    return out
 
 
 class _ImageOptions(PluginOptions):
@@ -163,6 +91,8 @@ class _ImageOptions(PluginOptions):
 
 class _BaseImageDataset(ImageDataset):
     plugin_name = ""
+    #: the option that says where the images are listed (named in pre-flight messages)
+    listing_field = "root"
 
     def __init__(self, options) -> None:
         if not isinstance(options, self.Options):  # type: ignore[attr-defined]
@@ -210,6 +140,22 @@ class _BaseImageDataset(ImageDataset):
         if self._records is None:
             self._records = self._scan()
         return list(self._records)
+
+    def check(self) -> None:
+        """The images can be listed (root, class folders, the CSV and every file it
+        lists exist) and the mapping files read; no image is decoded."""
+        for what in ("class_map", "class_names"):
+            try:
+                getattr(self, what)()
+            except DataError as exc:
+                raise DataError(str(exc), field=exc.field or what) from exc
+        try:
+            records = self.records()
+        except DataError as exc:
+            raise DataError(str(exc), field=exc.field or self.listing_field) from exc
+        if not records:
+            raise DataError(f"dataset {self.root} holds no images (looked for extensions: "
+                            f"{', '.join(self.options.extensions)})", field=self.listing_field)
 
     def _scan(self) -> list[ImageRecord]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -301,9 +247,9 @@ class ImageFolderDataset(_BaseImageDataset):
     def _scan(self) -> list[ImageRecord]:
         root = self.root
         if not root.exists():
-            raise DataError(f"dataset root not found: {root}")
+            raise DataError(f"dataset root not found: {root}", field="root")
         if not root.is_dir():
-            raise DataError(f"dataset root is not a folder: {root}")
+            raise DataError(f"dataset root is not a folder: {root}", field="root")
         folders = sorted((p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name)), key=lambda p: p.name)
         if not folders:
             loose = [p for p in root.iterdir() if p.is_file() and self._has_extension(p)]
@@ -313,7 +259,7 @@ class ImageFolderDataset(_BaseImageDataset):
                 if loose
                 else ""
             )
-            raise DataError(f"dataset root {root} has no class folders (expected root/<class>/<image>){hint}")
+            raise DataError(f"dataset root {root} has no class folders (expected root/<class>/<image>){hint}", field="root")
         records: list[ImageRecord] = []
         limit = self.options.limit_per_class
         exts = ", ".join(self.options.extensions)
@@ -328,7 +274,7 @@ class ImageFolderDataset(_BaseImageDataset):
                     if self._has_extension(p):
                         files.append(p.relative_to(root).as_posix())
             if not files:
-                raise DataError(f"class folder {folder} has no images (looked for extensions: {exts})")
+                raise DataError(f"class folder {folder} has no images (looked for extensions: {exts})", field="root")
             files.sort()
             if limit is not None:
                 files = files[:limit]
@@ -348,6 +294,7 @@ class ImageListDataset(_BaseImageDataset):
         root: Path | None = Field(None, description="folder the CSV's paths are relative to (default: the CSV's)")
 
     plugin_name = "image_list"
+    listing_field = "csv"
 
     @property
     def csv_path(self) -> Path:
@@ -362,10 +309,10 @@ class ImageListDataset(_BaseImageDataset):
     def _scan(self) -> list[ImageRecord]:
         path = self.csv_path
         if not path.is_file():
-            raise DataError(f"image list not found: {path}")
+            raise DataError(f"image list not found: {path}", field="csv")
         root = self.root
         if self.options.root is not None and not root.is_dir():
-            raise DataError(f"image list root is not a folder: {root}")
+            raise DataError(f"image list root is not a folder: {root}", field="root")
         try:
             text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:

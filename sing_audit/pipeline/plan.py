@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..components import EmbeddingTarget, FeatureBackbone, ImageBackbone, ImageTarget
+import numpy as np
+
+from ..classmap import map_labels
+from ..components import EmbeddingTarget, FeatureBackbone, ImageBackbone, ImageDataset, ImageTarget, LinearHead
 from ..config import AuditConfig
-from ..errors import ConfigError
-from ..host import BuildContext, Component, Registry, create_component
+from ..errors import ConfigError, DataError
+from ..host import BuildContext, Component, Registry, check_component, create_component
 from ..probes import headline_probe
 from ..store import content_key
 from ..terminal import suggest
 from ..visualize import check_visualizer
 
-__all__ = ["Plan", "audit_identity", "build_plan", "create_reporter"]
+__all__ = ["Plan", "audit_identity", "build_plan", "check_labels", "create_reporter"]
 
 
 @dataclass
@@ -42,12 +45,19 @@ def create_reporter(registry: Registry, fmt: str) -> Component:
     return reporter
 
 
-def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str, name: str | None = None) -> Component:
-    return create_component(BuildContext(registry, cfg.base_dir, source, where), kind, spec, name or spec.plugin)
-
-
 def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -> Plan:
-    """Validate every component's options and build the components."""
+    """Validate every component's options, build the components and run their
+    pre-flight checks (``check()``: paths, model names, cached weights; nothing loads),
+    so ``validate`` and ``run`` find the same mistakes before any model is built."""
+    built: list[tuple[BuildContext, Component]] = []
+
+    def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str,
+               name: str | None = None) -> Component:
+        context = BuildContext(registry, cfg.base_dir, source, where)
+        component = create_component(context, kind, spec, name or spec.plugin)
+        built.append((context, component))
+        return component
+
     dataset = _build(registry, "dataset", cfg.dataset, "dataset", cfg, source) if cfg.dataset else None
     targets = [
         _build(registry, "target", t, f"targets[{i}]" if cfg.targets else "target", cfg, source, t.name or t.plugin)
@@ -81,7 +91,37 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     visualizer = _build(registry, "visualizer", cfg.visualizer, "visualizer", cfg, source) if cfg.visualizer else None
     if visualizer is not None:
         check_visualizer(visualizer, targets, source)
+    for context, component in built:
+        check_component(context, component)
+    check_labels(dataset, backbones, source)
     return Plan(cfg, registry, dataset, targets, backbones, translator, compared, probes, reporters, source, visualizer)
+
+
+def check_labels(dataset: Component | None, backbones: list[Component], source: str = "<config>") -> None:
+    """The pre-flight of the label mapping: the dataset's labels map to the classes each
+    backbone's config declares (``Backbone.declared_classes``; no weights), by the rules
+    the run uses (:func:`sing_audit.classmap.map_labels`). Unlabelled datasets, and
+    backbones that declare nothing, are left to the run."""
+    ds = dataset.instance if dataset is not None else None
+    if not isinstance(ds, ImageDataset):
+        return
+    labels = {r.label for r in ds.records()}
+    if not labels or None in labels:
+        return
+    for i, comp in enumerate(backbones):
+        declared = getattr(comp.instance, "declared_classes", None)
+        declared = declared() if declared is not None else None
+        if declared is None:
+            continue
+        count, names, keys = declared
+        head = LinearHead(np.zeros((count, 0)), None, 0.0, names, keys)
+        try:
+            map_labels(sorted(labels), head, ds.class_map(), ds.class_names())
+        except DataError as exc:
+            raise DataError(
+                f"{source}: dataset: {exc} (the head of backbones[{i}] {comp.name!r}: {count} classes, as its "
+                "model's config declares)"
+            ) from exc
 
 
 def audit_identity(cfg: AuditConfig) -> str:

@@ -205,3 +205,66 @@ def test_torch_module_and_transformers_end_to_end(tmp_path, hf_models):
     for m in by_name.values():
         assert m["n_images"] == 12 and m["logit_drift"]["relative_max"] < 1e-6
         assert {c["name"] for c in m["classes"]} == set(NAMES)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_refuses_a_model_folder_without_config_before_building(command, tmp_path, capsys, monkeypatch):
+    from sing_audit.cli import main
+    from sing_audit.testing import image_folder_audit
+    from sing_audit_huggingface.transformers_backbone import TransformersBackbone
+
+    def no_load(self, device="cpu"):
+        raise AssertionError("load() reached although the pre-flight should have failed")
+
+    monkeypatch.setattr(TransformersBackbone, "load", no_load)
+    (tmp_path / "model").mkdir()
+    cfg = image_folder_audit(tmp_path, [{"name": "vit", "plugin": "transformers", "model": "model"}])
+    assert main([command, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"{cfg}: backbones[0].model: the model folder " in err and "has no config.json" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _config_folder(folder, id2label):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "vit", "id2label": id2label}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "ViTImageProcessor"}))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_refuses_a_label_of_no_class_in_config_json_before_building(command, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from sing_audit.cli import main
+    from sing_audit.testing import image_folder_audit
+    from sing_audit_huggingface.transformers_backbone import TransformersBackbone
+
+    def no_load(self, device="cpu"):
+        raise AssertionError("load() reached although the pre-flight should have failed")
+
+    monkeypatch.setattr(TransformersBackbone, "load", no_load)
+    _config_folder(tmp_path / "model", {"0": "cat", "1": "dog"})
+    for name in ("cat", "my_widget"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / name / "a.png")
+    backbone = {"name": "vit", "plugin": "transformers", "model": "model", "weights": "random"}
+    cfg = image_folder_audit(tmp_path, [backbone], dataset={"root": "imgs"})
+    assert main([command, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"{cfg}: dataset: 1 dataset label(s) do not match the head's class names: 'my_widget'" in err
+    assert "backbones[0] 'vit': 2 classes" in err
+
+
+def test_declared_classes_from_config_json(tmp_path):
+    from sing_audit.imagenet import imagenet_class_info
+    from sing_audit_huggingface.transformers_backbone import TransformersBackbone
+
+    named = _config_folder(tmp_path / "a", {"0": "tabby, tabby cat", "1": "dog"})
+    assert TransformersBackbone({"model": str(named), "weights": "random"}).declared_classes() == (2, ["tabby", "dog"], None)
+    generic = _config_folder(tmp_path / "b", {str(i): f"LABEL_{i}" for i in range(1000)})
+    keys, names = imagenet_class_info(1000)
+    assert TransformersBackbone({"model": str(generic), "weights": "random"}).declared_classes() == (1000, list(names), list(keys))
+    assert TransformersBackbone({"model": str(named), "weights": "random", "head": "classifier"}).declared_classes() is None

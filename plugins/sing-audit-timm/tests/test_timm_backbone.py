@@ -387,7 +387,8 @@ def test_hub_folder_runs_an_audit_end_to_end(vit_files, tmp_path, capsys):
     assert model["random_weights"] is False and model["null_dim"] == 0
 
 
-def test_offline_uncached_config_exits_2_before_building(tmp_path, offline, empty_hub_cache, capsys, monkeypatch):
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_offline_uncached_config_exits_2_before_building(command, tmp_path, offline, empty_hub_cache, capsys, monkeypatch):
     from sing_audit.cli import main
 
     from sing_audit.testing import write_config
@@ -408,9 +409,11 @@ def test_offline_uncached_config_exits_2_before_building(tmp_path, offline, empt
             "backbones": [{"name": "r50", "plugin": "timm", "model": "resnet50.a1_in1k"}],
         },
     )
-    assert main(["run", str(cfg)]) == 2
-    err = capsys.readouterr().err
+    assert main([command, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
     assert "resnet50.a1_in1k" in err and "not on this machine" in err and "weights: <local file>" in err
+    assert f"{cfg}: backbones[0].weights: the pretrained weights of timm model" in err
+    assert "\n" not in err and err.count("not on this machine") == 1
 
 
 def test_file_digest_in_describe_before_load(weight_files):
@@ -651,3 +654,53 @@ def test_the_family_registers_its_components_and_head_folders():
                        ("head_folder", type_path(NormLinear))]:
         assert registry.get(kind, name).package.startswith("sing-audit-timm "), (kind, name)
     assert hasattr(TimmBackbone, "Options")
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_refuses_a_misspelt_model_before_building(command, tmp_path, capsys, monkeypatch):
+    from sing_audit.cli import main
+    from sing_audit.testing import image_folder_audit
+
+    def no_load(self, device="cpu"):
+        raise AssertionError("load() reached although the pre-flight should have failed")
+
+    monkeypatch.setattr(TimmBackbone, "load", no_load)
+    cfg = image_folder_audit(tmp_path, [{"name": "r", "plugin": "timm", "model": "resnet5", "weights": "random"}])
+    assert main([command, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"{cfg}: backbones[0].model: timm has no model named 'resnet5'; did you mean resnet50" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_refuses_a_class_folder_of_no_head_class_before_building(command, tmp_path, capsys, monkeypatch):
+    from sing_audit.cli import main
+    from sing_audit.testing import image_folder_audit
+
+    def no_load(self, device="cpu"):
+        raise AssertionError("load() reached although the pre-flight should have failed")
+
+    monkeypatch.setattr(TimmBackbone, "load", no_load)
+    for name in ("n01440764", "tabby cat", "my_widget"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / name / "a.png")
+    backbone = {"name": "r", "plugin": "timm", "model": "resnet18", "weights": "random"}
+    cfg = image_folder_audit(tmp_path, [backbone], dataset={"root": "imgs"})
+    assert main([command, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"{cfg}: dataset: 1 dataset label(s) do not match the head's class names: 'my_widget'" in err
+    assert "backbones[0] 'r': 1000 classes" in err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "imgs" / "my_widget" / "a.png").unlink()
+    (tmp_path / "imgs" / "my_widget").rmdir()
+    assert main(["validate", str(cfg)]) == 0  # a synset and a synonym ("tabby cat" is class 281)
+
+
+def test_declared_classes_come_from_the_pretrained_config():
+    from sing_audit.imagenet import imagenet_class_info
+
+    count, names, keys = TimmBackbone({"model": "resnet18", "weights": "random"}).declared_classes()
+    assert count == 1000 and keys == list(imagenet_class_info(1000)[0]) and names[281] == "tabby"
+    assert TimmBackbone({"model": "vit_base_patch16_224.augreg_in21k", "weights": "random"}).declared_classes()[0] == 21843

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import Field
 
 from sing_audit.components import ModelOptions
-from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError, exception_summary
+from sing_audit.errors import ConfigError, DataError, HeadError, WeightsError, at_field, exception_summary
 from sing_audit.hooked_head import HookedHeadBackbone, find_head_layer
 from sing_audit.hookspecs import hookimpl
 from sing_audit.host import BuildContext
@@ -86,7 +86,12 @@ class TransformersBackbone(HookedHeadBackbone):
                 "the transformers backbone needs the transformers package, which is not installed: "
                 "pip install transformers"
             )
-        w = self.resolved_weights
+        with at_field("weights"):
+            w = self.resolved_weights
+        with at_field("model"):
+            self._check_model(w)
+
+    def _check_model(self, w) -> None:
         folder = self.folder()
         if folder is not None:
             if not (folder / "config.json").is_file():
@@ -233,6 +238,29 @@ class TransformersBackbone(HookedHeadBackbone):
         if generic:
             return None  # 1000 classes: ImageNet names and synsets from linear_head_from
         return [n.split(",")[0].strip() or f"class {i}" for i, n in enumerate(names)]
+
+    def declared_classes(self) -> tuple[int, list[str] | None, list[str] | None] | None:
+        """The head's classes from the model's ``config.json`` (``id2label``; the folder's, or
+        the hub cache's), named as :meth:`head` names them, without weights. ``None`` for a
+        ``head`` of the user's choice, or when the config is not on this machine."""
+        if self.options.head is not None:
+            return None
+        folder = self.folder()
+        path = folder / "config.json" if folder is not None else hub_cached_file(
+            self.options.model, "config.json", revision=self.options.revision)
+        try:
+            id2label = json.loads(Path(path).read_text(encoding="utf-8")).get("id2label") or {} if path else {}
+        except (OSError, ValueError, AttributeError):
+            return None
+        c = len(id2label) if isinstance(id2label, dict) else 0
+        if not c:
+            return None
+        names = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(c)]
+        if all(not n or n == f"LABEL_{i}" for i, n in enumerate(names)):
+            info = imagenet_class_info(c)
+            return (c, list(info[1]), list(info[0])) if info is not None else (c, None, None)
+        info = imagenet_class_info(1000) if c == 1000 else None
+        return c, [n.split(",")[0].strip() or f"class {i}" for i, n in enumerate(names)], list(info[0]) if info else None
 
     def _class_keys(self) -> list[str] | None:
         if int(self.head_affine.weight.shape[0]) != 1000 or self._class_names() is None:

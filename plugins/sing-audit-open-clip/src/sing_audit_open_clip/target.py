@@ -15,6 +15,7 @@ from sing_audit.store import jsonable
 from sing_audit.terminal import close_matches
 from sing_audit.weights import (
     ResolvedWeights,
+    hub_offline,
     file_digest,
     load_into,
     load_state_dict,
@@ -22,6 +23,8 @@ from sing_audit.weights import (
     state_dict_digest,
     weights_description,
 )
+
+from .pretrained import check_cached
 
 __all__ = ["OpenClipTarget"]
 
@@ -85,7 +88,34 @@ class OpenClipTarget(ImageTarget):
         if name not in known and name.replace("/", "-") not in known:
             close = close_matches(name, known, n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
-            raise ConfigError(f"open_clip has no model named {name!r}{hint}")
+            raise ConfigError(f"open_clip has no model named {name!r}{hint}", field="model")
+
+    def check(self) -> None:
+        """The pre-flight, before anything loads: the model name is one open_clip knows
+        (with close matches), the weights file exists, a pretrained tag is one open_clip
+        lists for the model, and — when the hub is offline (``HF_HUB_OFFLINE``) —
+        pretrained weights are in the local cache."""
+        self._check_model_name()
+        try:
+            w = self.resolved_weights
+        except WeightsError as exc:
+            raise WeightsError(str(exc), field="weights") from exc
+        if w.kind == "tag" and not self._has_schema():
+            self._check_tag(w.value, self._tags())
+        if w.kind in ("pretrained", "tag") and hub_offline():
+            tag = None if self._has_schema() else self._expected_tag(w)
+            if tag is not None or self._has_schema():
+                check_cached(self.options.model, tag)
+
+    def _check_tag(self, tag: str, tags: list[str]) -> None:
+        if tag not in tags:
+            close = close_matches(tag, tags, n=5, cutoff=0.5)
+            listing = ", ".join(close or tags[:10]) or "none"
+            raise WeightsError(
+                f"open_clip model {self.options.model!r} has no pretrained tag {tag!r} (known tags: {listing}); "
+                "use one of them, weights: pretrained, a local weights file, or weights: random",
+                field="weights",
+            )
 
     def _tags(self) -> list[str]:
         import open_clip
@@ -144,13 +174,7 @@ class OpenClipTarget(ImageTarget):
                     tag = tags[0]
                 else:
                     tag = w.value
-                    if tag not in tags:
-                        close = close_matches(tag, tags, n=5, cutoff=0.5)
-                        listing = ", ".join(close or tags[:10]) or "none"
-                        raise WeightsError(
-                            f"open_clip model {name!r} has no pretrained tag {tag!r} (known tags: {listing}); "
-                            "use one of them, weights: pretrained, a local weights file, or weights: random"
-                        )
+                    self._check_tag(tag, tags)
                 pcfg = open_clip.get_pretrained_cfg(name, tag) or {}
                 model_cfg = open_clip.get_model_config(name) or {}
                 if pcfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):

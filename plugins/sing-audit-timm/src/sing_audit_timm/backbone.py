@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import Field
 
 from sing_audit.components import ImageBackbone, LinearHead, ModelOptions
-from sing_audit.errors import ConfigError, WeightsError, exception_summary
+from sing_audit.errors import ConfigError, WeightsError, at_field, exception_summary
 from sing_audit.head_inputs import head_features
 from sing_audit.heads import FoldedHead, HeadFolders
 from sing_audit.hookspecs import hookimpl
@@ -91,15 +91,33 @@ class TimmBackbone(TimmModelName, ImageBackbone):
         not in the local cache. Called by the constructor, so the host fails at
         validation time; safe to call again.
         """
-        self._check_model_name()
+        with at_field("model"):
+            self._check_model_name()
+        with at_field("weights"):
+            w = self.resolved_weights
+            if w.kind == "file" and w.folder is not None and self._local_dir() is None:
+                self._check_folder_architecture(w.folder)
+            if w.kind in ("pretrained", "tag"):
+                name = self._pretrained_name()
+                check_has_weights(name)
+                if hub_offline():
+                    check_cached(name)
+
+    def declared_classes(self) -> tuple[int, list[str] | None, list[str] | None] | None:
+        """The head's classes from timm's pretrained config of the model (``num_classes``;
+        ImageNet names and synsets for an ImageNet-sized head), without weights. ``None``
+        for a weights file or a hub folder, whose head size only the file tells."""
+        import timm
+
         w = self.resolved_weights
-        if w.kind == "file" and w.folder is not None and self._local_dir() is None:
-            self._check_folder_architecture(w.folder)
-        if w.kind in ("pretrained", "tag"):
-            name = self._pretrained_name()
-            check_has_weights(name)
-            if hub_offline():
-                check_cached(name)
+        if w.kind == "file" or self.options.model.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+            return None
+        cfg = timm.models.get_pretrained_cfg(self._pretrained_name() if w.kind == "tag" else self.options.model)
+        count = getattr(cfg, "num_classes", None) if cfg is not None else None
+        if not count:
+            return None
+        info = imagenet_class_info(int(count))
+        return (int(count), list(info[1]), list(info[0])) if info is not None else (int(count), None, None)
 
     # ------------------------------------------------------------------ building
 

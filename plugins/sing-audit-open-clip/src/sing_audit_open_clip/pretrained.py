@@ -1,0 +1,77 @@
+"""Where open_clip would find a model's pretrained weights on this machine, looked up
+without a network (for the pre-flight when the hub is offline)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sing_audit.errors import WeightsError
+from sing_audit.weights import hub_cached_file
+
+__all__ = ["cached_weights", "check_cached"]
+
+#: open_clip's default hub file names (open_clip.constants), safetensors first as it tries them
+_HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _hub_names(filename: str) -> tuple[str, ...]:
+    if not filename or filename == _HUB_WEIGHTS[1]:
+        return _HUB_WEIGHTS
+    if filename.endswith((".bin", ".pth")):
+        return (filename[:-4] + ".safetensors", filename)
+    return (filename,)
+
+
+def cached_weights(model: str, tag: str | None) -> tuple[Path | None, str, str]:
+    """``(path or None, what was looked for, how to fetch it)``: the file ``create_model(model, pretrained=tag)``
+    would read, mirroring open_clip 3's ``download_pretrained`` (a ``file`` wins; else the
+    hub repository, preferred; else the URL in ``~/.cache/clip``). ``tag`` is ``None`` for
+    an ``hf-hub:`` model, which names its repository itself."""
+    import open_clip
+
+    if model.startswith("hf-hub:"):
+        repo = model[len("hf-hub:"):]
+        if hub_cached_file(repo, "open_clip_config.json") is None:
+            return None, f"open_clip_config.json of hub repository {repo}", f"huggingface-cli download {repo}"
+        return (hub_cached_file(repo, _HUB_WEIGHTS), f"{' or '.join(_HUB_WEIGHTS)} of hub repository {repo}",
+                f"huggingface-cli download {repo}")
+    cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+    if cfg.get("file"):
+        path = Path(cfg["file"])
+        return (path if path.is_file() else None), str(path), f"copy it to {path}"
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" or "org/repo/file.bin", as open_clip reads it
+        names = _hub_names(filename)
+        return (hub_cached_file(repo, names), f"{' or '.join(names)} of hub repository {repo}",
+                f"huggingface-cli download {repo} {names[-1]}")
+    if cfg.get("url"):
+        path = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
+        return (path if path.is_file() else None), str(path), f"download {cfg['url']}"
+    return None, "a weights source", "find its weights"
+
+
+def check_cached(model: str, tag: str | None) -> None:
+    """A :class:`WeightsError` (about ``weights``) when the pretrained weights are not on
+    this machine, saying where they were looked for and how to do without the hub."""
+    import open_clip
+
+    found, looked, fetch = cached_weights(model, tag)
+    if found is not None:
+        return
+    try:
+        from huggingface_hub import constants
+
+        cache = f" (hub cache: {constants.HF_HUB_CACHE})"
+    except ImportError:  # pragma: no cover - a dependency of open_clip
+        cache = ""
+    which = f"open_clip model {model!r}" + (f" (tag {tag!r})" if tag else "")
+    quick = tag is not None and (open_clip.get_pretrained_cfg(model, tag) or {}).get("quick_gelu", False) \
+        and not (open_clip.get_model_config(model) or {}).get("quick_gelu", False)
+    arch = f" and model: {model}-quickgelu (these weights were trained with QuickGELU)" if quick else ""
+    raise WeightsError(
+        f"the pretrained weights of {which} are not on this machine and the hub is offline (HF_HUB_OFFLINE is set): "
+        f"looked for {looked}{cache}; on a machine with network access, {fetch}, and set weights: <that file>{arch}; "
+        "or copy that machine's hub cache here; or set weights: random for a smoke test (never a silent fallback)",
+        field="weights",
+    )
