@@ -64,7 +64,10 @@ def test_missing_class_map_file(tmp_path, capsys, no_model_loads):
 
 
 def test_a_valid_image_audit_still_validates(tmp_path, capsys, no_model_loads):
-    cfg = image_folder_audit(tmp_path, [R18])
+    from sing_audit.synthetic import SYNSETS
+
+    # R18 names its classes (tench, ...): the synset folders map through class_map, as the run needs
+    cfg = image_folder_audit(tmp_path, [R18], dataset={"class_map": {s: i for i, s in enumerate(SYNSETS)}})
     assert main(["validate", str(cfg)]) == 0
     assert "valid" in capsys.readouterr().out
 
@@ -175,3 +178,21 @@ def test_a_backbone_that_declares_nothing_is_left_to_the_run(tmp_path):
             return None
 
     _plan_with(tmp_path, Undeclared, root=_folder(tmp_path, "my_widget"))
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_torch_module_class_names_map_the_labels_before_loading(tmp_path, capsys, no_model_loads, command):
+    """torch_module's ``class_names`` declare its head's classes: a class folder of none of
+    them is found before the model is built."""
+    from PIL import Image
+
+    root = tmp_path / "val"
+    for label in [*R18["class_names"], "my_widget"]:
+        (root / label).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (120, 30, 200)).save(root / label / "a.png")
+    cfg = image_folder_audit(tmp_path, [R18], root=root)
+    assert main([command, str(cfg)]) == 2
+    err = _one_line_error(capsys)
+    assert "dataset: 1 dataset label(s) do not match the head's class names: 'my_widget'" in err, err
+    assert "backbones[0] 'r18': 3 classes" in err, err
+    assert not (tmp_path / "out").exists()

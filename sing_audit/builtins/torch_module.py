@@ -202,6 +202,13 @@ class TorchModuleBackbone(HookedHeadBackbone):
         self.device = device
         self.weights_digest = file_digest(w.path) if w.kind == "file" else state_dict_digest(model)
 
+    def declared_classes(self) -> tuple[int, list[str] | None, list[str] | None] | None:
+        """The head's classes as the config's ``class_names`` declare them (the pre-flight
+        maps the dataset's labels onto them before the model is built); ``None`` without
+        ``class_names``: only the built model tells its head's size."""
+        names = self.options.class_names
+        return None if names is None else (len(names), list(names), None)
+
     def _class_names(self) -> list[str] | None:
         names = self.options.class_names
         if names is not None and self.head_affine is not None:
