@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from sing_audit.components import ImageDataset, ImageRecord, PluginOptions
-from sing_audit.errors import DataError
+from sing_audit.errors import DataError, at_field
 from sing_audit.hookspecs import hookimpl
 
 from .mapping_files import load_mapping_file
@@ -145,14 +145,10 @@ class _BaseImageDataset(ImageDataset):
         """The images can be listed (root, class folders, the CSV and every file it
         lists exist) and the mapping files read; no image is decoded."""
         for what in ("class_map", "class_names"):
-            try:
+            with at_field(what):
                 getattr(self, what)()
-            except DataError as exc:
-                raise DataError(str(exc), field=exc.field or what) from exc
-        try:
+        with at_field(self.listing_field):
             records = self.records()
-        except DataError as exc:
-            raise DataError(str(exc), field=exc.field or self.listing_field) from exc
         if not records:
             raise DataError(f"dataset {self.root} holds no images (looked for extensions: "
                             f"{', '.join(self.options.extensions)})", field=self.listing_field)
