@@ -51,24 +51,23 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     so ``validate`` and ``run`` find the same mistakes before any model is built."""
     built: list[tuple[BuildContext, Component]] = []
 
-    def _build(registry: Registry, kind: str, spec, where: str, cfg: AuditConfig, source: str,
-               name: str | None = None) -> Component:
+    def _build(kind: str, spec, where: str, name: str | None = None) -> Component:
         context = BuildContext(registry, cfg.base_dir, source, where)
         component = create_component(context, kind, spec, name or spec.plugin)
         built.append((context, component))
         return component
 
-    dataset = _build(registry, "dataset", cfg.dataset, "dataset", cfg, source) if cfg.dataset else None
+    dataset = _build("dataset", cfg.dataset, "dataset") if cfg.dataset else None
     targets = [
-        _build(registry, "target", t, f"targets[{i}]" if cfg.targets else "target", cfg, source, t.name or t.plugin)
+        _build("target", t, f"targets[{i}]" if cfg.targets else "target", t.name or t.plugin)
         for i, t in enumerate(cfg.target_specs())
     ]
-    backbones = [_build(registry, "backbone", b, f"backbones[{i}]", cfg, source, b.name) for i, b in enumerate(cfg.backbones)]
-    translator = _build(registry, "translator", cfg.translator, "translator", cfg, source)
+    backbones = [_build("backbone", b, f"backbones[{i}]", b.name) for i, b in enumerate(cfg.backbones)]
+    translator = _build("translator", cfg.translator, "translator")
     compared = [
-        _build(registry, "translator", t, f"compare_translators[{i}]", cfg, source) for i, t in enumerate(cfg.compare_translators)
+        _build("translator", t, f"compare_translators[{i}]") for i, t in enumerate(cfg.compare_translators)
     ]
-    probes = [_build(registry, "probe", p, f"probes[{i}]", cfg, source) for i, p in enumerate(cfg.probe_specs())]
+    probes = [_build("probe", p, f"probes[{i}]") for i, p in enumerate(cfg.probe_specs())]
     headline_probe(probes)  # a ConfigError when no probe (or more than one) has the headline role
     reporters: dict[str, Component] = {}
     available = registry.reporters_by_format()
@@ -88,7 +87,7 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     for c in targets:
         if not isinstance(c.instance, (ImageTarget, EmbeddingTarget)):
             raise ConfigError(f"{source}: target {c.name}: plugin {c.plugin!r} does not build a target")
-    visualizer = _build(registry, "visualizer", cfg.visualizer, "visualizer", cfg, source) if cfg.visualizer else None
+    visualizer = _build("visualizer", cfg.visualizer, "visualizer") if cfg.visualizer else None
     if visualizer is not None:
         check_visualizer(visualizer, targets, source)
     for context, component in built:
