@@ -322,6 +322,11 @@ class Reporter(abc.ABC):
     #: the run's plugin registry, set by the runner (``None``: a fresh one where needed),
     #: so components registered in-process (``run_audit(registry=...)``) are seen
     registry: Any = None
+    #: a publisher sends the run's outputs elsewhere (an experiment tracker): it runs after
+    #: every other reporter and after the final results.json, and its ``result.files``
+    #: names everything they wrote. Its options come from ``report.options.<format>``
+    #: (an ``Options`` model on the class, like every other component's).
+    publishes: ClassVar[bool] = False
 
     @abc.abstractmethod
     def write(self, result, output_dir: Path, fmt: str) -> list[Path]:

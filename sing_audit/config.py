@@ -126,6 +126,11 @@ class ReportConfig(_Strict):
         description="folder of jinja2 templates searched before the built-in ones: a file of the same name "
         "overrides a built-in template, and {% extends \"default:NAME\" %} extends it",
     )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="options of a reporter, by format (e.g. mlflow: {tracking_uri: ..., experiment: ...}); "
+        "each validated by that reporter's own options",
+    )
 
 
 class RunSettings(_Strict):

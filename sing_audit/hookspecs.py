@@ -108,3 +108,13 @@ def register_head_folders(register):
         defines it is not imported to register it), ``folder(module)`` returns a
         :class:`sing_audit.heads.Affine`. It applies to that type and its subclasses.
     """
+
+
+@hookspec
+def register_commands(register):
+    """Register ``sing-audit`` subcommands (``sing-audit export``, ``attest``, ...).
+
+    :param register: ``register(name, factory)``; ``factory()`` builds a
+        :class:`~sing_audit.commands.Command`. A name the core's own commands use
+        (``run``, ``report``, ...) is refused.
+    """

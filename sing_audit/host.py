@@ -71,6 +71,7 @@ KINDS: dict[str, str] = {
     "report_section": "register_report_sections",
     "visualizer": "register_visualizers",
     "head_folder": "register_head_folders",
+    "command": "register_commands",
 }
 
 BUILTIN_PACKAGE = f"sing-audit {__version__} (built-in)"

@@ -1,4 +1,5 @@
-"""``sing-audit``: run | merge | validate | schema | plugins | report | diff | explain.
+"""``sing-audit``: run | merge | validate | schema | plugins | report | diff | explain, and the
+commands plugins register (``register_commands``, :mod:`sing_audit.commands`).
 
 Exit codes of ``run``: 0 passed, 1 policy failed, 2 bad input, 70 internal error,
 130 interrupted. ``diff`` exits 1 when it finds a regression (a class whose leakage
@@ -59,11 +60,48 @@ COMMANDS = {
 }
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The command's name in ``argv`` (the first word that is not a flag), if any."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def plugin_commands(argv: list[str]) -> dict:
+    """The commands plugins register (``register_commands``), loaded only when ``argv``
+    does not name one of the core's: ``sing-audit run`` never imports a plugin to parse."""
+    word = _command_word(argv)
+    if word in COMMANDS or (word is None and "--version" in argv):
+        return {}
+    from ..host import create_registry
+
+    registry = create_registry()
+    commands = {}
+    for name in registry.names("command"):
+        reg = registry.get("command", name)
+        if name in COMMANDS:
+            raise PluginError(
+                f"plugin {reg.plugin} ({reg.package}) registers a command named {name!r}, which is sing-audit's own; "
+                "uninstall it, or leave it out with SING_AUDIT_LOAD_PLUGINS"
+            )
+        commands[name] = reg.factory()
+    return commands
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        commands = plugin_commands(argv)
+    except (BadInputError, PluginError) as exc:
+        print_error("error", exc)
+        return EXIT_BAD_INPUT
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     try:
         with terminal_logging(), quiet_progress(args.quiet):
+            if args.command in commands:
+                return commands[args.command].run(args)
             return COMMANDS[args.command](args)
     except KeyboardInterrupt as exc:
         warn(interrupted_message(args, exc))

@@ -44,7 +44,9 @@ def _add_global_flags(p: argparse.ArgumentParser, *, in_command: bool = False) -
                    help="no progress bars or progress lines (the verdict and errors are still printed)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugin_commands: dict | None = None) -> argparse.ArgumentParser:
+    """The whole grammar: the core's commands, then ``plugin_commands`` (name ->
+    :class:`~sing_audit.commands.Command`, from the ``register_commands`` hook)."""
     parser = argparse.ArgumentParser(
         prog="sing-audit",
         description="Audit image classifiers for meaning hidden in the null space of their linear head.",
@@ -148,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many classes to list (default 10)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     _add_override(p)
+    for name, command in sorted((plugin_commands or {}).items()):
+        p = sub.add_parser(name, help=command.help, description=command.description or command.help)
+        command.add_arguments(p)
     for command in sub.choices.values():
         _add_global_flags(command, in_command=True)
     return parser

@@ -45,12 +45,21 @@ def cmd_report(args) -> int:
         if fmt not in available:
             hint = "" if where == "--format" else "; choose others with --format"
             raise BadInputError(f"{where}: unknown format {fmt!r}{suggest(fmt, list(available))}{hint}")
+    report_config = result.provenance.config.get("report") or {}
+    recorded_options = report_config.get("options") if isinstance(report_config.get("options"), dict) else {}
+    reporters = {
+        fmt: create_reporter(registry, fmt, recorded_options.get(fmt), source=f"{path} (report.options)")
+        for fmt in formats
+        if fmt != "json"
+    }
+    # publishers (experiment trackers) after the writers, as in a run
+    order = sorted(formats, key=lambda f: f != "json" and getattr(reporters[f].instance, "publishes", False))
     original = path.read_bytes()
-    for fmt in formats:
+    for fmt in order:
         if fmt == "json":
             say(f"json: {path} (the source; left unchanged)")
             continue
-        reporter = create_reporter(registry, fmt)
+        reporter = reporters[fmt]
         written = reporter.instance.write(result, out, fmt)
         if path.read_bytes() != original:  # results.json is the record of the audit: never rewritten here
             atomic_write_bytes(path, original)

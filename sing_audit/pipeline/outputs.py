@@ -77,20 +77,31 @@ def write_outputs(result: AuditResult, plan: Plan, folder: RunFolder) -> AuditRe
     folder.record("results.json")
     files = dict(result.files)
     failures: list[WriterFailure] = []
-    for fmt, comp in progress(reporters.items(), desc="report", unit="format"):
-        try:
-            written = comp.instance.write(result, out, fmt)
-        except Exception as exc:  # noqa: BLE001 - collected and re-raised below with the result
-            log.error("output %s (reporter %r from %s) failed", fmt, comp.plugin, comp.package, exc_info=True)
-            failures.append(WriterFailure(fmt, comp.plugin, comp.package, exc))
+    # writers first; publishers (experiment trackers) after them, so they send the final
+    # results.json and every file the writers made
+    writers = {f: c for f, c in reporters.items() if not getattr(c.instance, "publishes", False)}
+    publishers = {f: c for f, c in reporters.items() if f not in writers}
+
+    def _write(stage: dict[str, Component], result: AuditResult) -> None:
+        for fmt, comp in progress(stage.items(), desc="report", unit="format"):
+            try:
+                written = comp.instance.write(result, out, fmt)
+            except Exception as exc:  # noqa: BLE001 - collected and re-raised below with the result
+                log.error("output %s (reporter %r from %s) failed", fmt, comp.plugin, comp.package, exc_info=True)
+                failures.append(WriterFailure(fmt, comp.plugin, comp.package, exc))
+                continue
+            for i, path in enumerate(written):
+                rel = Path(path).resolve().relative_to(out.resolve()).as_posix()
+                folder.record(rel)
+                files[fmt if i == 0 else f"{fmt}:{rel}"] = rel  # a format's first file under its name
+
+    for stage in (writers, publishers):
+        if not stage:
             continue
-        for i, path in enumerate(written):
-            rel = Path(path).resolve().relative_to(out.resolve()).as_posix()
-            folder.record(rel)
-            files[fmt if i == 0 else f"{fmt}:{rel}"] = rel  # a format's first file under its name
-    if files != result.files:
-        result = result.model_copy(update={"files": files})
-        json_reporter.instance.write(result, out, "json")
+        _write(stage, result)
+        if files != result.files:
+            result = result.model_copy(update={"files": dict(files)})  # a copy: the next stage adds to files
+            json_reporter.instance.write(result, out, "json")
     if failures:
         raise OutputWriteError(result, failures, out, [f for f in folder.written])
     return result

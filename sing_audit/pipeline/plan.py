@@ -8,7 +8,7 @@ import numpy as np
 
 from ..classmap import map_labels
 from ..components import EmbeddingTarget, FeatureBackbone, ImageBackbone, ImageDataset, ImageTarget, LinearHead
-from ..config import AuditConfig
+from ..config import AuditConfig, ComponentSpec
 from ..errors import ConfigError, DataError
 from ..host import BuildContext, Component, Registry, check_component, create_component
 from ..probes import headline_probe
@@ -36,11 +36,19 @@ class Plan:
     visualizer: Component | None = None
 
 
-def create_reporter(registry: Registry, fmt: str) -> Component:
+def create_reporter(
+    registry: Registry, fmt: str, options: dict | None = None, *, source: str = "<config>", base_dir=None
+) -> Component:
     """The reporter component that writes format ``fmt`` (one the registry knows), with
-    the run's registry at hand (its report sections are looked up there)."""
+    the run's registry at hand (its report sections are looked up there). A reporter with
+    an ``Options`` model gets ``options`` (``report.options.<fmt>``) validated by it; one
+    without refuses any."""
+    from pathlib import Path
+
     reg = registry.reporters_by_format()[fmt]
-    reporter = Component("reporter", fmt, reg.name, reg.package, reg.factory(), None)
+    context = BuildContext(registry, Path(base_dir) if base_dir is not None else Path.cwd(), source, f"report.options.{fmt}")
+    spec = ComponentSpec(plugin=reg.name, **dict(options or {}))
+    reporter = create_component(context, "reporter", spec, fmt)
     reporter.instance.registry = registry
     return reporter
 
@@ -71,10 +79,15 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     headline_probe(probes)  # a ConfigError when no probe (or more than one) has the headline role
     reporters: dict[str, Component] = {}
     available = registry.reporters_by_format()
+    for fmt in cfg.report.options:
+        if fmt not in available:
+            raise ConfigError(f"{source}: report.options: options for unknown format {fmt!r}{suggest(fmt, list(available))}")
     for i, fmt in enumerate(cfg.report.formats):
         if fmt not in available:
             raise ConfigError(f"{source}: report.formats[{i}]: unknown format {fmt!r}{suggest(fmt, list(available))}")
-        reporters[fmt] = create_reporter(registry, fmt)
+        reporters[fmt] = create_reporter(
+            registry, fmt, cfg.report.options.get(fmt), source=source, base_dir=cfg.base_dir
+        )
     needs_images = [c for c in backbones + targets if isinstance(c.instance, (ImageBackbone, ImageTarget))]
     if needs_images and dataset is None:
         raise ConfigError(
