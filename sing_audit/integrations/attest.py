@@ -48,6 +48,23 @@ _CONFIG_DIR_HELP = (
 )
 
 
+class _RefusePassphrase(argparse.Action):
+    """``--passphrase``: refused without echoing it (a command line is seen by every user
+    of the machine and kept in shell histories and CI logs)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(
+            "a passphrase is never taken on the command line: put it in an environment variable "
+            "and name the variable with --passphrase-env VAR"
+        )
+
+
+def _add_passphrase_arguments(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.allow_abbrev = False  # --passphrase must never be read as --passphrase-env
+    parser.add_argument("--passphrase-env", metavar="VAR", help=help)
+    parser.add_argument("--passphrase", action=_RefusePassphrase, nargs="?", help=argparse.SUPPRESS)
+
+
 @dataclass(frozen=True)
 class Weights:
     """Where a model's weights came from: ``kind`` is ``file`` (with ``subject``, the
@@ -188,7 +205,7 @@ class Keygen(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("keyfile", type=Path, metavar="KEYFILE", help="the private key to write (KEYFILE.pub beside it)")
-        parser.add_argument("--passphrase-env", metavar="VAR", help="encrypt the private key with the passphrase in $VAR")
+        _add_passphrase_arguments(parser, "encrypt the private key with the passphrase in $VAR")
         parser.add_argument("--force", action="store_true", help="overwrite existing key files")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -222,7 +239,7 @@ class Attest(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run_dir", type=Path, metavar="RUN", help="the run folder (or its results.json)")
         parser.add_argument("--key", type=Path, required=True, metavar="KEY", help="the private key (sing-audit keygen)")
-        parser.add_argument("--passphrase-env", metavar="VAR", help="the environment variable holding the key's passphrase")
+        _add_passphrase_arguments(parser, "the environment variable holding the key's passphrase")
         parser.add_argument("--config-dir", type=Path, default=Path("."), metavar="DIR", help=_CONFIG_DIR_HELP)
         parser.add_argument("-o", "--output", type=Path, metavar="FILE", help=f"where to write (default: RUN/{ATTESTATION_FILE})")
 
