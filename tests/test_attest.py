@@ -109,6 +109,8 @@ def test_a_passphrase_is_never_a_command_line_argument(tmp_path, command, capsys
 def test_an_encrypted_key_signs_only_with_its_passphrase(demo, tmp_path, monkeypatch, capsys):
     key = tmp_path / "enc"
     monkeypatch.delenv("SA_TEST_PASSPHRASE", raising=False)
+    assert main(["keygen", str(key), "--passphrase-env", ""]) == 2
+    assert "needs the name of an environment variable" in capsys.readouterr().err
     assert main(["keygen", str(key), "--passphrase-env", "SA_TEST_PASSPHRASE"]) == 2
     assert "SA_TEST_PASSPHRASE is not set" in capsys.readouterr().err
     monkeypatch.setenv("SA_TEST_PASSPHRASE", "correct horse battery staple")

@@ -85,6 +85,8 @@ def passphrase_from_env(variable: str | None) -> bytes | None:
     list); an unset or empty variable is the user's mistake, not an unencrypted key."""
     if variable is None:
         return None
+    if not variable.strip():
+        raise BadInputError("--passphrase-env needs the name of an environment variable (VAR), not an empty word")
     value = os.environ.get(variable)
     if not value:
         raise BadInputError(
