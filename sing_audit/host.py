@@ -58,6 +58,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.builtins.ci_reporters",
     "sing_audit.builtins.input_sections",
     "sing_audit.integrations.attest",
+    "sing_audit.integrations.sarif",
+    "sing_audit.integrations.model_card",
 )
 
 #: component kind -> hook name
