@@ -28,7 +28,7 @@ __all__ = [
     "AuditResult",
 ]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -206,6 +206,9 @@ class ModelComparison(_Result):
 class Provenance(_Result):
     config: dict[str, Any] = Field(default_factory=dict)
     config_digest: str = ""
+    config_dir: str = Field(
+        "", description="absolute folder the config's relative paths were resolved against (its file's folder)"
+    )
     versions: dict[str, str] = Field(default_factory=dict)
     components: dict[str, dict[str, Any]] = Field(default_factory=dict)
     dataset: dict[str, Any] | None = None

@@ -197,8 +197,14 @@ def test_attest_refuses_weights_changed_since_the_audit(demo, keys, tmp_path, ca
 
 
 def test_attest_without_the_config_folder_says_where_it_looked(demo, keys, tmp_path, monkeypatch, capsys):
+    """The config folder the run records has moved away (or an older results.json has none)."""
+    copy = tmp_path / "run"
+    shutil.copytree(demo / "run", copy)
+    results = json.loads((copy / "results.json").read_text(encoding="utf-8"))
+    results["provenance"]["config_dir"] = str(tmp_path / "moved")
+    (copy / "results.json").write_text(json.dumps(results), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    assert main(["attest", str(demo / "run"), "--key", str(keys), "-o", "att.json"]) == 2
+    assert main(["attest", str(copy), "--key", str(keys), "-o", "att.json"]) == 2
     err = capsys.readouterr().err
     assert "data/benign.npz" in err and "--config-dir" in err
 
@@ -318,3 +324,19 @@ def test_verify_without_an_attestation_or_run_folder(demo, keys, tmp_path, capsy
     assert "none.json not found" in capsys.readouterr().err
     assert _verify(tmp_path / "norun", pub, demo / "synthetic") == 2
     assert "run folder" in capsys.readouterr().err
+
+
+def test_attest_and_verify_find_the_weights_through_the_config_folder_results_json_records(demo, keys, tmp_path, monkeypatch):
+    """Without --config-dir both resolve the audit's relative weights paths against
+    provenance.config_dir, the folder the audit resolved them against, from any working folder."""
+    copy = tmp_path / "run"
+    shutil.copytree(demo / "run", copy)
+    recorded = json.loads((copy / "results.json").read_text(encoding="utf-8"))["provenance"]["config_dir"]
+    assert Path(recorded) == (demo / "synthetic").resolve()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["attest", str(copy), "--key", str(keys)]) == 0
+    assert main(["verify", str(copy), "--pub", str(keys.with_name("key.pub"))]) == 0
+    # a wrong --config-dir still wins over the recorded one, and names the missing file
+    assert main(["verify", str(copy), "--pub", str(keys.with_name("key.pub")), "--config-dir", str(elsewhere)]) == 2

@@ -44,8 +44,21 @@ RESULTS_SUBJECT = "results.json"
 
 _CONFIG_DIR_HELP = (
     "the folder of the audit's config: the recorded config's relative paths are resolved against it, "
-    "as the audit resolved them (default: the current folder)"
+    "as the audit resolved them (default: the folder results.json records, provenance.config_dir, else the "
+    "current folder)"
 )
+
+
+def _config_dir(given: Path | None, results_json: Path) -> Path:
+    """``--config-dir``, else the folder the audit resolved its paths against (recorded in
+    results.json's ``provenance.config_dir``, schema 1.2), else the working folder."""
+    if given is not None:
+        return given
+    try:
+        recorded = json.loads(results_json.read_text(encoding="utf-8")).get("provenance", {}).get("config_dir")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return Path(recorded) if isinstance(recorded, str) and recorded else Path(".")
 
 
 class _RefusePassphrase(argparse.Action):
@@ -240,14 +253,15 @@ class Attest(Command):
         parser.add_argument("run_dir", type=Path, metavar="RUN", help="the run folder (or its results.json)")
         parser.add_argument("--key", type=Path, required=True, metavar="KEY", help="the private key (sing-audit keygen)")
         _add_passphrase_arguments(parser, "the environment variable holding the key's passphrase")
-        parser.add_argument("--config-dir", type=Path, default=Path("."), metavar="DIR", help=_CONFIG_DIR_HELP)
+        parser.add_argument("--config-dir", type=Path, default=None, metavar="DIR", help=_CONFIG_DIR_HELP)
         parser.add_argument("-o", "--output", type=Path, metavar="FILE", help=f"where to write (default: RUN/{ATTESTATION_FILE})")
 
     def run(self, args: argparse.Namespace) -> int:
         key = dsse.load_private_key(args.key, dsse.passphrase_from_env(args.passphrase_env))
         run_dir = _run_folder(args.run_dir)
         result, _, text = load_result(args.run_dir)
-        statement = build_statement(result, text.encode("utf-8"), args.config_dir)
+        config_dir = args.config_dir or (Path(result.provenance.config_dir) if result.provenance.config_dir else Path("."))
+        statement = build_statement(result, text.encode("utf-8"), config_dir)
         envelope = dsse.sign_envelope(dsse.canonical_json(statement), PAYLOAD_TYPE, key)
         out = args.output or run_dir / ATTESTATION_FILE
         if not out.parent.is_dir():
@@ -324,7 +338,7 @@ class Verify(Command):
             help="a weights file to check (repeatable); MODEL=FILE: it must be that model's attested weights",
         )
         parser.add_argument("--no-weights", action="store_true", help="check the signature and results.json only")
-        parser.add_argument("--config-dir", type=Path, default=Path("."), metavar="DIR", help=_CONFIG_DIR_HELP)
+        parser.add_argument("--config-dir", type=Path, default=None, metavar="DIR", help=_CONFIG_DIR_HELP)
         parser.add_argument("--attestation", type=Path, metavar="FILE", help=f"the attestation (default: RUN/{ATTESTATION_FILE})")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -363,7 +377,8 @@ class Verify(Command):
         if args.no_weights:
             return [f"{name}: not checked (--no-weights)" for name in weights]
         if not args.weights:
-            checks = [(name, _resolve_subject(name, args.config_dir)) for name in weights]
+            config_dir = _config_dir(args.config_dir, args.run_dir / RESULTS_SUBJECT)
+            checks = [(name, _resolve_subject(name, config_dir)) for name in weights]
             return [f"{name}: sha256:{_check(name, path, subjects[name])} matches (weights of {', '.join(weights[name])})"
                     for name, path in checks]
         lines, checked = [], set()

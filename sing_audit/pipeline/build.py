@@ -189,6 +189,7 @@ def build_audit_result(plan: Plan, models: list[ModelResult], comparisons: list[
         provenance=Provenance(
             config=cfg.model_dump(mode="json", by_alias=True, exclude_none=True),
             config_digest=content_key(cfg.model_dump(mode="json", by_alias=True)),
+            config_dir=str(Path(cfg.base_dir).resolve()),
             versions=versions(),
             components=components,
             dataset=dataset,
