@@ -57,6 +57,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.builtins.report_sections",
     "sing_audit.builtins.ci_reporters",
     "sing_audit.builtins.input_sections",
+    "sing_audit.integrations.mlflow_reporter",
 )
 
 #: component kind -> hook name
