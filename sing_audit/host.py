@@ -60,6 +60,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.integrations.attest",
     "sing_audit.integrations.sarif",
     "sing_audit.integrations.model_card",
+    "sing_audit.integrations.mlflow_reporter",
 )
 
 #: component kind -> hook name

@@ -46,11 +46,12 @@ def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[
 
 class _WarningLines(logging.Handler):
     """sing-audit's own warnings on stderr as plain lines (the message alone, as Python
-    prints a warning nobody handles), never ``WARNING:sing_audit:…``."""
+    prints a warning nobody handles), never ``WARNING:sing_audit:…``, and never a
+    traceback: that is in the run log."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            warn(self.format(record))
+            warn(record.getMessage())
         except Exception:  # noqa: BLE001 - logging never breaks the command
             self.handleError(record)
 
