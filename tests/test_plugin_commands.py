@@ -201,3 +201,38 @@ def test_require_names_the_extra_to_install(monkeypatch):
     assert "pip install 'sing-audit[mlflow]'" in message
     assert exc.value.extra == "mlflow" and isinstance(exc.value, ConfigError.__mro__[1])  # a BadInputError: exit 2
     assert require("json", extra="x", feature="y") is json
+
+
+NEEDS_EXTRA = """
+    from sing_audit import hookimpl
+    from sing_audit.components import Reporter
+    from sing_audit.extras import require
+
+    class Tracker(Reporter):
+        formats = ("tracker",)
+        publishes = True
+
+        def __init__(self):
+            require("sa_no_such_tracker_lib", extra="tracker", feature="the tracker reporter")
+
+        def write(self, result, output_dir, fmt):
+            return []
+
+    @hookimpl
+    def register_reporters(register):
+        register("tracker", Tracker)
+"""
+
+
+def test_a_reporter_without_its_extra_exits_2_before_the_audit_naming_the_extra(tmp_path, monkeypatch, capsys):
+    module = _install(tmp_path, monkeypatch, NEEDS_EXTRA)
+    try:
+        config = _config(tmp_path, {"formats": ["json", "tracker"]})
+        for command in ("validate", "run"):
+            assert main(["-q", command, str(config)]) == 2
+            err = capsys.readouterr().err
+            assert "report.formats: tracker: the tracker reporter needs the sa_no_such_tracker_lib package" in err
+            assert "pip install 'sing-audit[tracker]'" in err
+        assert not (tmp_path / "run" / "results.json").exists()  # refused before anything ran
+    finally:
+        sys.modules.pop(module, None)

@@ -10,6 +10,7 @@ from ..classmap import map_labels
 from ..components import EmbeddingTarget, FeatureBackbone, ImageBackbone, ImageDataset, ImageTarget, LinearHead
 from ..config import AuditConfig, ComponentSpec
 from ..errors import ConfigError, DataError
+from ..extras import MissingExtraError
 from ..host import BuildContext, Component, Registry, check_component, create_component
 from ..probes import headline_probe
 from ..store import content_key
@@ -48,7 +49,10 @@ def create_reporter(
     reg = registry.reporters_by_format()[fmt]
     context = BuildContext(registry, Path(base_dir) if base_dir is not None else Path.cwd(), source, f"report.options.{fmt}")
     spec = ComponentSpec(plugin=reg.name, **dict(options or {}))
-    reporter = create_component(context, "reporter", spec, fmt)
+    try:
+        reporter = create_component(context, "reporter", spec, fmt)
+    except MissingExtraError as exc:  # named where the config asks for it
+        raise MissingExtraError(f"{source}: report.formats: {fmt}: {exc}", extra=exc.extra, module=exc.module) from exc
     reporter.instance.registry = registry
     return reporter
 
