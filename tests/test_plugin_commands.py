@@ -236,3 +236,34 @@ def test_a_reporter_without_its_extra_exits_2_before_the_audit_naming_the_extra(
         assert not (tmp_path / "run" / "results.json").exists()  # refused before anything ran
     finally:
         sys.modules.pop(module, None)
+
+
+FAILING = """
+    from sing_audit import hookimpl
+    from sing_audit.components import Reporter
+    from sing_audit.errors import BadInputError
+
+    class Broken(Reporter):
+        formats = ("broken",)
+
+        def write(self, result, output_dir, fmt):
+            raise BadInputError("the tracker said no-such-project-4711")
+
+    @hookimpl
+    def register_reporters(register):
+        register("broken", Broken)
+"""
+
+
+def test_a_failing_reporter_is_reported_once_on_the_terminal(tmp_path, monkeypatch, capsys):
+    module = _install(tmp_path, monkeypatch, FAILING)
+    try:
+        config = _config(tmp_path, {"formats": ["json", "broken"]})
+        assert main(["-q", "run", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("no-such-project-4711") == 1, err
+        assert "sing-audit report" in err and "Traceback" not in err
+        log = (tmp_path / "run" / "logs" / "run.log").read_text(encoding="utf-8")
+        assert "no-such-project-4711" in log and "Traceback" in log  # the run log keeps everything
+    finally:
+        sys.modules.pop(module, None)

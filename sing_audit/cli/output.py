@@ -73,6 +73,8 @@ def terminal_logging():
     printing = [h for h in root.handlers if _prints_to_terminal(h)]
     guard = logging.NullHandler()  # root has a handler: no implicit basicConfig adds one
     lines = _WarningLines(logging.WARNING)
+    # errors end the command, and main() prints each once (with its exit code's meaning)
+    lines.addFilter(lambda record: record.levelno < logging.ERROR)
     propagate = ours.propagate
     for h in printing:
         root.removeHandler(h)
