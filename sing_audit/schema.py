@@ -50,9 +50,21 @@ def config_schema(registry: Registry) -> dict:
     props["visualizer"] = {"anyOf": [variants("visualizer"), {"type": "null"}]}
     probe = variants("probe")
     props["probes"] = {"type": "array", "items": {"anyOf": [{"enum": registry.names("probe")}, probe]}}
-    props["report"] = {
-        "type": "object",
-        "properties": {"formats": {"type": "array", "items": {"enum": sorted(registry.reporters_by_format())}}},
-        "additionalProperties": False,
-    }
+    formats = registry.reporters_by_format()
+    report_options = {}
+    for fmt, reg in sorted(formats.items()):
+        model = reg.options_model
+        sub = model.model_json_schema() if model is not None else {"type": "object", "properties": {}}
+        for d, v in sub.pop("$defs", {}).items():
+            defs.setdefault(d, v)
+        sub["properties"] = {k: v for k, v in sub.get("properties", {}).items() if k != "base_dir"}
+        sub["required"] = [r for r in sub.get("required", []) if r != "base_dir"]
+        sub.update({"title": f"report.options.{fmt}", "description": f"from {reg.package}", "additionalProperties": False})
+        report_options[fmt] = sub
+    report = AuditConfig.model_fields["report"].annotation.model_json_schema(by_alias=True)
+    report.pop("$defs", None)
+    report["properties"]["formats"] = {"type": "array", "items": {"enum": sorted(formats)}}
+    report["properties"]["options"] = {"type": "object", "properties": report_options, "additionalProperties": False}
+    report["additionalProperties"] = False
+    props["report"] = report
     return schema

@@ -415,6 +415,25 @@ def test_config_schema_validates_the_example_and_rejects_unknown_plugin():
     assert not validator.is_valid(bad)
 
 
+
+def test_config_schema_knows_every_report_key_and_each_reporters_options():
+    """report.top_images, templates and options are valid keys; options are those of the
+    format's own reporter, a typo or an unknown format is not."""
+    validator = jsonschema.Draft202012Validator(config_schema(create_registry()))
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    data["report"] = {
+        "formats": ["json", "sarif", "mlflow"],
+        "top_images": 3,
+        "templates": "tpl",
+        "options": {"mlflow": {"tracking_uri": "sqlite:///m.db", "experiment": "e"}, "sarif": {}},
+    }
+    assert list(validator.iter_errors(data)) == []
+    for options in ({"mlflow": {"tracking_ur": "x"}}, {"mlfow": {}}, {"csv": {"x": 1}}):
+        bad = copy.deepcopy(data)
+        bad["report"]["options"] = options
+        assert not validator.is_valid(bad), options
+
+
 def test_config_schema_accepts_the_full_shape():
     data = _base()
     data["policy"]["waivers"] = [{"model": "vit", "class": 3, "reason": "ok", "expires": "2030-01-01"}]
