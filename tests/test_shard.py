@@ -26,7 +26,7 @@ from .conftest import image_folder_audit, write_config
 
 BACKBONES = [{"name": "rn", "plugin": "timm", "model": "resnet18", "weights": "random", "img_size": 32}]
 RUN = {"device": "cpu", "folds": 2, "bootstrap": 100, "batch_size": 4}
-VOLATILE = ("started", "finished", "stage_seconds")
+VOLATILE = ("started", "finished", "stage_seconds", "config_dir")  # config_dir: where each config file lies
 
 
 def comparable(run_dir: Path) -> dict:
