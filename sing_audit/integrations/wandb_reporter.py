@@ -1,0 +1,243 @@
+"""``wandb``: a finished audit as one Weights & Biases run (docs/integrations.md,
+"Weights & Biases").
+
+A publisher (``publishes = True``): it runs after every other reporter, so it sends the
+results.json, report.html and report.pdf the run wrote. The content is the MLflow
+reporter's (:func:`sing_audit.integrations.mlflow_reporter.audit_metrics` names the
+numbers, ``<model>/<target>/is_mean``, ...):
+
+- summary: every number per model and for the audit, the verdict (``outcome``,
+  ``verdict``), ``sing_audit_version``, ``config_digest``, ``random_weights``, per model
+  ``<model>/<target>/weights_digest`` (and its ``random_weights`` and ``outcome``);
+- config: the resolved config (``result.provenance.config``);
+- tags: the user's ``tags``, ``sing-audit`` and the outcome; notes: the verdict;
+- an artifact of type ``audit`` with results.json, report.html and report.pdf.
+
+W&B's local files (the run, its log, staged artifact copies and W&B's own cache) stay
+under ``dir``, by default the run folder; ``wandb.json`` records the project, the run id,
+the mode and the local run folder. Credentials come only from W&B's environment
+(``WANDB_API_KEY``): they are no option and are never written or shown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from sing_audit.components import PluginOptions, Reporter
+from sing_audit.errors import SingAuditError, exception_summary
+from sing_audit.extras import require
+from sing_audit.hookspecs import hookimpl
+from sing_audit.integrations.mlflow_reporter import audit_metrics, metric_key_prefixes
+from sing_audit.store import atomic_write_text
+
+__all__ = ["WandbPublishError", "WandbReporter", "audit_summary"]
+
+log = logging.getLogger("sing_audit")
+
+ARTIFACT_FORMATS = ("json", "html", "pdf")
+MAX_TAG_LENGTH = 64  # W&B refuses a longer tag
+# characters W&B refuses in a project or entity name
+_BAD_PROJECT_CHAR = re.compile(r"[/\\#?%:]")
+_ARTIFACT_CHAR = re.compile(r"[^\w.\-]")
+
+
+class WandbPublishError(SingAuditError):
+    """W&B could not log the run (the audit's verdict stands; exit 2)."""
+
+
+class WandbOptions(PluginOptions):
+    """``report.options.wandb`` in audit.yaml."""
+
+    project: str | None = Field(
+        None, min_length=1, max_length=128, description="the W&B project; default: the WANDB_PROJECT environment variable"
+    )
+    entity: str | None = Field(None, min_length=1, max_length=128, description="team or user; default: W&B's")
+    run_name: str | None = Field(None, min_length=1, max_length=128, description="default: the audit's name")
+    mode: Literal["online", "offline"] | None = Field(
+        None, description="default: W&B's own (the WANDB_MODE environment variable, else online)"
+    )
+    dir: str | None = Field(
+        None, min_length=1, description="where W&B keeps its local files; default: the run folder"
+    )
+    tags: list[str] = Field(default_factory=list, description="extra tags of the run")
+    group: str | None = Field(None, min_length=1, max_length=128, description="the run's group")
+
+    @field_validator("project", "entity")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and (_BAD_PROJECT_CHAR.search(v) or v != v.strip()):
+            raise ValueError(f"{v[:80]!r}: W&B allows no / \\ # ? % : nor leading or trailing spaces in it")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        for tag in v:
+            if not tag.strip() or len(tag) > MAX_TAG_LENGTH:
+                raise ValueError(f"tag {tag[:80]!r}: a W&B tag has 1 to {MAX_TAG_LENGTH} characters")
+        return list(dict.fromkeys(v))
+
+
+def audit_summary(result) -> dict[str, float | str | bool]:
+    """The run's summary: the MLflow reporter's numbers, the verdict, versions and digests."""
+    summary: dict[str, float | str | bool] = dict(audit_metrics(result))
+    summary.update(
+        {
+            "outcome": result.outcome,
+            "verdict": result.verdict,
+            "sing_audit_version": result.provenance.versions.get("sing-audit", "unknown"),
+            "config_digest": result.provenance.config_digest or "unknown",
+            "random_weights": bool(result.random_weights),
+            "schema_version": result.schema_version,
+        }
+    )
+    for m, prefix in zip(result.models, metric_key_prefixes(result.models)):
+        if m.weights_digest:
+            summary[f"{prefix}/weights_digest"] = m.weights_digest
+        summary[f"{prefix}/random_weights"] = bool(m.random_weights)
+        summary[f"{prefix}/outcome"] = m.outcome
+    return summary
+
+
+def artifact_name(audit_name: str) -> str:
+    """``audit-<name>``, in the characters W&B allows in an artifact's name."""
+    return ("audit-" + _ARTIFACT_CHAR.sub("_", audit_name))[:128]
+
+
+@contextmanager
+def wandb_files_under(root: Path) -> Iterator[None]:
+    """W&B's staging copies and cache under ``root`` while the block runs (unless the
+    user's WANDB_DATA_DIR / WANDB_CACHE_DIR say otherwise); the environment is put back."""
+    wanted = {
+        "WANDB_DATA_DIR": os.environ.get("WANDB_DATA_DIR") or str(root / "wandb" / "data"),
+        "WANDB_CACHE_DIR": os.environ.get("WANDB_CACHE_DIR") or str(root / "wandb" / "cache"),
+    }
+    before = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class WandbReporter(Reporter):
+    """Logs the audit to W&B as one run (the numbers and verdict in its summary, the config,
+    the outcome as a tag, results.json and the reports as an ``audit`` artifact)."""
+
+    formats = ("wandb",)
+    publishes = True
+    Options = WandbOptions
+
+    def __init__(self, options: WandbOptions | None = None) -> None:
+        require("wandb", extra="wandb", feature="the wandb reporter")
+        self.options = options or WandbOptions()
+        self.project()  # refused before the audit runs
+
+    def project(self) -> str:
+        """``project``, else ``WANDB_PROJECT``; a ValueError with neither."""
+        if self.options.project:
+            return self.options.project
+        env = os.environ.get("WANDB_PROJECT", "").strip()
+        if not env:
+            raise ValueError("no W&B project: set project (report.options.wandb.project) or WANDB_PROJECT")
+        return env
+
+    def write(self, result, output_dir: Path, fmt: str) -> list[Path]:
+        out = Path(output_dir).resolve()
+        try:
+            project = self.project()
+        except ValueError as exc:
+            raise WandbPublishError(str(exc)) from None
+        wandb = require("wandb", extra="wandb", feature="the wandb reporter")
+        opts = self.options
+        root = Path(opts.dir).expanduser().resolve() if opts.dir else out
+        root.mkdir(parents=True, exist_ok=True)
+        artifacts = [out / result.files[f] for f in ARTIFACT_FORMATS if f in result.files]
+        artifacts = [p for p in artifacts if p.is_file()]
+        tags = list(dict.fromkeys([*opts.tags, "sing-audit", result.outcome]))
+        settings = wandb.Settings(
+            silent=True,
+            quiet=True,
+            console="off",
+            save_code=False,
+            disable_git=True,
+            disable_code=True,
+            disable_job_creation=True,
+            x_disable_stats=True,
+            x_disable_machine_info=True,
+            x_save_requirements=False,
+        )
+        run_name = opts.run_name or result.name
+        with wandb_files_under(root):
+            try:
+                run = wandb.init(
+                    project=project,
+                    entity=opts.entity,
+                    name=run_name,
+                    group=opts.group,
+                    tags=tags,
+                    notes=result.verdict,
+                    config=result.provenance.config,
+                    dir=str(root),
+                    mode=opts.mode,
+                    job_type="audit",
+                    settings=settings,
+                    reinit="create_new",
+                )
+            except Exception as exc:  # noqa: BLE001 - W&B's, the filesystem's or the network's: the output failed
+                raise WandbPublishError(f"could not start a W&B run in project {project!r}: {exception_summary(exc)}") from exc
+            try:
+                run.summary.update(audit_summary(result))
+                artifact = wandb.Artifact(artifact_name(result.name), type="audit", description=result.verdict)
+                for path in artifacts:
+                    artifact.add_file(str(path), name=path.name)
+                run.log_artifact(artifact)
+            except Exception as exc:  # noqa: BLE001 - the output failed; the run is closed as failed
+                try:
+                    run.finish(exit_code=1)
+                except Exception:  # noqa: BLE001 - the first error is the one to show
+                    pass
+                raise WandbPublishError(
+                    f"could not log the audit to W&B (run {run.id}, project {project!r}): {exception_summary(exc)}"
+                ) from exc
+            try:
+                run.finish()
+            except Exception as exc:  # noqa: BLE001
+                raise WandbPublishError(f"W&B could not finish run {run.id}: {exception_summary(exc)}") from exc
+        local = Path(run.settings.sync_dir)
+        record = {
+            "project": project,
+            "entity": opts.entity,
+            "run_id": run.id,
+            "run_name": run_name,
+            "mode": "offline" if run.settings._offline else "online",
+            "run_dir": os.path.relpath(local, out) if local.is_relative_to(out) else str(local),
+            "artifact": artifact.name.split(":", 1)[0],
+            "artifact_files": [p.name for p in artifacts],
+            "metric_prefixes": {
+                prefix: {"model": m.name, "target": m.target}
+                for m, prefix in zip(result.models, metric_key_prefixes(result.models))
+            },
+        }
+        path = out / "wandb.json"
+        atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        log.info("wandb: logged run %s in project %r (%s, local files %s)", run.id, project, record["mode"], local)
+        return [path]
+
+
+@hookimpl
+def register_reporters(register):
+    register("wandb", WandbReporter)
