@@ -25,10 +25,13 @@ import json
 import logging
 import os
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -39,7 +42,7 @@ from sing_audit.hookspecs import hookimpl
 from sing_audit.integrations.mlflow_reporter import audit_metrics, metric_key_prefixes
 from sing_audit.store import atomic_write_text
 
-__all__ = ["WandbPublishError", "WandbReporter", "audit_summary"]
+__all__ = ["OfflineRun", "WandbPublishError", "WandbReporter", "audit_summary", "read_offline_run"]
 
 log = logging.getLogger("sing_audit")
 
@@ -236,6 +239,98 @@ class WandbReporter(Reporter):
         atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         log.info("wandb: logged run %s in project %r (%s, local files %s)", run.id, project, record["mode"], local)
         return [path]
+
+
+# W&B's transaction log (``run-<id>.wandb``): a 7-byte header (``:W&B``, magic, version),
+# then LevelDB-log records in 32 KiB blocks, each chunk ``crc32 (type+data), length,
+# type`` (1 whole, 2 first, 3 middle, 4 last), a protobuf ``Record`` once joined.
+_LOG_HEADER = b":W&B"
+_BLOCK = 32768
+_CHUNK = struct.Struct("<IHB")
+
+
+class OfflineRunError(SingAuditError):
+    """A W&B transaction log that cannot be read (exit 2)."""
+
+
+@dataclass
+class OfflineRun:
+    """What an offline run's transaction log holds (:func:`read_offline_run`)."""
+
+    run_id: str = ""
+    project: str = ""
+    name: str = ""
+    group: str = ""
+    notes: str = ""
+    tags: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # name, type, files
+    finished: bool = False
+    exit_code: int | None = None
+
+
+def _log_records(data: bytes) -> Iterator[bytes]:
+    if data[:4] != _LOG_HEADER:
+        raise OfflineRunError("not a W&B transaction log (no :W&B header)")
+    pos, parts = 7, b""
+    while pos + _CHUNK.size <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _CHUNK.size:
+            pos += left
+            continue
+        crc, length, kind = _CHUNK.unpack_from(data, pos)
+        if kind == 0 and length == 0:  # block padding
+            pos += left
+            continue
+        chunk = data[pos + _CHUNK.size : pos + _CHUNK.size + length]
+        if len(chunk) != length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            raise OfflineRunError(f"a damaged record at byte {pos} of the W&B transaction log")
+        pos += _CHUNK.size + length
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            parts = chunk
+        elif kind == 3:
+            parts += chunk
+        elif kind == 4:
+            yield parts + chunk
+            parts = b""
+
+
+def read_offline_run(run_dir: Path | str) -> OfflineRun:
+    """Read back an offline run (``<dir>/wandb/offline-run-*``, or its ``.wandb`` file):
+    its config, summary, tags, notes and artifacts, as ``wandb sync`` would send them."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = Path(run_dir)
+    if path.is_dir():
+        found = sorted(path.glob("run-*.wandb"))
+        if not found:
+            raise OfflineRunError(f"{path}: no run-*.wandb transaction log in it")
+        path = found[0]
+    out = OfflineRun()
+    for raw in _log_records(path.read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            r = record.run
+            out.run_id, out.project, out.name, out.group, out.notes = r.run_id, r.project, r.display_name, r.run_group, r.notes
+            out.tags = list(r.tags)
+            out.config.update({u.key: json.loads(u.value_json) for u in r.config.update})
+        elif kind == "config":
+            out.config.update({u.key: json.loads(u.value_json) for u in record.config.update if u.key})
+        elif kind == "summary":
+            out.summary.update({u.key: json.loads(u.value_json) for u in record.summary.update if u.key})
+        elif kind == "artifact":
+            a = record.artifact
+            files = {c.path: {"digest": c.digest, "size": c.size, "local_path": c.local_path} for c in a.manifest.contents}
+            out.artifacts.append({"name": a.name, "type": a.type, "files": files})
+        elif kind == "exit":
+            out.finished, out.exit_code = True, record.exit.exit_code
+    out.config.pop("_wandb", None)
+    return out
 
 
 @hookimpl
