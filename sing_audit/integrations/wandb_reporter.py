@@ -167,7 +167,6 @@ class WandbReporter(Reporter):
         wandb = require("wandb", extra="wandb", feature="the wandb reporter")
         opts = self.options
         root = Path(opts.dir).expanduser().resolve() if opts.dir else out
-        root.mkdir(parents=True, exist_ok=True)
         artifacts = [out / result.files[f] for f in ARTIFACT_FORMATS if f in result.files]
         artifacts = [p for p in artifacts if p.is_file()]
         tags = list(dict.fromkeys([*opts.tags, "sing-audit", result.outcome]))
@@ -186,6 +185,7 @@ class WandbReporter(Reporter):
         run_name = opts.run_name or result.name
         with wandb_files_under(root):
             try:
+                root.mkdir(parents=True, exist_ok=True)
                 run = wandb.init(
                     project=project,
                     entity=opts.entity,
