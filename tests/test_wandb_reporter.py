@@ -237,3 +237,13 @@ def test_bad_options_are_config_errors(tmp_path, capsys, options, message):
 def test_the_environment_s_project_satisfies_validate(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_PROJECT", "from-env")
     assert main(["-q", "validate", str(_config(tmp_path, options={}))]) == 0
+
+
+def test_online_without_credentials_is_refused_without_a_prompt(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no key in any .netrc either
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    cfg = _config(tmp_path, formats=("json", "wandb"), options={"project": "p", "mode": "online"})
+    assert main(["-q", "run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "no W&B credentials: set WANDB_API_KEY" in err and "WANDB_MODE=offline" in err
+    assert (tmp_path / "run" / "results.json").is_file() and not (tmp_path / "run" / "wandb.json").exists()

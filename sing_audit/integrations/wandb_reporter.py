@@ -158,6 +158,19 @@ class WandbReporter(Reporter):
             raise ValueError("no W&B project: set project (report.options.wandb.project) or WANDB_PROJECT")
         return env
 
+    def _check_credentials(self, wandb, settings) -> None:
+        """Online, W&B would ask for a key on a terminal that has none configured: refuse
+        instead (W&B looks in WANDB_API_KEY, its settings and .netrc; nothing is shown)."""
+        mode = (self.options.mode or os.environ.get("WANDB_MODE", "")).strip().lower()
+        if mode in ("offline", "dryrun", "disabled"):
+            return
+        wandb.setup(settings=settings)  # quiet, before login reads the settings
+        if not wandb.login(prompt=False, verify=False):
+            raise WandbPublishError(
+                "no W&B credentials: set WANDB_API_KEY (or run `wandb login`), or log offline "
+                "(mode: offline, or WANDB_MODE=offline) and `wandb sync` later"
+            )
+
     def write(self, result, output_dir: Path, fmt: str) -> list[Path]:
         out = Path(output_dir).resolve()
         try:
@@ -186,6 +199,7 @@ class WandbReporter(Reporter):
         with wandb_files_under(root):
             try:
                 root.mkdir(parents=True, exist_ok=True)
+                self._check_credentials(wandb, settings)
                 run = wandb.init(
                     project=project,
                     entity=opts.entity,
@@ -200,6 +214,8 @@ class WandbReporter(Reporter):
                     settings=settings,
                     reinit="create_new",
                 )
+            except WandbPublishError:
+                raise
             except Exception as exc:  # noqa: BLE001 - W&B's, the filesystem's or the network's: the output failed
                 raise WandbPublishError(f"could not start a W&B run in project {project!r}: {exception_summary(exc)}") from exc
             try:
