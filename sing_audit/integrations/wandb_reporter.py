@@ -212,12 +212,14 @@ class WandbReporter(Reporter):
                     mode=opts.mode,
                     job_type="audit",
                     settings=settings,
-                    reinit="create_new",
                 )
             except WandbPublishError:
                 raise
             except Exception as exc:  # noqa: BLE001 - W&B's, the filesystem's or the network's: the output failed
                 raise WandbPublishError(f"could not start a W&B run in project {project!r}: {exception_summary(exc)}") from exc
+            # read before finish(): a finished run refuses some calls
+            offline, local = bool(run.offline), Path(run.settings.sync_dir)
+            url = None if offline else run.url
             try:
                 run.summary.update(audit_summary(result))
                 artifact = wandb.Artifact(artifact_name(result.name), type="audit", description=result.verdict)
@@ -236,15 +238,15 @@ class WandbReporter(Reporter):
                 run.finish()
             except Exception as exc:  # noqa: BLE001
                 raise WandbPublishError(f"W&B could not finish run {run.id}: {exception_summary(exc)}") from exc
-        local = Path(run.settings.sync_dir)
         record = {
             "project": project,
             "entity": opts.entity,
             "run_id": run.id,
             "run_name": run_name,
-            "mode": "offline" if run.settings._offline else "online",
+            "mode": "offline" if offline else "online",
+            "url": url,
             "run_dir": os.path.relpath(local, out) if local.is_relative_to(out) else str(local),
-            "artifact": artifact.name.split(":", 1)[0],
+            "artifact": artifact_name(result.name),
             "artifact_files": [p.name for p in artifacts],
             "metric_prefixes": {
                 prefix: {"model": m.name, "target": m.target}
