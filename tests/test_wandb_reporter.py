@@ -16,7 +16,7 @@ import yaml
 wandb = pytest.importorskip("wandb")
 
 from sing_audit.cli import main  # noqa: E402
-from sing_audit.integrations.wandb_reporter import read_offline_run  # noqa: E402
+from sing_audit.integrations.wandb_reporter import OfflineRunError, read_offline_run  # noqa: E402
 from sing_audit.results import AuditResult  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "synthetic"
@@ -178,6 +178,7 @@ def test_a_model_not_assessed_and_the_environment_s_project(tmp_path, monkeypatc
     assert (s["leaky/clip/n_judged"], s["leaky/clip/n_not_judged"], s["leaky/clip/n_flagged"]) == (0, 10, 0)
     assert s["models_not_assessed"] == 2 and s["models_failed"] == 0
     assert list(offline.artifacts[0]["files"]) == ["results.json"]
+    assert "WANDB_DATA_DIR" not in os.environ and "WANDB_CACHE_DIR" not in os.environ  # put back
 
 
 def test_a_run_that_cannot_start_is_exit_2_with_results_in_place(tmp_path, capsys):
@@ -247,3 +248,16 @@ def test_online_without_credentials_is_refused_without_a_prompt(tmp_path, monkey
     err = capsys.readouterr().err
     assert "no W&B credentials: set WANDB_API_KEY" in err and "WANDB_MODE=offline" in err
     assert (tmp_path / "run" / "results.json").is_file() and not (tmp_path / "run" / "wandb.json").exists()
+
+
+def test_a_damaged_transaction_log_is_refused(logged, tmp_path):
+    tmp, _, record, _ = logged
+    [log_file] = (tmp / "run" / record["run_dir"]).glob("run-*.wandb")
+    data = bytearray(log_file.read_bytes())
+    data[200] ^= 0xFF
+    (tmp_path / "run-x.wandb").write_bytes(bytes(data))
+    with pytest.raises(OfflineRunError, match="damaged record"):
+        read_offline_run(tmp_path)
+    (tmp_path / "run-x.wandb").write_bytes(b"not a log")
+    with pytest.raises(OfflineRunError, match="not a W&B transaction log"):
+        read_offline_run(tmp_path / "run-x.wandb")

@@ -42,7 +42,7 @@ from sing_audit.hookspecs import hookimpl
 from sing_audit.integrations.mlflow_reporter import audit_metrics, metric_key_prefixes
 from sing_audit.store import atomic_write_text
 
-__all__ = ["OfflineRun", "WandbPublishError", "WandbReporter", "audit_summary", "read_offline_run"]
+__all__ = ["OfflineRun", "OfflineRunError", "WandbPublishError", "WandbReporter", "audit_summary", "read_offline_run"]
 
 log = logging.getLogger("sing_audit")
 
@@ -319,7 +319,7 @@ def _log_records(data: bytes) -> Iterator[bytes]:
 def read_offline_run(run_dir: Path | str) -> OfflineRun:
     """Read back an offline run (``<dir>/wandb/offline-run-*``, or its ``.wandb`` file):
     its config, summary, tags, notes and artifacts, as ``wandb sync`` would send them."""
-    from wandb.proto import wandb_internal_pb2 as pb
+    pb = require("wandb.proto.wandb_internal_pb2", extra="wandb", feature="reading a W&B offline run")
 
     path = Path(run_dir)
     if path.is_dir():
