@@ -61,6 +61,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.integrations.sarif",
     "sing_audit.integrations.model_card",
     "sing_audit.integrations.mlflow_reporter",
+    "sing_audit.integrations.wandb_reporter",
 )
 
 #: component kind -> hook name
