@@ -267,3 +267,15 @@ def test_a_failing_reporter_is_reported_once_on_the_terminal(tmp_path, monkeypat
         assert "no-such-project-4711" in log and "Traceback" in log  # the run log keeps everything
     finally:
         sys.modules.pop(module, None)
+
+
+def test_plugins_lists_a_command_with_its_help_line(tmp_path, monkeypatch, capsys):
+    module = _install(tmp_path, monkeypatch, GREETER)
+    try:
+        assert main(["plugins", "--json"]) == 0
+        listed = {(p["kind"], p["name"]): p for p in json.loads(capsys.readouterr().out)}
+        assert listed[("command", "greet")]["doc"] == "greet someone"
+        assert "sing-audit-cmds 0.3" in listed[("command", "greet")]["package"]
+        assert all(listed[("command", name)]["doc"] for name in ("attest", "keygen", "verify", "export"))
+    finally:
+        sys.modules.pop(module, None)

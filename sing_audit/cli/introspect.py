@@ -35,7 +35,7 @@ def cmd_plugins(args) -> int:
     from ..host import create_registry
 
     rows = [
-        {"kind": r.kind, "name": r.name, "package": r.package, "module": r.plugin, "doc": first_sentence(r.factory.__doc__)}
+        {"kind": r.kind, "name": r.name, "package": r.package, "module": r.plugin, "doc": first_sentence(r.factory.__doc__ or getattr(r.factory, "help", None))}
         for r in create_registry().all()
     ]
     if args.json:
