@@ -8,11 +8,14 @@ install — exit 2 before anything runs — and the rest of sing-audit works wit
 from __future__ import annotations
 
 import importlib
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from types import ModuleType
 
 from .errors import BadInputError
 
-__all__ = ["MissingExtraError", "install_hint", "require"]
+__all__ = ["MissingExtraError", "environment", "install_hint", "require"]
 
 
 class MissingExtraError(BadInputError):
@@ -43,3 +46,19 @@ def require(module: str, *, extra: str, feature: str) -> ModuleType:
             extra=extra,
             module=module,
         ) from exc
+
+
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set while the block runs, for a library configured
+    only through environment variables; every variable is put back (or removed) after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -279,3 +279,16 @@ def test_plugins_lists_a_command_with_its_help_line(tmp_path, monkeypatch, capsy
         assert all(listed[("command", name)]["doc"] for name in ("attest", "keygen", "verify", "export"))
     finally:
         sys.modules.pop(module, None)
+
+
+def test_environment_sets_variables_for_the_block_and_puts_every_one_back(monkeypatch):
+    import os
+
+    from sing_audit.extras import environment
+
+    monkeypatch.setenv("SA_ENV_KEPT", "before")
+    monkeypatch.delenv("SA_ENV_NEW", raising=False)
+    with pytest.raises(RuntimeError), environment({"SA_ENV_KEPT": "during", "SA_ENV_NEW": "x"}):
+        assert os.environ["SA_ENV_KEPT"] == "during" and os.environ["SA_ENV_NEW"] == "x"
+        raise RuntimeError("the block fails")
+    assert os.environ["SA_ENV_KEPT"] == "before" and "SA_ENV_NEW" not in os.environ

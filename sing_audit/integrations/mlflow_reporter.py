@@ -46,7 +46,7 @@ from pydantic import Field, field_validator
 
 from sing_audit.components import PluginOptions, Reporter
 from sing_audit.errors import SingAuditError, exception_summary
-from sing_audit.extras import require
+from sing_audit.extras import environment, require
 from sing_audit.hookspecs import hookimpl
 from sing_audit.store import atomic_write_text
 
@@ -276,16 +276,8 @@ def bounded_http(options: MlflowOptions) -> Iterator[None]:
         wanted["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(options.http_retries)
     if options.http_timeout is not None:
         wanted["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(options.http_timeout)
-    before = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
+    with environment(wanted):
         yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextmanager

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator
 
 from sing_audit.components import PluginOptions, Reporter
 from sing_audit.errors import SingAuditError, exception_summary
-from sing_audit.extras import require
+from sing_audit.extras import environment, require
 from sing_audit.hookspecs import hookimpl
 from sing_audit.integrations.mlflow_reporter import audit_metrics, metric_key_prefixes
 from sing_audit.store import atomic_write_text
@@ -124,16 +124,8 @@ def wandb_files_under(root: Path) -> Iterator[None]:
         "WANDB_DATA_DIR": os.environ.get("WANDB_DATA_DIR") or str(root / "wandb" / "data"),
         "WANDB_CACHE_DIR": os.environ.get("WANDB_CACHE_DIR") or str(root / "wandb" / "cache"),
     }
-    before = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
+    with environment(wanted):
         yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class WandbReporter(Reporter):
