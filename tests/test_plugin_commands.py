@@ -175,6 +175,7 @@ def test_a_publisher_runs_after_the_writers_with_its_options(tmp_path, monkeypat
         ({"formats": ["json"], "options": {"recordr": {}}}, "options for unknown format 'recordr'"),
         ({"formats": ["recorder"], "options": {"recorder": {"lable": "x"}}}, "lable"),
         ({"formats": ["csv"], "options": {"csv": {"x": 1}}}, "takes no options"),
+        ({"formats": ["recorder"], "options": {"recorder": {"plugin": "csv"}}}, "'plugin' is not an option"),
     ],
 )
 def test_bad_reporter_options_are_config_errors(tmp_path, monkeypatch, capsys, report, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -44,11 +45,13 @@ def create_reporter(
     the run's registry at hand (its report sections are looked up there). A reporter with
     an ``Options`` model gets ``options`` (``report.options.<fmt>``) validated by it; one
     without refuses any."""
-    from pathlib import Path
-
     reg = registry.reporters_by_format()[fmt]
-    context = BuildContext(registry, Path(base_dir) if base_dir is not None else Path.cwd(), source, f"report.options.{fmt}")
-    spec = ComponentSpec(plugin=reg.name, **dict(options or {}))
+    where = f"report.options.{fmt}"
+    options = dict(options or {})
+    if "plugin" in options:  # the format names the reporter
+        raise ConfigError(f"{source}: {where}: 'plugin' is not an option: the format {fmt!r} names its reporter")
+    context = BuildContext(registry, Path(base_dir) if base_dir is not None else Path.cwd(), source, where)
+    spec = ComponentSpec(plugin=reg.name, **options)
     try:
         reporter = create_component(context, "reporter", spec, fmt)
     except MissingExtraError as exc:  # named where the config asks for it
