@@ -32,24 +32,34 @@ from sing_audit.components import Reporter
 from sing_audit.hookspecs import hookimpl
 from sing_audit.store import atomic_write_text
 
-__all__ = ["JUnitReporter", "MarkdownReporter", "md_escape", "render_junit", "render_markdown", "xml_safe"]
+__all__ = [
+    "JUnitReporter",
+    "MarkdownReporter",
+    "fmt_interval",
+    "fmt_num",
+    "fmt_ratio",
+    "md_escape",
+    "render_junit",
+    "render_markdown",
+    "xml_safe",
+]
 
 log = logging.getLogger("sing_audit")
 
 # --------------------------------------------------------------------------- shared
 
 
-def _num(value, digits: int = 2, unit: str = "") -> str:
+def fmt_num(value, digits: int = 2, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
 
-def _interval(ci, digits: int = 2, unit: str = "") -> str:
+def fmt_interval(ci, digits: int = 2, unit: str = "") -> str:
     if ci is None or ci.low is None or ci.high is None:
         return "n/a"
     return f"{ci.low:.{digits}f}–{ci.high:.{digits}f}{unit}"
 
 
-def _ratio(m) -> str:
+def fmt_ratio(m) -> str:
     if m.is_as_ratio is None:
         return "undefined (no null space)" if m.null_dim == 0 else "undefined"
     ci = m.is_as_ratio_ci
@@ -111,8 +121,8 @@ def render_junit(result) -> str:
             ("target", m.target),
             ("rank_rule", m.rank_rule),
             ("null_dim", m.null_dim),
-            ("is_mean", _num(m.is_mean, 4)),
-            ("as_abs_mean", _num(m.as_abs_mean, 4)),
+            ("is_mean", fmt_num(m.is_mean, 4)),
+            ("as_abs_mean", fmt_num(m.as_abs_mean, 4)),
             ("is_as_ratio", "null" if m.is_as_ratio is None else f"{m.is_as_ratio:.4f}"),
             ("n_flagged", m.n_flagged),
             ("n_judged", m.n_judged),
@@ -150,9 +160,9 @@ def render_junit(result) -> str:
             case = _el(suite, "testcase", classname=suite_name, name=_class_case_name(c), time="0")
             counts["tests"] += 1
             figures = (
-                f"mean |AS| {_num(c.as_abs_mean, unit='°')} (95% CI {_interval(c.as_abs_ci, unit='°')}), "
-                f"mean AS {_num(c.as_mean, unit='°')}, AS contrast {_num(c.as_contrast, unit='°')}, "
-                f"mean IS {_num(c.is_mean, unit='°')}, {c.n} images"
+                f"mean |AS| {fmt_num(c.as_abs_mean, unit='°')} (95% CI {fmt_interval(c.as_abs_ci, unit='°')}), "
+                f"mean AS {fmt_num(c.as_mean, unit='°')}, AS contrast {fmt_num(c.as_contrast, unit='°')}, "
+                f"mean IS {fmt_num(c.is_mean, unit='°')}, {c.n} images"
             )
             if c.waived:
                 counts["skipped"] += 1
@@ -229,8 +239,8 @@ def render_markdown(result) -> str:
         name = md_escape(m.name) + (" (random weights)" if m.random_weights else "")
         null_dim = f"{m.null_dim} ({md_escape(m.rank_rule)})"
         lines.append(
-            f"| {name} | {md_escape(m.target)} | {null_dim} | {_num(m.is_mean, unit='°')} | "
-            f"{_num(m.as_abs_mean, unit='°')} | {_ratio(m)} | {flagged} | {_POLICY_CELL[m.outcome]} |"
+            f"| {name} | {md_escape(m.target)} | {null_dim} | {fmt_num(m.is_mean, unit='°')} | "
+            f"{fmt_num(m.as_abs_mean, unit='°')} | {fmt_ratio(m)} | {flagged} | {_POLICY_CELL[m.outcome]} |"
         )
     lines.append("")
     for m in result.models:
@@ -254,8 +264,8 @@ def render_markdown(result) -> str:
                 status = "flagged"
             lines.append(
                 f"| {md_escape(m.name)} @ {md_escape(m.target)} | {c.index} | {md_escape(c.name)} | "
-                f"{_num(c.as_abs_mean, unit='°')} | {_interval(c.as_abs_ci, unit='°')} | "
-                f"{_num(c.as_contrast, unit='°')} | {c.n} | {status} |"
+                f"{fmt_num(c.as_abs_mean, unit='°')} | {fmt_interval(c.as_abs_ci, unit='°')} | "
+                f"{fmt_num(c.as_contrast, unit='°')} | {c.n} | {status} |"
             )
     threshold = result.policy.get("as_threshold")
     rule = (

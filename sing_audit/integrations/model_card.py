@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from sing_audit import __version__
-from sing_audit.builtins.ci_reporters import md_escape
+from sing_audit.builtins.ci_reporters import fmt_interval, fmt_num, fmt_ratio, md_escape
 from sing_audit.commands import Command
 from sing_audit.errors import BadInputError
 from sing_audit.extras import require
@@ -50,23 +50,6 @@ METRICS: dict[str, tuple[str, str, str | None]] = {
     "sing-audit/flagged-classes": ("Flagged classes", "n_flagged", None),
     "sing-audit/judged-classes": ("Judged classes", "n_judged", None),
 }
-
-
-def _deg(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}°"
-
-
-def _ci(ci, unit: str = "°") -> str:
-    if ci is None or ci.low is None or ci.high is None:
-        return "n/a"
-    return f"{ci.low:.2f}–{ci.high:.2f}{unit}"
-
-
-def _ratio(m) -> str:
-    if m.is_as_ratio is None:
-        return "undefined (no null space)" if m.null_dim == 0 else "undefined"
-    ci = m.is_as_ratio_ci
-    return f"{m.is_as_ratio:.2f}" + ("" if ci.low is None or ci.high is None else f" [{ci.low:.2f}, {ci.high:.2f}]")
 
 
 def select_models(result, spec: str | None) -> list:
@@ -152,7 +135,7 @@ def _summary(models, result, dataset_name: str, verdict: str) -> str:
     )
     for m in models:
         text += (f"Against {m.target}, {m.n_flagged} of {m.n_judged} judged classes are flagged, with a mean |AS| "
-                 f"of {_deg(m.as_abs_mean)} and an IS/AS ratio of {_ratio(m)}. ")
+                 f"of {fmt_num(m.as_abs_mean, unit='°')} and an IS/AS ratio of {fmt_ratio(m)}. ")
     if flagged:
         text += "Flagged: " + ", ".join(dict.fromkeys(flagged)) + "."
     stamp = _random_stamp(models)
@@ -180,8 +163,9 @@ def render_model_card(result, models, eval_results, dataset_name: str, dataset_t
     for m in models:
         waived = f" (+{m.n_waived} waived)" if m.n_waived else ""
         lines.append(
-            f"| {e(m.target)} | {m.null_dim} ({e(m.rank_rule)}) | {_deg(m.is_mean)} | {_deg(m.as_abs_mean)} "
-            f"[{_ci(m.as_abs_ci)}] | {_ratio(m)} | {m.n_flagged} of {m.n_judged}{waived} |"
+            f"| {e(m.target)} | {m.null_dim} ({e(m.rank_rule)}) | {fmt_num(m.is_mean, unit='°')} | "
+            f"{fmt_num(m.as_abs_mean, unit='°')} [{fmt_interval(m.as_abs_ci, unit='°')}] | {fmt_ratio(m)} | "
+            f"{m.n_flagged} of {m.n_judged}{waived} |"
         )
     flagged = [(m, c) for m in models for c in m.classes if c.flagged]
     lines += ["", "### Flagged classes", ""]
@@ -191,7 +175,10 @@ def render_model_card(result, models, eval_results, dataset_name: str, dataset_t
             status = "flagged"
             if c.waived:
                 status = "waived: " + e(c.waiver_reason or "no reason given") + (f" (until {e(c.waiver_expires)})" if c.waiver_expires else "")
-            lines.append(f"| {e(m.target)} | {c.index} | {e(c.name)} | {_deg(c.as_abs_mean)} | {_ci(c.as_abs_ci)} | {c.n} | {status} |")
+            lines.append(
+                f"| {e(m.target)} | {c.index} | {e(c.name)} | {fmt_num(c.as_abs_mean, unit='°')} | "
+                f"{fmt_interval(c.as_abs_ci, unit='°')} | {c.n} | {status} |"
+            )
     else:
         lines.append("None: no class's mean \\|AS\\| is above the threshold with 95% confidence.")
     policy = result.policy
