@@ -13,7 +13,26 @@ import yaml
 from sing_audit.synthetic import make_scenario, write_scenario
 from sing_audit.testing import PIPELINE_POLICY, image_folder_audit, save_npz, synthetic_audit, write_config
 
-__all__ = ["PIPELINE_POLICY", "image_folder_audit", "save_npz", "write_config"]  # re-exported for the tests
+__all__ = ["PIPELINE_POLICY", "demo_config", "image_folder_audit", "save_npz", "write_config"]  # for the tests
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "synthetic"
+
+
+def demo_config(folder: Path, report: dict, **sections: dict) -> Path:
+    """``folder/audit.yaml``: the offline demo (its data read where it lies) writing into
+    ``folder/run`` with only ``null_removal``, the given ``report`` section, and each of
+    ``sections`` (``policy={...}``) merged into the demo's own."""
+    cfg = yaml.safe_load((DEMO / "audit.yaml").read_text(encoding="utf-8"))
+    for spec in [cfg["target"], *cfg["backbones"]]:
+        spec["path"] = str(DEMO / spec["path"])
+    cfg["output"] = str(folder / "run")
+    cfg["probes"] = ["null_removal"]
+    cfg["report"] = report
+    for key, value in sections.items():
+        cfg[key].update(value)
+    path = folder / "audit.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
 
 
 def pytest_configure(config):

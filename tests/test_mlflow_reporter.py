@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
@@ -28,7 +27,8 @@ from sing_audit.integrations.mlflow_reporter import (  # noqa: E402
 )
 from sing_audit.results import AuditResult  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "synthetic"
+from .conftest import demo_config  # noqa: E402
+
 LONG_NOTE = "n" * 9000  # over MLflow's 6000 characters of a param and 8000 of a tag
 
 
@@ -38,17 +38,8 @@ def _no_tracking_uri_from_outside(monkeypatch):
 
 
 def _config(tmp: Path, formats=("json", "html", "mlflow"), options=None, **overrides) -> Path:
-    cfg = yaml.safe_load((EXAMPLE / "audit.yaml").read_text(encoding="utf-8"))
-    for spec in [cfg["target"], *cfg["backbones"]]:
-        spec["path"] = str(EXAMPLE / spec["path"])
-    cfg["output"] = str(tmp / "run")
-    cfg["probes"] = ["null_removal"]
-    cfg["report"] = {"formats": list(formats), "options": {"mlflow": options} if options is not None else {}}
-    for key, value in overrides.items():
-        cfg[key].update(value)
-    path = tmp / "audit.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
+    report = {"formats": list(formats), "options": {"mlflow": options} if options is not None else {}}
+    return demo_config(tmp, report, **overrides)
 
 
 def _store(tmp: Path) -> dict:

@@ -11,13 +11,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sing_audit.cli import main, plugin_commands
 from sing_audit.errors import ConfigError
 from sing_audit.extras import MissingExtraError, require
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "synthetic"
+from .conftest import demo_config
+
 
 
 def _install(tmp_path: Path, monkeypatch, body: str) -> str:
@@ -137,15 +137,7 @@ RECORDER = """
 
 
 def _config(tmp_path: Path, report: dict) -> Path:
-    cfg = yaml.safe_load((EXAMPLE / "audit.yaml").read_text(encoding="utf-8"))
-    for spec in [cfg["target"], *cfg["backbones"]]:
-        spec["path"] = str(EXAMPLE / spec["path"])
-    cfg["output"] = str(tmp_path / "run")
-    cfg["probes"] = ["null_removal"]
-    cfg["report"] = report
-    path = tmp_path / "audit.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
+    return demo_config(tmp_path, report)
 
 
 def test_a_publisher_runs_after_the_writers_with_its_options(tmp_path, monkeypatch):

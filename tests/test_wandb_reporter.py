@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 wandb = pytest.importorskip("wandb")
 
@@ -19,7 +18,8 @@ from sing_audit.cli import main  # noqa: E402
 from sing_audit.integrations.wandb_reporter import OfflineRunError, read_offline_run  # noqa: E402
 from sing_audit.results import AuditResult  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "synthetic"
+from .conftest import demo_config  # noqa: E402
+
 SECRET = "sentinel-wandb-key-0123456789abcdef0123456789abcdef"  # 40+ chars, like a real key
 
 
@@ -37,17 +37,8 @@ def _offline(monkeypatch):
 
 
 def _config(tmp: Path, formats=("json", "html", "wandb"), options=None, **overrides) -> Path:
-    cfg = yaml.safe_load((EXAMPLE / "audit.yaml").read_text(encoding="utf-8"))
-    for spec in [cfg["target"], *cfg["backbones"]]:
-        spec["path"] = str(EXAMPLE / spec["path"])
-    cfg["output"] = str(tmp / "run")
-    cfg["probes"] = ["null_removal"]
-    cfg["report"] = {"formats": list(formats), "options": {"wandb": options} if options is not None else {}}
-    for key, value in overrides.items():
-        cfg[key].update(value)
-    path = tmp / "audit.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
+    report = {"formats": list(formats), "options": {"wandb": options} if options is not None else {}}
+    return demo_config(tmp, report, **overrides)
 
 
 def _result(run: Path) -> AuditResult:
