@@ -8,19 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
 
+from .test_plugin_docs import code_blocks, run_python_block
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "integrations.md"
-FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.S | re.M)
-
-
-def code_blocks(text: str) -> list[tuple[str, int, str]]:
-    """``(language, first line number of the code, code)`` of every fenced block."""
-    return [(m.group(1), text.count("\n", 0, m.start(2)) + 1, m.group(2)) for m in FENCE.finditer(text)]
 
 
 INTEGRATIONS = ("MLflow", "Weights & Biases", "Model card", "SARIF code scanning", "Signed attestation")
@@ -61,7 +56,6 @@ def test_docs_examples_run(tmp_path, monkeypatch):
         env.pop(key)
     monkeypatch.setattr(os, "environ", env)
     text = DOCS.read_text(encoding="utf-8")
-    lines = text.splitlines()
     namespace: dict = {"__name__": "docs_integrations"}
     for lang, start, code in code_blocks(text):
         if lang == "bash":
@@ -75,11 +69,4 @@ def test_docs_examples_run(tmp_path, monkeypatch):
                     f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
                 )
         elif lang == "python":
-            try:
-                exec(compile(code, f"{DOCS}:{start}", "exec"), namespace)  # noqa: S102 - the docs are ours
-            except Exception:  # noqa: BLE001 - reported with the line of the page that failed
-                where = start
-                for frame in traceback.extract_tb(sys.exc_info()[2]):
-                    if frame.filename == f"{DOCS}:{start}":
-                        where = start + (frame.lineno or 1) - 1
-                pytest.fail(f"docs/integrations.md line {where} fails: {lines[where - 1].strip()}\n{traceback.format_exc()}")
+            run_python_block(DOCS, start, code, namespace)

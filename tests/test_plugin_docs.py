@@ -48,6 +48,20 @@ def hook_names() -> list[str]:
 # --------------------------------------------------------------------------- markdown
 
 
+def run_python_block(page: Path, start: int, code: str, namespace: dict) -> None:
+    """Run one ``python`` block of a docs page in ``namespace``; a failure names the
+    page's line that failed (``docs/plugins.md line 42 fails: ...``)."""
+    try:
+        exec(compile(code, f"{page}:{start}", "exec"), namespace)  # noqa: S102 - the docs are ours
+    except Exception:  # noqa: BLE001 - reported with the line of the page that failed
+        where = start
+        for frame in traceback.extract_tb(sys.exc_info()[2]):
+            if frame.filename == f"{page}:{start}":
+                where = start + (frame.lineno or 1) - 1
+        line = page.read_text(encoding="utf-8").splitlines()[where - 1].strip()
+        pytest.fail(f"docs/{page.name} line {where} fails: {line}\n{traceback.format_exc()}")
+
+
 def code_blocks(text: str) -> list[tuple[str, int, str]]:
     """``(language, first line number, code)`` of every fenced block."""
     blocks, lang, start, lines = [], None, 0, []
@@ -181,12 +195,4 @@ def test_docs_examples_run(tmp_path, monkeypatch):
     assert len(blocks) >= len(hook_names())
     namespace: dict = {"__name__": "docs_plugins"}
     for start, code in blocks:
-        try:
-            exec(compile(code, f"{DOCS}:{start}", "exec"), namespace)  # noqa: S102 - the docs are ours
-        except Exception:  # noqa: BLE001 - reported with the line of the page that failed
-            where = start
-            for frame in traceback.extract_tb(sys.exc_info()[2]):
-                if frame.filename == f"{DOCS}:{start}":
-                    where = start + (frame.lineno or 1) - 1
-            line = DOCS.read_text(encoding="utf-8").splitlines()[where - 1].strip()
-            pytest.fail(f"docs/plugins.md line {where} fails: {line}\n{traceback.format_exc()}")
+        run_python_block(DOCS, start, code, namespace)
