@@ -10,7 +10,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import DataError
 
@@ -75,8 +75,12 @@ class ImageDataset(abc.ABC):
         return open_image(record, max_image_pixels=self.max_image_pixels, formats=self.image_formats)
 
 
-def open_image(record: ImageRecord, *, max_image_pixels: int | None = None, formats: Sequence[str] | None = None):
+def open_image(record: ImageRecord, *, max_image_pixels: int | None = None, formats: Sequence[str] | None = None,
+               fp: BinaryIO | None = None):
     """Open one image file as an RGB ``PIL.Image``; raise :class:`DataError` if unreadable.
+
+    ``fp``: the image's bytes as a file object (a member of a tar shard, a cell of a
+    table) instead of the file ``record.path``; the same checks apply.
 
     Unreadable means missing, corrupt, truncated (always, whatever another library did
     to Pillow's process-wide settings: see :func:`_refuse_truncated_images`), larger than
@@ -92,7 +96,7 @@ def open_image(record: ImageRecord, *, max_image_pixels: int | None = None, form
     if limit is not None:
         _let_pillow_decode(limit)
     try:
-        with Image.open(record.path, formats=list(formats) if formats is not None else None) as img:
+        with Image.open(record.path if fp is None else fp, formats=list(formats) if formats is not None else None) as img:
             if limit is not None and img.width * img.height > limit:
                 raise DataError(_too_large(record, img.width * img.height, limit, "the dataset's max_image_pixels", img.size))
             img.load()

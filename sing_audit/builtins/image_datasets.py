@@ -19,6 +19,8 @@ from .mapping_files import load_mapping_file
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
+    "LabelledImageOptions",
+    "normalize_extensions",
     "pillow_formats",
     "ImageFolderDataset",
     "ImageListDataset",
@@ -59,9 +61,24 @@ def pillow_formats(extensions: list[str]) -> tuple[str, ...] | None:
     return tuple(formats)  # (multi-picture JPEGs from phone cameras open through "JPEG")
 
 
-class _ImageOptions(PluginOptions):
+def normalize_extensions(v: list[str]) -> list[str]:
+    """Extensions (or webdataset keys) lower-cased, without dots, each once; at least one."""
+    out = []
+    for e in v:
+        e = e.strip().lower().lstrip(".")
+        if not e:
+            raise ValueError("extensions must not be empty strings")
+        if e not in out:
+            out.append(e)
+    if not out:
+        raise ValueError("give at least one image extension")
+    return out
+
+
+class LabelledImageOptions(PluginOptions):
+    """The options every image dataset shares: labels, class mappings, bad images."""
+
     limit_per_class: int | None = Field(None, ge=1, description="keep the first N images of each class")
-    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     class_map: dict[str, int] | Path | None = Field(None, description="label -> head index, or a JSON/YAML/CSV file")
     class_names: dict[str, str] | Path | None = Field(None, description="label -> readable name, or a file")
     on_bad_image: Literal["fail", "skip"] = "fail"
@@ -74,19 +91,14 @@ class _ImageOptions(PluginOptions):
     )
     base_dir: Path | None = Field(None, description="folder relative paths start from (set by the host)")
 
+
+class _ImageOptions(LabelledImageOptions):
+    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+
     @field_validator("extensions")
     @classmethod
     def _norm_extensions(cls, v: list[str]) -> list[str]:
-        out = []
-        for e in v:
-            e = e.strip().lower().lstrip(".")
-            if not e:
-                raise ValueError("extensions must not be empty strings")
-            if e not in out:
-                out.append(e)
-        if not out:
-            raise ValueError("give at least one image extension")
-        return out
+        return normalize_extensions(v)
 
 
 class _BaseImageDataset(ImageDataset):
@@ -100,12 +112,17 @@ class _BaseImageDataset(ImageDataset):
         self.options = options
         self.on_bad_image = options.on_bad_image
         self.max_image_pixels = options.max_image_pixels
-        self.image_formats = pillow_formats(options.extensions)
+        self.image_formats = pillow_formats(self.image_extensions)
         self._records: list[ImageRecord] | None = None
         self._class_map: dict[str, int] | None = None
         self._class_names: dict[str, str] | None = None
         self._maps_loaded = False
         self._description: dict[str, Any] | None = None
+
+    @property
+    def image_extensions(self) -> list[str]:
+        """The extensions (file suffixes, webdataset keys) images are read from."""
+        return list(self.options.extensions)
 
     # ---------------------------------------------------------------- mappings
 
@@ -132,7 +149,7 @@ class _BaseImageDataset(ImageDataset):
         return None if self._class_names is None else dict(self._class_names)
 
     def _has_extension(self, path: Path | PurePosixPath) -> bool:
-        return path.suffix.lower().lstrip(".") in self.options.extensions
+        return path.suffix.lower().lstrip(".") in self.image_extensions
 
     # ---------------------------------------------------------------- records
 
@@ -151,7 +168,7 @@ class _BaseImageDataset(ImageDataset):
             records = self.records()
         if not records:
             raise DataError(f"dataset {self.root} holds no images (looked for extensions: "
-                            f"{', '.join(self.options.extensions)})", field=self.listing_field)
+                            f"{', '.join(self.image_extensions)})", field=self.listing_field)
 
     def _scan(self) -> list[ImageRecord]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -190,7 +207,7 @@ class _BaseImageDataset(ImageDataset):
         self._load_maps()
         out = {
             "limit_per_class": self.options.limit_per_class,
-            "extensions": list(self.options.extensions),
+            "extensions": list(self.image_extensions),
             "class_map": self._class_map,
             "class_names": self._class_names,
             "on_bad_image": self.options.on_bad_image,
@@ -204,21 +221,25 @@ class _BaseImageDataset(ImageDataset):
     def describe(self) -> dict[str, Any]:
         if self._description is None:
             records = self.records()
-            h = hashlib.sha256()
-            for r in records:
-                h.update(json.dumps([r.image_id, r.label, self._file_hash(r)], ensure_ascii=False).encode("utf-8"))
-                h.update(b"\n")
             desc = {
                 "plugin": self.plugin_name,
                 "root": str(self.root),
                 "options": self._options_description(),
                 "num_images": len(records),
                 "num_labels": len(self.labels()),
-                "digest": f"sha256:{h.hexdigest()}",
+                "digest": f"sha256:{self._digest(records)}",
             }
             desc.update(self._extra_description())
             self._description = desc
         return json.loads(json.dumps(self._description))
+
+    def _digest(self, records: list[ImageRecord]) -> str:
+        """The hex SHA-256 of what the images are: each record's id, label and content."""
+        h = hashlib.sha256()
+        for r in records:
+            h.update(json.dumps([r.image_id, r.label, self._file_hash(r)], ensure_ascii=False).encode("utf-8"))
+            h.update(b"\n")
+        return h.hexdigest()
 
     def _extra_description(self) -> dict[str, Any]:
         return {}
