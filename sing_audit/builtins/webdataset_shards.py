@@ -297,9 +297,13 @@ class WebDatasetShards(_BaseImageDataset):
 
     @staticmethod
     def _check_trailer(shard: Path, fh, tar: tarfile.TarFile, size: int) -> None:
-        """After the last member only zeros may follow: :mod:`tarfile` ends the listing
-        silently at a damaged header, which would drop the rest of the shard's images."""
+        """After the last member comes tar's end-of-archive marker (zero blocks), and only
+        zeros: :mod:`tarfile` ends the listing silently at a damaged header or at the end
+        of a file cut after a member, which would drop the rest of the shard's images."""
         offset = tar.offset
+        if size - offset < tarfile.BLOCKSIZE:
+            raise DataError(f"shard {shard} is truncated: it ends at byte {size:,} without tar's end-of-archive marker; "
+                            "copy or rebuild the shard", field="shards")
         fh.seek(offset)
         while True:
             chunk = fh.read(_CHUNK)
