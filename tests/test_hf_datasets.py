@@ -70,7 +70,7 @@ def folder_run(tmp_path_factory, image_root):
 
 
 @pytest.mark.parametrize("layout", ["disk", "parquet", "imagefolder"])
-def test_an_hf_audit_equals_the_image_folder_audit(tmp_path, image_root, folder_run, layout):
+def test_an_hf_audit_equals_the_image_folder_audit(tmp_path, image_root, folder_run, layout, monkeypatch):
     if layout == "disk":
         hf_dataset(image_root).save_to_disk(str(tmp_path / "hf"))
         options = {"path": "hf", "id_column": "id"}
@@ -82,6 +82,9 @@ def test_an_hf_audit_equals_the_image_folder_audit(tmp_path, image_root, folder_
         options = {"path": os.path.relpath(image_root, tmp_path)}
     cfg = hf_audit(tmp_path, image_root, **options)
     code, reference = folder_run
+    import socket
+
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail(f"network: {a}"))  # local data, no hub
     assert main(["run", str(cfg)]) == code
     np.testing.assert_array_equal(features(tmp_path / "out"), features(reference))
     assert results(tmp_path / "out") == results(reference)
@@ -196,3 +199,20 @@ def test_without_the_library_the_extra_is_named(tmp_path, image_root, monkeypatc
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     assert main(["validate", str(cfg)]) == 2
     assert "pip install 'sing-audit[hf-datasets]'" in capsys.readouterr().err
+
+
+def test_plain_labels_with_labels_index_must_be_integers(tmp_path, image_root):
+    ds = hf_dataset(image_root).cast_column("label", datasets.Value("int64"))
+    ds.save_to_disk(str(tmp_path / "ints"))
+    hf = dataset(tmp_path / "ints", labels="index", id_column="id")
+    assert hf.class_map() == {"0": 0, "1": 1, "2": 2} and hf.class_names() is None  # no ClassLabel: no names
+    ds.map(lambda row: {"id": row["id"], "synset": row["id"].split("/")[0]}).save_to_disk(str(tmp_path / "text"))
+    with pytest.raises(DataError, match=r"label 'n01440764' in column 'synset' is not a head index.*labels: key"):
+        dataset(tmp_path / "text", labels="index", label_column="synset", id_column="id").records()
+
+
+def test_duplicate_ids_are_refused(tmp_path, image_root):
+    ds = hf_dataset(image_root)
+    ds.map(lambda row: {"id": "same"}).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(DataError, match=r"image id 'same' occurs twice in 'id'"):
+        dataset(tmp_path / "hf", id_column="id").records()

@@ -315,3 +315,11 @@ def test_without_the_library_the_extra_is_named(tmp_path, image_root, monkeypatc
     monkeypatch.setitem(sys.modules, "webdataset.tariterators", None)  # as if not installed
     assert main(["validate", str(cfg)]) == 2
     assert "pip install 'sing-audit[webdataset]'" in capsys.readouterr().err
+
+
+def test_a_label_member_that_is_no_label_is_refused(tmp_path, image_root):
+    image = (image_root / image_files(image_root)[0]).read_bytes()
+    with pytest.raises(DataError, match=r"label of sample 'a/big' .* is 5,000 bytes, not a label; set label_key"):
+        _one_shard(tmp_path, image, ("a/big.png", image, {}), ("a/big.cls", b"x" * 5000, {})).records()
+    with pytest.raises(DataError, match=r"label of sample 'a/bin' .* is not UTF-8 text"):
+        _one_shard(tmp_path, image, ("a/bin.png", image, {}), ("a/bin.cls", b"\xff\xfe", {})).records()
