@@ -225,7 +225,9 @@ class HfDataset(_BaseImageDataset):
         data = ds.with_format("arrow")[:]  # the indices mapping applied; the memory map read lazily
         n = len(ds)
         column = data.column(image)
-        image_paths = column.combine_chunks().field("path").to_pylist() if _is_image_struct(column) else None
+        # chunk by chunk: combining the chunks would copy every image's bytes into memory
+        image_paths = [p for chunk in column.chunks for p in chunk.field("path").to_pylist()] \
+            if _is_image_struct(column) else None
         id_values = data.column(self.options.id_column).to_pylist() if self.options.id_column in names else None
         ids = self._ids(names, id_values, image_paths, n)
         labels = self._labels_of(ds.features, label, data.column(label).to_pylist() if label else [None] * n)
