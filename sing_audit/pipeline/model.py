@@ -107,7 +107,7 @@ def _head_subspaces(store: ArrayStore, ns, head: LinearHead, label: str) -> Head
     in the store by the weight's bytes (a c×m SVD in float64 costs seconds; a rerun with
     nothing changed reads it back)."""
     weight = np.ascontiguousarray(head.weight)
-    params = {"rule": ns.rule, "rtol": ns.rtol, "weight_eps": head.weight_eps, "keep": ns.keep, "rank": ns.rank, "null_fraction": ns.null_fraction}
+    params = {"rule": ns.rule, "rtol": ns.rtol, "atol": ns.atol, "weight_eps": head.weight_eps, "keep": ns.keep, "rank": ns.rank, "null_fraction": ns.null_fraction}
     key = content_key("subspaces", hashlib.sha256(weight.tobytes()).hexdigest(), weight.dtype.str, weight.shape, params)
     hit = store.load("subspaces", key, mmap=False)
     if hit is not None:
@@ -115,17 +115,18 @@ def _head_subspaces(store: ArrayStore, ns, head: LinearHead, label: str) -> Head
         return HeadSubspaces(
             principal=arrays["principal"], null=arrays["null"], singular_values=arrays["singular_values"],
             rule=meta["rule"], rank=int(meta["rank"]), tolerance=meta["tolerance"],
+            exact=bool(meta["exact"]), cut=meta["cut"],
         )
     try:
         sub = split_head(
-            head.weight, ns.rule, rtol=ns.rtol, weight_eps=head.weight_eps, keep=ns.keep, rank=ns.rank,
+            head.weight, ns.rule, rtol=ns.rtol, atol=ns.atol, weight_eps=head.weight_eps, keep=ns.keep, rank=ns.rank,
             null_fraction=ns.null_fraction,
         )
     except ValueError as exc:
         raise ConfigError(f"nullspace: {label}: {exc}") from exc
     store.save(
         "subspaces", key, {"principal": sub.principal, "null": sub.null, "singular_values": sub.singular_values},
-        {"rule": sub.rule, "rank": sub.rank, "tolerance": sub.tolerance},
+        {"rule": sub.rule, "rank": sub.rank, "tolerance": sub.tolerance, "exact": sub.exact, "cut": sub.cut},
     )
     return sub
 
