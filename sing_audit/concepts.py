@@ -105,6 +105,11 @@ class ConceptSet(abc.ABC):
         """``sha256:`` of the ordered list (see :func:`concept_digest`)."""
         return concept_digest(self.concepts())
 
+    def embeddings(self):
+        """K×n text embeddings of :meth:`concepts`, row for row, when the set brings its own
+        (a file of embeddings); ``None`` (the default): the target's text encoder embeds them."""
+        return None
+
     def describe(self) -> dict:
         """``{"name", "version", "digest", "size"}`` as recorded in results."""
         items = self.concepts()

@@ -25,7 +25,12 @@ Summary (``results.json`` → ``models[i].probes.concepts``)::
     {"sets": [{"name", "version", "digest", "size"}, ...],
      "per_class": {class_name: [{"concept", "as", "angle"}, ...]},   # top_k by |as|
      "model_top": [{"concept", "as", "abs_as"}, ...],                # top_k by abs_as
-     "templates": [...] | None, "embeddings": "text_encoder" | "precomputed", "n_concepts": K}
+     "templates": [...] | None, "embeddings": "text_encoder" | "precomputed" | "file" | "…+file",
+     "n_concepts": K}
+
+A set that brings its own embeddings (``{plugin: embedding_file, path: X.npz}``, e.g. the
+SING authors' attribute file) is used as it is with any target: its vectors are checked
+against the target's dimension, and its descriptor in ``sets`` records the file and sha256.
 """
 
 from __future__ import annotations
@@ -211,6 +216,12 @@ class ConceptsProbe(Probe):
                     "digest": concept_digest(concepts),
                     "size": len(concepts),
                 }
+            elif _own_embeddings(s) is not None:
+                descriptors.append(s.describe())
+                for c, row in zip(s.concepts(), _own_embeddings(s)):
+                    names.append(c)
+                    rows.append(row)
+                continue
             else:
                 concepts = s.concepts()
                 missing = [c for c in concepts if normalize_concept(c).casefold() not in lookup]
@@ -227,9 +238,8 @@ class ConceptsProbe(Probe):
             descriptors.append(desc)
             for c in concepts:
                 names.append(c)
-                rows.append(lookup[normalize_concept(c).casefold()])
-        assert file_emb is not None or not rows
-        emb = file_emb[np.asarray(rows, dtype=np.int64)] if rows else np.zeros((0, ctx.translated.shape[1]))
+                rows.append(file_emb[lookup[normalize_concept(c).casefold()]])  # type: ignore[index]
+        emb = np.stack(rows) if rows else np.zeros((0, ctx.translated.shape[1]))
         return descriptors, names, emb
 
     def _encoded(self, ctx: ProbeContext, names: list[str], templates: list[str]) -> np.ndarray:
@@ -244,6 +254,22 @@ class ConceptsProbe(Probe):
             raise DataError(f"concepts probe: target {ctx.target_name!r} cannot embed the concepts: {exc}") from exc
         self._text_cache[key] = emb
         return emb
+
+    def _check_own(self, ctx: ProbeContext) -> None:
+        """A set bringing its own embeddings must match the target's dimension (checked per
+        set, so the error names the file)."""
+        n_dim = ctx.translated.shape[1]
+        for s in self.sets:
+            own = _own_embeddings(s)
+            if own is None:
+                continue
+            if own.ndim != 2 or own.shape != (len(s.concepts()), n_dim):
+                where = getattr(s, "path", s.name)
+                raise DataError(
+                    f"concepts probe: concept set {s.name!r} ({where}) has embeddings of shape {own.shape}, but target "
+                    f"{ctx.target_name!r} embeds in {n_dim} dimensions: the file must hold vectors of the target's "
+                    "own space (e.g. the SING authors' files are CLIP ViT-L/14, 768-d: the karlo target)"
+                )
 
     def _text_encoder(self, ctx: ProbeContext) -> tuple[list[dict], list[str], list[str]]:
         if any(isinstance(s, _PrecomputedSet) for s in self.sets):
@@ -261,11 +287,16 @@ class ConceptsProbe(Probe):
 
     def run(self, ctx: ProbeContext) -> ProbeOutput:
         precomputed = isinstance(ctx.target, EmbeddingTarget)
+        self._check_own(ctx)
+        own_sets = [s for s in self.sets if _own_embeddings(s) is not None]
         if precomputed:
             descriptors, names, emb = self._precomputed(ctx)
             templates = None
         else:
             descriptors, names, templates = self._text_encoder(ctx)
+            # rows the sets bring themselves, in the order of names (None: to be encoded)
+            given = [row for s in self.sets for row in (
+                _own_embeddings(s) if _own_embeddings(s) is not None else [None] * len(s.concepts()))]
         # one column per distinct concept (sets may share concepts: the first keeps it)
         keep: dict[str, int] = {}
         for i, c in enumerate(names):
@@ -280,7 +311,16 @@ class ConceptsProbe(Probe):
         if precomputed:
             emb = emb[index]
         else:
-            emb = self._encoded(ctx, names, templates)  # type: ignore[arg-type]
+            given = [given[i] for i in index]
+            todo = [j for j, g in enumerate(given) if g is None]
+            emb = np.zeros((len(names), ctx.translated.shape[1]))
+            if todo:
+                emb[todo] = self._encoded(ctx, [names[j] for j in todo], templates)  # type: ignore[arg-type]
+            for j, g in enumerate(given):
+                if g is not None:
+                    emb[j] = g
+            if not todo:
+                templates = None  # no prompt was encoded: no template was used
         emb = np.asarray(emb, dtype=np.float64)
         n_dim = ctx.translated.shape[1]
         if emb.ndim != 2 or emb.shape != (len(names), n_dim):
@@ -330,7 +370,7 @@ class ConceptsProbe(Probe):
             per_class=per_class,
             model_top=model_top,
             templates=templates,
-            embeddings="precomputed" if precomputed else "text_encoder",
+            embeddings=_embeddings_source(precomputed, len(own_sets), len(self.sets)),
             n_concepts=len(names),
         )
         per_image: dict[str, np.ndarray] = {}
@@ -339,6 +379,24 @@ class ConceptsProbe(Probe):
             top_names[top_as == 0] = ""
             per_image = {"top_concept": top_names, "top_concept_as": top_as}
         return ProbeOutput(per_image=per_image, summary=summary)
+
+
+def _own_embeddings(s) -> np.ndarray | None:
+    """The K×n embeddings a concept set brings itself (:meth:`ConceptSet.embeddings`), or None."""
+    get = getattr(s, "embeddings", None)
+    if isinstance(s, _PrecomputedSet) or not callable(get):
+        return None
+    own = get()
+    return None if own is None else np.asarray(own, dtype=np.float64)
+
+
+def _embeddings_source(precomputed: bool, own: int, total: int) -> str:
+    """``text_encoder``, ``precomputed``, ``file`` (every set brought its own embeddings) or
+    a mix such as ``text_encoder+file``."""
+    base = "precomputed" if precomputed else "text_encoder"
+    if own == 0:
+        return base
+    return "file" if own == total else f"{base}+file"
 
 
 def _encode_text(target: Target, prompts) -> np.ndarray:
