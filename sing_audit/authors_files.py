@@ -26,7 +26,7 @@ import numpy as np
 
 from sing_audit.errors import DataError
 
-__all__ = ["NamesUnpickler", "read_npz", "read_embedding_table", "file_sha256"]
+__all__ = ["NamesUnpickler", "read_npz", "read_embedding_table", "read_class_prompt_embeddings", "file_sha256"]
 
 # ``np.ndarray.__reduce__`` names the reconstructor of the running numpy; files written by
 # numpy 1.x name it ``numpy.core.multiarray``, by numpy 2.x ``numpy._core.multiarray``
@@ -179,3 +179,119 @@ def read_embedding_table(path: Path | str, column: str | None = None) -> tuple[l
         raise DataError(f"{path}: {len(names)} names but {vec.shape[0]} rows of {vec_key}")
     info = {"file": str(path), "sha256": file_sha256(path), "column": chosen, "names_key": names_key, "vectors_key": vec_key}
     return names, np.asarray(vec, dtype=np.float64), info
+
+
+def _safetensors_rows(path: Path) -> tuple[list[str], np.ndarray]:
+    """``(keys, K×n)`` of a safetensors file: a K×n ``embeddings`` tensor with the names as
+    a JSON list in the header metadata (``class_names`` or ``names``, the precomputed
+    target's layout), or else one 1-D tensor per class, keyed by class name or index."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as .safetensors ({exc})") from exc
+    names_key = next((k for k in ("class_names", "names") if k in meta), None)
+    if names_key is not None and "embeddings" in tensors:
+        try:
+            names = json.loads(meta[names_key])
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: header metadata {names_key!r} is not a JSON list") from exc
+        vec = np.asarray(tensors["embeddings"])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{path}: header metadata {names_key!r} must be a JSON list of strings")
+        if vec.ndim != 2 or vec.shape[0] != len(names):
+            raise DataError(f"{path}: embeddings of shape {vec.shape} for {len(names)} names")
+        return names, vec.astype(np.float64)
+    keys = list(tensors)
+    bad = [k for k in keys if tensors[k].ndim != 1]
+    if bad:
+        raise DataError(
+            f"{path}: needs an 'embeddings' tensor with class_names in the header metadata, or one 1-D tensor per "
+            f"class; {bad[0]!r} has shape {tensors[bad[0]].shape}"
+        )
+    dims = {tensors[k].shape[0] for k in keys}
+    if len(dims) != 1:
+        raise DataError(f"{path}: the class embeddings have lengths {sorted(dims)}, not one length")
+    return keys, np.stack([np.asarray(tensors[k], dtype=np.float64) for k in keys])
+
+
+def read_class_prompt_embeddings(
+    path: Path | str, class_names: list[str], column: str | None = None
+) -> tuple[np.ndarray, dict]:
+    """c×n class prompt embeddings from a file, one row per audit class, matched by key.
+
+    - ``.npz``: names (``names`` / ``classes`` / ``class_names`` / ``concept_names``, a ``U``
+      array or an object array of strings read without pickle) and vectors (K×n, or K×P×n
+      with ``prompts`` naming the P columns; ``column`` default ``mean``);
+    - ``.safetensors``: an ``embeddings`` tensor (K×n) with ``class_names`` as a JSON list
+      in the header metadata (the precomputed target's layout), or one 1-D tensor per
+      class, its key the class name (or head index).
+
+    A key matches a class by its name (whitespace-normalised, case-insensitive), or by its
+    head index written as a decimal (``"0"``, ``"17"``): never by its position in the file.
+    Every class must match exactly one row; rows for other classes are ignored (and
+    counted). ``info``: ``{"source": "file", "file", "sha256", "column", "matched_by",
+    "rows", "unused"}``.
+
+    :raises DataError: a class without a row, a class two rows match, a duplicate key.
+    """
+    from sing_audit.concepts import normalize_concept
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"class prompt embeddings not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        keys, vectors, info = read_embedding_table(path, column)
+        chosen = info["column"]
+    elif suffix == ".safetensors":
+        if column is not None:
+            raise DataError(f"{path}: a .safetensors file has no prompt columns (drop column: {column})")
+        keys, vectors = _safetensors_rows(path)
+        chosen = None
+    else:
+        raise DataError(f"{path}: class prompt embeddings must be .npz or .safetensors, not {path.suffix or 'no suffix'}")
+    seen: dict[str, int] = {}
+    for j, k in enumerate(keys):
+        key = normalize_concept(k).casefold()
+        if key in seen:
+            raise DataError(f"{path}: key {k!r} appears twice (rows {seen[key]} and {j}); each class needs one row")
+        seen[key] = j
+    names = [normalize_concept(str(n)).casefold() for n in class_names]
+    dupes = {n for n in names if names.count(n) > 1}
+    rows, by_name, by_index, missing = [], 0, 0, []
+    for i, n in enumerate(names):
+        j_name = seen.get(n) if n not in dupes else None
+        j_index = seen.get(str(i))
+        if j_name is not None and j_index is not None and j_name != j_index:
+            raise DataError(
+                f"{path}: class {i} ({class_names[i]!r}) matches two rows, by name ({keys[j_name]!r}) and by "
+                f"index ({keys[j_index]!r}); keep one"
+            )
+        j = j_name if j_name is not None else j_index
+        if j is None:
+            missing.append(f"{i} {class_names[i]!r}" + (" (its name is not unique: key it by index)" if n in dupes else ""))
+            continue
+        by_name += j == j_name
+        by_index += j != j_name
+        rows.append(j)
+    if missing:
+        raise DataError(
+            f"{path}: no embedding for {len(missing)} of {len(names)} classes, e.g. {', '.join(missing[:3])}; "
+            f"rows are matched by class name or head index, and the file's keys are e.g. "
+            f"{', '.join(repr(k) for k in keys[:3])}"
+        )
+    emb = vectors[np.asarray(rows, dtype=np.int64)]
+    bad = np.flatnonzero(~np.isfinite(emb).all(axis=1) | (np.linalg.norm(emb, axis=1) == 0))
+    if bad.size:
+        raise DataError(f"{path}: the embedding of class {class_names[int(bad[0])]!r} is zero or not finite")
+    matched = "name" if by_index == 0 else "index" if by_name == 0 else "name and index"
+    return emb, {
+        "source": "file", "file": str(path), "sha256": file_sha256(path), "column": chosen, "matched_by": matched,
+        "rows": len(keys), "unused": len(keys) - len(set(rows)),
+    }

@@ -139,6 +139,11 @@ class ModelResult(_Result):
         "the noise floor); false: an approximate null space, read logit_drift; None in results that predate it",
     )
     rank: int
+    class_prompts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="where the class prompt text embeddings came from: {source: templates, templates}, "
+        "{source: file, file, sha256, column, matched_by, rows, unused} or {source: precomputed}",
+    )
     null_dim: int
     num_features: int
     num_classes: int

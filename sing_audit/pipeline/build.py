@@ -83,6 +83,7 @@ def build_model_result(fsrc: FeatureSource, esrc: EmbeddingSource, mi: ModelInpu
         random_weights_parts=random_parts,
         rank_rule=sub.label,
         null_exact=sub.exact,
+        class_prompts=mi.class_prompts,
         rank=sub.rank,
         null_dim=sub.null_dim,
         num_features=sub.num_features,
