@@ -200,3 +200,81 @@ def test_the_probe_refuses_vectors_of_another_dimension(tmp_path):
     probe = ConceptsProbe(ConceptsProbe.Options(sets=[{"plugin": "embedding_file", "path": "own.npz"}], base_dir=tmp_path))
     with pytest.raises(DataError, match=r"own\.npz.*embeds in 8 dimensions"):
         probe.run(_context(case, _FakeTextTarget(len(case["t"]))))
+
+
+# --------------------------------------------------------------------------- the SING authors' dictionary ranking
+
+
+def test_authors_dcos_is_the_change_of_cosine_and_opposite_in_sign_to_as():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sing_audit.concepts import ConceptAccumulator
+    from sing_audit.scores import angle_matrix, unit_rows
+
+    @settings(max_examples=30, deadline=None, database=None)
+    @given(seed=st.integers(0, 2**32 - 1))
+    def check(seed):
+        rng = np.random.default_rng(seed)
+        n, d, k, c = 23, 5, 7, 3
+        t_f, t_r, concepts = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(k, d))
+        labels = rng.integers(0, c, size=n)
+        acc = ConceptAccumulator(concepts, c)
+        as_ = acc.add(t_f, t_r, labels)
+        res = acc.result()
+        dcos = unit_rows(t_f) @ unit_rows(concepts).T - unit_rows(t_r) @ unit_rows(concepts).T
+        for ci in range(c):
+            sel = labels == ci
+            if sel.any():
+                np.testing.assert_allclose(res.dcos_mean[ci], dcos[sel].mean(axis=0), atol=1e-12)
+        np.testing.assert_allclose(res.model_abs_dcos_mean, np.abs(dcos).mean(axis=0), atol=1e-12)
+        # per image, AS > 0 exactly when dcos < 0 (cos decreases on [0°, 180°]); pairs whose
+        # angles agree to rounding (|AS| < 1e-9°) carry no sign
+        clear = np.abs(as_) > 1e-9
+        assert np.all(np.sign(as_[clear]) == -np.sign(dcos[clear]))
+        np.testing.assert_allclose(as_, angle_matrix(t_f, concepts) - angle_matrix(t_r, concepts))
+
+    check()
+
+
+def test_the_probe_reports_the_authors_ranking_beside_ours(tmp_path):
+    case = _orthogonal_case(images=5)
+    t = case["t"]
+    names = ["red", "leaking thing", "blue"]
+    vectors = np.random.default_rng(3).normal(size=(3, len(t)))
+    vectors[1] = t
+    _names_file(tmp_path, names, vectors)
+    probe = ConceptsProbe(ConceptsProbe.Options(sets=[{"plugin": "embedding_file", "path": "own.npz"}], base_dir=tmp_path))
+    s = probe.run(_context(case, _FakeTextTarget(len(t)))).summary
+    top = s["authors_per_class"]["alpha"][0]
+    # closed form: angle(T(f̃), t) = 90°, so dcos = cos(angle(T(f), t)) − 0
+    assert top["concept"] == "leaking thing"
+    assert top["dcos"] == pytest.approx(np.cos(np.radians(case["expected_angle"])).mean(), abs=1e-12)
+    assert top["dcos"] > 0 and s["per_class"]["alpha"][0]["as"] < 0  # opposite signs
+    assert s["authors_model_top"][0]["concept"] == "leaking thing"
+    assert s["authors_model_top"][0]["abs_dcos"] == pytest.approx(top["dcos"], abs=1e-12)
+
+
+def test_a_demo_audit_with_the_embedding_file_shows_both_rankings(tmp_path):
+    import json
+
+    import yaml
+
+    from sing_audit.cli import main
+
+    from .conftest import DEMO, demo_config
+
+    with np.load(DEMO / "data" / "clip.npz", allow_pickle=False) as z:
+        dim = z["image_embeddings"].shape[1]
+    _names_file(tmp_path, ["red", "striped", "metal", "fur"], np.random.default_rng(0).normal(size=(4, dim)))
+    path = demo_config(tmp_path, {"formats": ["json", "html"]})
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cfg["probes"] = ["null_removal", {"plugin": "concepts", "sets": [{"plugin": "embedding_file", "path": str(tmp_path / "own.npz")}]}]
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    main(["-q", "run", str(path)])
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    concepts = res["models"][0]["probes"]["concepts"]
+    assert concepts["embeddings"] == "file" and concepts["sets"][0]["sha256"].startswith("sha256:")
+    assert concepts["authors_model_top"] and concepts["authors_per_class"]
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "the SING authors&#39; ranking" in html or "the SING authors' ranking" in html

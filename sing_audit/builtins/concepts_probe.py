@@ -26,7 +26,15 @@ Summary (``results.json`` → ``models[i].probes.concepts``)::
      "per_class": {class_name: [{"concept", "as", "angle"}, ...]},   # top_k by |as|
      "model_top": [{"concept", "as", "abs_as"}, ...],                # top_k by abs_as
      "templates": [...] | None, "embeddings": "text_encoder" | "precomputed" | "file" | "…+file",
-     "n_concepts": K}
+     "n_concepts": K,
+     "authors_per_class": {class_name: [{"concept", "dcos"}, ...]},     # the SING authors' ranking
+     "authors_model_top": [{"concept", "dcos", "abs_dcos"}, ...]}
+
+Beside ours, the SING authors' dictionary ranking: ``dcos = cos(T(f), t) − cos(T(f̃), t)``
+(their code's ``delta``: original minus equivalent, unitless), ranked by magnitude. It has
+the opposite sign to AS (a concept the equivalent feature moves toward has AS > 0 and
+dcos < 0) and, being a difference of cosines, weighs concepts near 90° more than ones
+near 0° or 180°, so the two rankings can differ.
 
 A set that brings its own embeddings (``{plugin: embedding_file, path: X.npz}``, e.g. the
 SING authors' attribute file) is used as it is with any target: its vectors are checked
@@ -84,6 +92,16 @@ class ConceptScore(BaseModel):
     abs_as: float | None = None
 
 
+class AuthorsConceptScore(BaseModel):
+    """A concept under the SING authors' dictionary score: ``dcos = cos(T(f), t) −
+    cos(T(f̃), t)`` (unitless, of opposite sign to AS), mean over the class's (``dcos``) or
+    all images; ``abs_dcos``: mean |dcos| over the model's images."""
+
+    concept: str = ""
+    dcos: float | None = None
+    abs_dcos: float | None = None
+
+
 class ConceptsSummary(ProbeSummary):
     """The ``concepts`` probe's summary: per class (and over the model) the concepts with
     the largest |AS|, the concept sets used and how the concepts were embedded."""
@@ -96,6 +114,9 @@ class ConceptsSummary(ProbeSummary):
     templates: list[str] | None = None
     embeddings: str | None = None
     n_concepts: int | None = None
+    #: the SING authors' ranking beside ours: per class by |mean dcos|, over the model by mean |dcos|
+    authors_per_class: dict[str, list[AuthorsConceptScore]] = Field(default_factory=dict)
+    authors_model_top: list[AuthorsConceptScore] = Field(default_factory=list)
 
     def explain_lines(self, shorten: Callable[[Any], str]) -> list[str]:
         lines = []
@@ -354,6 +375,7 @@ class ConceptsProbe(Probe):
         class_names = list(ctx.class_names)
         dupes = {nm for nm in class_names if class_names.count(nm) > 1}
         per_class: dict[str, list[ConceptScore]] = {}
+        authors_per_class: dict[str, list[AuthorsConceptScore]] = {}
         for ci in np.flatnonzero(scores.counts > 0):
             name = class_names[ci] if ci < len(class_names) else f"class {ci}"
             key = f"{name} [{ci}]" if name in dupes else name
@@ -361,9 +383,18 @@ class ConceptsProbe(Probe):
                 ConceptScore(concept=names[j], as_=_finite(scores.as_mean[ci, j]), angle=_finite(scores.angle_mean[ci, j]))
                 for j in rank_by_magnitude(scores.as_mean[ci], k)
             ]
+            authors_per_class[key] = [
+                AuthorsConceptScore(concept=names[j], dcos=_finite(scores.dcos_mean[ci, j]))
+                for j in rank_by_magnitude(scores.dcos_mean[ci], k)
+            ]
         model_top = [
             ConceptScore(concept=names[j], as_=_finite(scores.model_as_mean[j]), abs_as=_finite(scores.model_abs_as_mean[j]))
             for j in rank_by_magnitude(scores.model_abs_as_mean, k)
+        ]
+        authors_model_top = [
+            AuthorsConceptScore(concept=names[j], dcos=_finite(scores.model_dcos_mean[j]),
+                                abs_dcos=_finite(scores.model_abs_dcos_mean[j]))
+            for j in rank_by_magnitude(scores.model_abs_dcos_mean, k)
         ]
         summary = ConceptsSummary(
             sets=descriptors,
@@ -372,6 +403,8 @@ class ConceptsProbe(Probe):
             templates=templates,
             embeddings=_embeddings_source(precomputed, len(own_sets), len(self.sets)),
             n_concepts=len(names),
+            authors_per_class=authors_per_class,
+            authors_model_top=authors_model_top,
         )
         per_image: dict[str, np.ndarray] = {}
         if self.options.per_image and names:
