@@ -116,3 +116,22 @@ def test_bad_atol_raises(kwargs, needle):
     rule = kwargs.pop("rule")
     with pytest.raises(ValueError, match=needle):
         split_head(np.eye(3), rule, **kwargs)
+
+
+def test_validation_probe_reports_an_approximate_absolute_cut_instead_of_failing_it():
+    from sing_audit.builtins.nullspace_validation import NullspaceValidation
+
+    from .test_concepts import _context, _orthogonal_case
+
+    case = _orthogonal_case()
+    w = 1e-7 * case["w"]  # every σ (≈ 1e-7) below the 1e-5 cut: all of feature space is "null"
+    sub = split_head(w, "rank", atol=1e-5, weight_eps=F32)
+    assert sub.rank == 0 and not sub.exact
+    ctx = _context({**case, "w": w, "sub": sub}, target=None)
+    s = NullspaceValidation().run(ctx).summary
+    # null moves now change the logits as much as random ones: reported, not a failed head
+    assert s["null"] > 0.1 and s["exact"] is False and s["rule"] == "rank (atol 1e-05)"
+    assert s["passed"] is True
+    exact = split_head(w, "rank", weight_eps=F32)
+    s = NullspaceValidation().run(_context({**case, "w": w, "sub": exact}, target=None)).summary
+    assert s["exact"] is True and s["null"] < 1e-9 and s["passed"] is True

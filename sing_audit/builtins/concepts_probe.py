@@ -43,12 +43,10 @@ against the target's dimension, and its descriptor in ``sets`` records the file 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from sing_audit.components import EmbeddingTarget, ImageTarget, PluginOptions, Target
 from sing_audit.concepts import (
@@ -66,10 +64,11 @@ from sing_audit.config import ComponentSpec
 from sing_audit.errors import ConfigError, DataError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.nullspace import remove_null
-from sing_audit.probes import Probe, ProbeContext, ProbeOutput, ProbeSummary, row_chunks
+from sing_audit.builtins.concepts_summary import AuthorsConceptScore, ConceptScore, ConceptsSummary
+from sing_audit.probes import Probe, ProbeContext, ProbeOutput, row_chunks
 from sing_audit.scores import unit_rows
 
-__all__ = ["PRECOMPUTED_SET", "ConceptsProbe"]
+__all__ = ["PRECOMPUTED_SET", "ConceptsProbe", "ConceptsSummary"]
 
 #: the set name meaning "the concepts a precomputed target's file carries"
 PRECOMPUTED_SET = "precomputed"
@@ -78,55 +77,6 @@ PRECOMPUTED_SET = "precomputed"
 def _finite(x: float) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
-
-
-class ConceptScore(BaseModel):
-    """A concept's AS (degrees) toward its text embedding; ``angle``: between T(f) and the
-    embedding (per class), ``abs_as``: mean |AS| (over the model's images)."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    concept: str = ""
-    as_: float | None = Field(default=None, alias="as")
-    angle: float | None = None
-    abs_as: float | None = None
-
-
-class AuthorsConceptScore(BaseModel):
-    """A concept under the SING authors' dictionary score: ``dcos = cos(T(f), t) −
-    cos(T(f̃), t)`` (unitless, of opposite sign to AS), mean over the class's (``dcos``) or
-    all images; ``abs_dcos``: mean |dcos| over the model's images."""
-
-    concept: str = ""
-    dcos: float | None = None
-    abs_dcos: float | None = None
-
-
-class ConceptsSummary(ProbeSummary):
-    """The ``concepts`` probe's summary: per class (and over the model) the concepts with
-    the largest |AS|, the concept sets used and how the concepts were embedded."""
-
-    probe = "concepts"
-
-    sets: list[dict[str, Any]] = Field(default_factory=list)
-    per_class: dict[str, list[ConceptScore]] = Field(default_factory=dict)
-    model_top: list[ConceptScore] = Field(default_factory=list)
-    templates: list[str] | None = None
-    embeddings: str | None = None
-    n_concepts: int | None = None
-    #: the SING authors' ranking beside ours: per class by |mean dcos|, over the model by mean |dcos|
-    authors_per_class: dict[str, list[AuthorsConceptScore]] = Field(default_factory=dict)
-    authors_model_top: list[AuthorsConceptScore] = Field(default_factory=list)
-
-    def explain_lines(self, shorten: Callable[[Any], str]) -> list[str]:
-        lines = []
-        for name, rows in self.per_class.items():
-            lines.append(f"  top concepts ({shorten(name)}):")
-            lines += [f"    {row.as_:+8.2f}°  {shorten(row.concept)}  (angle {row.angle:.1f}°)" for row in rows]
-        return lines
-
-    def names(self) -> list[str]:
-        return [*self.per_class, *(x.concept for rows in self.per_class.values() for x in rows)]
 
 
 class _PrecomputedSet:
