@@ -102,13 +102,15 @@ def read_npz(path: Path | str) -> dict[str, np.ndarray]:
             with zf.open(info) as fh:
                 try:
                     version = np.lib.format.read_magic(fh)
-                    shape, fortran, dtype = (
-                        np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0(fh)
-                    )
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:  # 3.0 (utf-8 header): numpy's own reader, which refuses pickles
+                        shape, fortran, dtype = None, None, None
                 except ValueError as exc:
                     raise DataError(f"{source}: not a numpy array ({exc})") from exc
-                if dtype.hasobject:
+                if dtype is not None and dtype.hasobject:
                     if info.file_size > MAX_OBJECT_MEMBER_BYTES:
                         raise DataError(f"{source}: object array of {info.file_size} bytes, too large for names")
                     out[key] = _object_array(io.BytesIO(fh.read()), source)

@@ -164,3 +164,12 @@ def test_an_open_clip_audit_refuses_a_file_of_another_dimension(tmp_path, tiny_c
     assert main(["-q", "run", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "prompts.npz" in err and "768 dimensions, image embeddings 64" in err
+
+
+def test_the_open_clip_target_takes_the_option(tmp_path):
+    from sing_audit_open_clip.target import OpenClipTarget
+
+    t = OpenClipTarget({"model": "ViT-B-32", "weights": "random", "class_prompt_embeddings": "prompts.npz",
+                        "base_dir": str(tmp_path)})
+    assert t.class_prompts == tmp_path / "prompts.npz"
+    assert OpenClipTarget({"model": "ViT-B-32", "weights": "random"}).class_prompts is None
