@@ -193,7 +193,7 @@ def not_assessed_reasons(m: ModelResult, policy: PolicyConfig) -> list[str]:
     if m.n_judged == 0:
         out.append(f"{m.n_judged} of {len(m.classes)} classes have ≥ {policy.min_images} images")
     if m.null_dim == 0:
-        if m.rank_rule == "rank":
+        if m.rank_rule.split(" ")[0] == "rank":
             out.append(
                 f"null dimension 0 under rule {m.rank_rule}: this head has no exact null space; "
                 "rule energy or fraction audits an approximate one"

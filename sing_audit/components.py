@@ -178,6 +178,9 @@ class Target(abc.ABC):
 
     random_weights: bool = False
     templates: Sequence[str] = DEFAULT_TEMPLATES
+    #: a file of class prompt embeddings to use instead of encoding ``templates`` (see
+    #: :func:`sing_audit.authors_files.read_class_prompt_embeddings`); None: encode them
+    class_prompts: Path | None = None
 
     def check(self) -> None:
         """The pre-flight, as :meth:`Backbone.check`. Default: nothing."""

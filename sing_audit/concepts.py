@@ -105,6 +105,11 @@ class ConceptSet(abc.ABC):
         """``sha256:`` of the ordered list (see :func:`concept_digest`)."""
         return concept_digest(self.concepts())
 
+    def embeddings(self):
+        """K×n text embeddings of :meth:`concepts`, row for row, when the set brings its own
+        (a file of embeddings); ``None`` (the default): the target's text encoder embeds them."""
+        return None
+
     def describe(self) -> dict:
         """``{"name", "version", "digest", "size"}`` as recorded in results."""
         items = self.concepts()
@@ -187,6 +192,11 @@ class ConceptScores:
     class's images and ``as_mean`` c×K mean ``AS = angle(T(f), t) − angle(T(f̃), t)``
     (NaN rows for classes without images); ``model_as_mean`` K mean AS and
     ``model_abs_as_mean`` K mean |AS|, both pooled over all images.
+
+    The SING authors' dictionary score, beside ours: ``dcos = cos(T(f), t) − cos(T(f̃), t)``
+    (unitless; of opposite sign to AS, since a larger angle is a smaller cosine), which
+    their code ranks by ``|dcos|``. ``dcos_mean`` c×K per class, ``model_dcos_mean`` and
+    ``model_abs_dcos_mean`` K over all images.
     """
 
     counts: np.ndarray
@@ -194,6 +204,9 @@ class ConceptScores:
     as_mean: np.ndarray
     model_as_mean: np.ndarray
     model_abs_as_mean: np.ndarray
+    dcos_mean: np.ndarray | None = None
+    model_dcos_mean: np.ndarray | None = None
+    model_abs_dcos_mean: np.ndarray | None = None
 
 
 class ConceptAccumulator:
@@ -214,6 +227,9 @@ class ConceptAccumulator:
         self.as_sum = np.zeros((self.num_classes, k))
         self.model_as_sum = np.zeros(k)
         self.model_abs_sum = np.zeros(k)
+        self.dcos_sum = np.zeros((self.num_classes, k))
+        self.model_dcos_sum = np.zeros(k)
+        self.model_abs_dcos_sum = np.zeros(k)
         self.n = 0
 
     def add(self, translated: np.ndarray, translated_removed: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -229,11 +245,16 @@ class ConceptAccumulator:
         as_ = before - angle_matrix(translated_removed, self.concepts)  # B×K
         if labels.size == 0:
             return as_
+        # the SING authors' score: the change of cosine (their sign: original − equivalent)
+        dcos = (unit_rows(translated) - unit_rows(translated_removed)) @ self.concepts.T  # B×K
         order = np.argsort(labels, kind="stable")
         sorted_labels = labels[order]
         classes, starts = np.unique(sorted_labels, return_index=True)
         self.angle_sum[classes] += np.add.reduceat(before[order], starts, axis=0)
         self.as_sum[classes] += np.add.reduceat(as_[order], starts, axis=0)
+        self.dcos_sum[classes] += np.add.reduceat(dcos[order], starts, axis=0)
+        self.model_dcos_sum += dcos.sum(axis=0)
+        self.model_abs_dcos_sum += np.abs(dcos).sum(axis=0)
         self.counts[classes] += np.diff(np.append(starts, labels.size))
         self.model_as_sum += as_.sum(axis=0)
         self.model_abs_sum += np.abs(as_).sum(axis=0)
@@ -245,10 +266,14 @@ class ConceptAccumulator:
         with np.errstate(invalid="ignore", divide="ignore"):
             angle_mean = np.where(counts > 0, self.angle_sum / counts, np.nan)
             as_mean = np.where(counts > 0, self.as_sum / counts, np.nan)
+            dcos_mean = np.where(counts > 0, self.dcos_sum / counts, np.nan)
         k = self.concepts.shape[0]
         model_as = self.model_as_sum / self.n if self.n else np.full(k, np.nan)
         model_abs = self.model_abs_sum / self.n if self.n else np.full(k, np.nan)
-        return ConceptScores(self.counts.copy(), angle_mean, as_mean, model_as, model_abs)
+        model_dcos = self.model_dcos_sum / self.n if self.n else np.full(k, np.nan)
+        model_abs_dcos = self.model_abs_dcos_sum / self.n if self.n else np.full(k, np.nan)
+        return ConceptScores(self.counts.copy(), angle_mean, as_mean, model_as, model_abs, dcos_mean, model_dcos,
+                             model_abs_dcos)
 
 
 def concept_scores(

@@ -59,6 +59,10 @@ class TargetSpec(ComponentSpec):
 class NullspaceConfig(_Strict):
     rule: Literal["rank", "energy", "fixed", "fraction"] = "rank"
     rtol: float | None = Field(default=None, gt=0, description="rank rule: cut relative to σ_max")
+    atol: float | None = Field(
+        default=None, gt=0,
+        description="rank rule: absolute cut, keep singular values above it (the SING authors' 1e-5); not with rtol",
+    )
     keep: float | None = Field(default=None, gt=0, le=1, description="energy rule: share of Σσ² kept")
     rank: int | None = Field(default=None, ge=0, description="fixed rule: the rank")
     null_fraction: float | None = Field(
@@ -77,6 +81,10 @@ class NullspaceConfig(_Strict):
             raise ValueError(f"null_fraction applies to rule 'fraction' only, not {self.rule!r}")
         if self.rule != "rank" and self.rtol is not None:
             raise ValueError(f"rtol applies to rule 'rank' only, not {self.rule!r}")
+        if self.rule != "rank" and self.atol is not None:
+            raise ValueError(f"atol applies to rule 'rank' only, not {self.rule!r}")
+        if self.rtol is not None and self.atol is not None:
+            raise ValueError("give rtol (relative cut) or atol (absolute cut), not both")
         if self.rule != "energy" and self.keep is not None:
             raise ValueError(f"keep applies to rule 'energy' only, not {self.rule!r}")
         if self.rule != "fixed" and self.rank is not None:

@@ -30,7 +30,12 @@ class HeadSubspaces:
 
     ``principal`` is m×r, ``null`` is m×(m−r), both with orthonormal columns;
     ``singular_values`` are all min(c, m) of them, descending. ``tolerance`` is the
-    singular-value cut of the ``rank`` rule (``None`` for the others).
+    singular-value cut of the ``rank`` rule (``None`` for the others); ``cut`` says how it
+    was set (``None``: the default relative cut; ``"rtol 1e-06"`` or ``"atol 1e-05"``: a
+    cut the config chose). ``exact`` is whether ``W Π_n = 0`` up to the weights' storage
+    precision: the ``rank`` rule whose dropped singular values are all at or below the
+    noise floor ``max(c, m)·weight_eps·σ_max`` (always so for the default cut; a larger
+    ``rtol`` or an absolute ``atol`` may drop real directions, and then it is not exact).
     """
 
     principal: np.ndarray
@@ -39,6 +44,8 @@ class HeadSubspaces:
     rule: str
     rank: int
     tolerance: float | None
+    exact: bool = False
+    cut: str | None = None
 
     @property
     def num_features(self) -> int:
@@ -49,9 +56,9 @@ class HeadSubspaces:
         return int(self.null.shape[1])
 
     @property
-    def exact(self) -> bool:
-        """True when ``W Π_n = 0`` up to rounding (the ``rank`` rule)."""
-        return self.rule == "rank"
+    def label(self) -> str:
+        """The rule as results show it: ``rank``, ``rank (atol 1e-05)``, ``energy``…"""
+        return f"{self.rule} ({self.cut})" if self.cut else self.rule
 
     def projector_null(self) -> np.ndarray:
         """``Π_n = V_n V_nᵀ`` (m×m)."""
@@ -67,6 +74,7 @@ def split_head(
     rule: RankRule = "rank",
     *,
     rtol: float | None = None,
+    atol: float | None = None,
     weight_eps: float = float(np.finfo(np.float32).eps),
     keep: float | None = None,
     rank: int | None = None,
@@ -77,7 +85,11 @@ def split_head(
     :param weight: c×m head weight.
     :param rule: ``rank`` — numerical rank, singular values above ``rtol·σ_max`` count
         (default ``rtol = max(c, m)·weight_eps``, numpy's ``matrix_rank`` convention with
-        the precision the weights were stored in); ``energy`` — the smallest rank whose
+        the precision the weights were stored in), or, with ``atol``, singular values above
+        the absolute ``atol`` (the SING authors keep ``σ > 1e-5``; no relative term is
+        added). ``rtol`` and ``atol`` together are refused, as numpy's ``matrix_rank``
+        refuses ``tol`` with ``rtol`` (scipy's ``pinv`` instead cuts at ``atol + rtol·σ_max``:
+        the combination has no single convention); ``energy`` — the smallest rank whose
         singular values keep a fraction ``keep`` of ``Σσ²``; ``fixed`` — ``rank`` given;
         ``fraction`` — the null space is the ``round(null_fraction·m)`` directions of least
         singular value (the same share of dimensions for every model; directions beyond
@@ -92,13 +104,26 @@ def split_head(
     c, m = w.shape
     _, s, vt = np.linalg.svd(w, full_matrices=True)
     tol: float | None = None
+    exact, cut = False, None
+    if rule != "rank" and atol is not None:
+        raise ValueError(f"atol applies to rule 'rank' only, not {rule!r}")
     if rule == "rank":
         smax = float(s[0]) if s.size else 0.0
         if rtol is not None and rtol < 0:
             raise ValueError(f"rtol must be >= 0, got {rtol}")
-        rel = rtol if rtol is not None else max(c, m) * weight_eps
-        tol = rel * smax
+        if atol is not None and not atol >= 0:
+            raise ValueError(f"atol must be >= 0, got {atol}")
+        if rtol is not None and atol is not None:
+            raise ValueError("rank rule takes rtol or atol, not both (as numpy's matrix_rank takes tol or rtol)")
+        noise = max(c, m) * weight_eps * smax
+        if atol is not None:
+            tol, cut = float(atol), f"atol {atol:g}"
+        else:
+            tol = (rtol if rtol is not None else max(c, m) * weight_eps) * smax
+            cut = f"rtol {rtol:g}" if rtol is not None else None
         r = int(np.count_nonzero(s > tol))
+        # exact: no singular value above the storage-noise floor was dropped
+        exact = bool(r >= s.size or s[r] <= noise)
     elif rule == "energy":
         if keep is None or not 0.0 < keep <= 1.0:
             raise ValueError(f"energy rule needs 0 < keep <= 1, got {keep}")
@@ -124,6 +149,8 @@ def split_head(
         rule=rule,
         rank=r,
         tolerance=tol,
+        exact=exact,
+        cut=cut,
     )
 
 

@@ -39,6 +39,19 @@ class TextTargetOptions(ModelOptions):
     """Model options of a target with a text encoder: plus the class prompt templates."""
 
     templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    class_prompt_embeddings: Path | None = Field(
+        None,
+        description="class prompt text embeddings from a file instead of encoding the templates: .npz (class names "
+        "+ embeddings, e.g. the SING authors' layout) or .safetensors (one vector per class, keyed by class name "
+        "or head index); rows are matched to the classes by name or index, never by position",
+    )
+
+    def class_prompts_path(self) -> Path | None:
+        """``class_prompt_embeddings`` resolved against ``base_dir`` (the config's folder)."""
+        p = self.class_prompt_embeddings
+        if p is None or p.is_absolute():
+            return p
+        return (self.base_dir or Path.cwd()) / p
 
     @field_validator("templates")
     @classmethod

@@ -132,8 +132,18 @@ class ModelResult(_Result):
     target: str
     random_weights: bool
     random_weights_parts: list[str] = Field(default_factory=list)
-    rank_rule: str
+    rank_rule: str = Field(description="the rank rule and any cut the config set, e.g. 'rank', 'rank (atol 1e-05)', 'energy'")
+    null_exact: bool | None = Field(
+        None,
+        description="whether W·Π_n = 0 up to the weights' precision (the rank rule dropped no singular value above "
+        "the noise floor); false: an approximate null space, read logit_drift; None in results that predate it",
+    )
     rank: int
+    class_prompts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="where the class prompt text embeddings came from: {source: templates, templates}, "
+        "{source: file, file, sha256, column, matched_by, rows, unused} or {source: precomputed}",
+    )
     null_dim: int
     num_features: int
     num_classes: int
@@ -179,6 +189,11 @@ class ModelResult(_Result):
     def outcome(self) -> str:
         """``"passed"``, ``"failed"`` or ``"not assessed"``."""
         return "not assessed" if not self.assessed else "passed" if self.passed else "failed"
+
+    @property
+    def exact_null(self) -> bool:
+        """``null_exact``, or for results without it whether the rule was the default ``rank``."""
+        return self.null_exact if self.null_exact is not None else self.rank_rule == "rank"
 
 
 class TargetAgreement(_Result):

@@ -1,7 +1,8 @@
 """Angles, Image Score (IS), Attribute Score (AS) and AS contrast, in degrees.
 
 Pure float64 functions. ``T(f)`` and ``T(f̃)`` are N×n translated features; text
-embeddings are K×n. Nothing here normalises in float32: ``arccos`` near 0 needs float64.
+embeddings are K×n, or one prompt as a 1-D n-vector (its axis is then dropped from the
+result: N×K becomes N). Nothing here normalises in float32: ``arccos`` near 0 needs float64.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _stable_angle(xu: np.ndarray, yu: np.ndarray) -> np.ndarray:
 def angles(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Row-wise angle ``degrees(arccos(clip(x·y / (|x||y|), -1, 1)))``; N×n, N×n -> N.
 
+    Rows broadcast: N×n with a 1-D n (one text vector) -> N; n, n -> a 0-d array.
+
     Computed in float64 through :func:`_stable_angle` so tiny angles stay exact.
     """
     xu, yu = np.broadcast_arrays(unit_rows(x), unit_rows(y))
@@ -49,15 +52,26 @@ _NEAR_PARALLEL = 1.0 - 1e-6
 def angle_matrix(x: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Angles between every row of N×n ``x`` and every row of K×n ``t``: N×K (degrees).
 
-    ``arccos`` of the cosine matrix, with near-(anti)parallel pairs recomputed stably.
+    A 1-D ``x`` (one feature, n) or ``t`` (one prompt, n) drops its axis, as ``matmul``
+    does: N×n, n -> N; n, K×n -> K; n, n -> a 0-d array. ``arccos`` of the cosine matrix,
+    with near-(anti)parallel pairs recomputed stably.
     """
-    xu, tu = unit_rows(x), unit_rows(t)
+    x = np.asarray(x, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    if x.ndim not in (1, 2) or t.ndim not in (1, 2):
+        raise ValueError(f"angle_matrix takes 1-D or 2-D arrays, got shapes {x.shape} and {t.shape}")
+    xu, tu = unit_rows(np.atleast_2d(x)), unit_rows(np.atleast_2d(t))
+    if xu.shape[1] != tu.shape[1]:
+        raise ValueError(f"features have {xu.shape[1]} dimensions, text embeddings {tu.shape[1]}")
     cos = xu @ tu.T
     out = np.arccos(np.clip(cos, -1.0, 1.0))
     rows, cols = np.nonzero(np.abs(cos) > _NEAR_PARALLEL)
     if rows.size:
         out[rows, cols] = _stable_angle(xu[rows], tu[cols])
-    return np.degrees(out)
+    out = np.degrees(out)
+    if t.ndim == 1:
+        out = out[:, 0]
+    return out[0] if x.ndim == 1 else out
 
 
 def image_scores(translated: np.ndarray, translated_removed: np.ndarray) -> np.ndarray:
@@ -68,16 +82,31 @@ def image_scores(translated: np.ndarray, translated_removed: np.ndarray) -> np.n
 def attribute_scores(translated: np.ndarray, translated_removed: np.ndarray, text: np.ndarray) -> np.ndarray:
     """``AS = angle(T(f), t) − angle(T(f̃), t)`` for every image and prompt: N×K.
 
-    Positive: the null-removed (equivalent) feature is closer to the prompt.
+    A single 1-D prompt ``text`` (n) gives N, as :func:`angle_matrix` does. Positive: the
+    null-removed (equivalent) feature is closer to the prompt.
     """
     return angle_matrix(translated, text) - angle_matrix(translated_removed, text)
 
 
 def attribute_scores_toward(
-    translated: np.ndarray, translated_removed: np.ndarray, text: np.ndarray, index: np.ndarray
+    translated: np.ndarray, translated_removed: np.ndarray, text: np.ndarray, index: np.ndarray | None = None
 ) -> np.ndarray:
-    """AS of each image toward one prompt each: ``text[index[i]]`` for image i. N."""
-    t = np.asarray(text, dtype=np.float64)[np.asarray(index, dtype=np.int64)]
+    """AS of each image toward one prompt each: ``text[index[i]]`` for image i. N.
+
+    A single 1-D prompt ``text`` (n) is every image's prompt; ``index`` may then be
+    omitted (or must be all 0).
+    """
+    t = np.asarray(text, dtype=np.float64)
+    if t.ndim == 1:
+        t = t[None, :]
+        if index is None:
+            index = np.zeros(np.asarray(translated).shape[0], dtype=np.int64)
+    if index is None:
+        raise ValueError(f"index is needed to choose among {t.shape[0]} prompts")
+    idx = np.asarray(index, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= t.shape[0]):
+        raise ValueError(f"prompt index out of range: {t.shape[0]} prompt(s), index from {idx.min()} to {idx.max()}")
+    t = t[idx]
     return angles(translated, t) - angles(translated_removed, t)
 
 

@@ -207,6 +207,9 @@ def test_empty_backbones(tmp_path):
         ({"rule": "energy", "keep": 1.5}, "keep"),
         ({"rule": "rank", "keep": 0.9}, "keep"),
         ({"rule": "fixed", "rank": 3, "rtol": 1e-6}, "rtol"),
+        ({"rule": "energy", "keep": 0.9, "atol": 1e-5}, "atol"),
+        ({"rule": "rank", "atol": 1e-5, "rtol": 1e-6}, "not both"),
+        ({"rule": "rank", "atol": 0}, "atol"),
         ({"rule": "svd"}, "svd"),
     ],
 )
@@ -218,7 +221,8 @@ def test_nullspace_rule_options(tmp_path, nullspace, needle):
 
 
 def test_nullspace_valid_rules(tmp_path):
-    for ns in ({"rule": "energy", "keep": 0.99}, {"rule": "fixed", "rank": 5}, {"rule": "rank", "rtol": 1e-6}):
+    for ns in ({"rule": "energy", "keep": 0.99}, {"rule": "fixed", "rank": 5}, {"rule": "rank", "rtol": 1e-6},
+               {"rule": "rank", "atol": 1e-5}):
         data = _base()
         data["nullspace"] = ns
         assert load_config(_write(tmp_path, data)).nullspace.rule == ns["rule"]

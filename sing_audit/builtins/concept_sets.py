@@ -12,6 +12,12 @@ User files (``file``):
   or a mapping of groups to lists (``colours: [red, blue]``, flattened in file order).
 - ``.csv``: a header row with a ``concept`` column (other columns are ignored).
 
+Embedding files (``embedding_file``): an ``.npz`` with names and their text embeddings,
+e.g. the SING authors' ``attribute_embeddings_broden_style_fp16.npz`` used as it is
+published. The set brings its own vectors, so the target's text encoder is not asked (and
+a precomputed target needs no ``concept_embeddings``). Names are read without pickle
+(:func:`sing_audit.authors_files.read_npz`).
+
 Empty sets, empty entries and duplicates (case-insensitive) are
 :class:`~sing_audit.errors.DataError`\\ s naming the file and line.
 """
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from sing_audit.authors_files import read_embedding_table
 from sing_audit.components import PluginOptions
 from sing_audit.concepts import ConceptSet, check_concepts
 from sing_audit.errors import DataError
@@ -35,6 +42,7 @@ from sing_audit.imagenet import imagenet_descriptions
 
 __all__ = [
     "AttributeConcepts",
+    "EmbeddingFileConcepts",
     "FileConcepts",
     "ImageNet1kConcepts",
     "attribute_versions",
@@ -313,8 +321,62 @@ class FileConcepts(ConceptSet):
         return list(self._load())
 
 
+class EmbeddingFileConcepts(ConceptSet):
+    """Concepts with their own text embeddings from an ``.npz``: names under ``names``,
+    ``classes`` or ``concept_names`` (a ``U`` array, or an object array of strings, read
+    without pickle); vectors under ``embeddings`` or ``concept_embeddings``, K×n, or K×P×n
+    with the P column names in ``prompts`` (the SING authors' layout: ``prompt1`` …
+    ``prompt5`` unit vectors and ``mean``, their mean, which is not unit length).
+
+    ``column`` picks one of the P columns; the default ``mean`` is the authors' prompt
+    ensemble, and since angles ignore length it is the same direction as this tool's
+    template ensemble (mean of unit prompt vectors, renormalised). The vectors must live in
+    the target's embedding space: the probe checks their dimension, not their meaning.
+    """
+
+    class Options(PluginOptions):
+        path: Path = Field(description=".npz of concept names and their text embeddings (relative to the config's folder)")
+        column: str | None = Field(
+            None, min_length=1,
+            description="K×P×n files: which prompt column (e.g. prompt1 … prompt5); default mean, the prompt ensemble",
+        )
+        name: str | None = Field(None, min_length=1, description="name recorded in results (default: the file's stem)")
+        base_dir: Path | None = None
+
+    def __init__(self, options: EmbeddingFileConcepts.Options):
+        self.options = options
+        base = options.base_dir or Path.cwd()
+        self.path = options.path if options.path.is_absolute() else base / options.path
+        self.name = options.name or self.path.stem
+        self._loaded: tuple[list[str], object, dict] | None = None
+
+    def _load(self):
+        if self._loaded is None:
+            names, vectors, info = read_embedding_table(self.path, self.options.column)
+            names = check_concepts([(n, i) for i, n in enumerate(names)], f"{self.path}: {info['names_key']}", unit="entry")
+            self._loaded = (names, vectors, info)
+        return self._loaded
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        """The file's sha256: the vectors, not only the names, are what was measured."""
+        return self._load()[2]["sha256"]
+
+    def concepts(self) -> list[str]:
+        return list(self._load()[0])
+
+    def embeddings(self):
+        return self._load()[1]
+
+    def describe(self) -> dict:
+        info = self._load()[2]
+        return {**super().describe(), "embeddings": "file", "file": str(self.path), "sha256": info["sha256"],
+                "column": info["column"]}
+
+
 @hookimpl
 def register_concept_sets(register):
     register("imagenet1k", ImageNet1kConcepts)
     register("attributes", AttributeConcepts)
     register("file", FileConcepts)
+    register("embedding_file", EmbeddingFileConcepts)

@@ -25,17 +25,28 @@ Summary (``results.json`` → ``models[i].probes.concepts``)::
     {"sets": [{"name", "version", "digest", "size"}, ...],
      "per_class": {class_name: [{"concept", "as", "angle"}, ...]},   # top_k by |as|
      "model_top": [{"concept", "as", "abs_as"}, ...],                # top_k by abs_as
-     "templates": [...] | None, "embeddings": "text_encoder" | "precomputed", "n_concepts": K}
+     "templates": [...] | None, "embeddings": "text_encoder" | "precomputed" | "file" | "…+file",
+     "n_concepts": K,
+     "authors_per_class": {class_name: [{"concept", "dcos"}, ...]},     # the SING authors' ranking
+     "authors_model_top": [{"concept", "dcos", "abs_dcos"}, ...]}
+
+Beside ours, the SING authors' dictionary ranking: ``dcos = cos(T(f), t) − cos(T(f̃), t)``
+(their code's ``delta``: original minus equivalent, unitless), ranked by magnitude. It has
+the opposite sign to AS (a concept the equivalent feature moves toward has AS > 0 and
+dcos < 0) and, being a difference of cosines, weighs concepts near 90° more than ones
+near 0° or 180°, so the two rankings can differ.
+
+A set that brings its own embeddings (``{plugin: embedding_file, path: X.npz}``, e.g. the
+SING authors' attribute file) is used as it is with any target: its vectors are checked
+against the target's dimension, and its descriptor in ``sets`` records the file and sha256.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from sing_audit.components import EmbeddingTarget, ImageTarget, PluginOptions, Target
 from sing_audit.concepts import (
@@ -53,10 +64,11 @@ from sing_audit.config import ComponentSpec
 from sing_audit.errors import ConfigError, DataError
 from sing_audit.hookspecs import hookimpl
 from sing_audit.nullspace import remove_null
-from sing_audit.probes import Probe, ProbeContext, ProbeOutput, ProbeSummary, row_chunks
+from sing_audit.builtins.concepts_summary import AuthorsConceptScore, ConceptScore, ConceptsSummary
+from sing_audit.probes import Probe, ProbeContext, ProbeOutput, row_chunks
 from sing_audit.scores import unit_rows
 
-__all__ = ["PRECOMPUTED_SET", "ConceptsProbe"]
+__all__ = ["PRECOMPUTED_SET", "ConceptsProbe", "ConceptsSummary"]
 
 #: the set name meaning "the concepts a precomputed target's file carries"
 PRECOMPUTED_SET = "precomputed"
@@ -65,42 +77,6 @@ PRECOMPUTED_SET = "precomputed"
 def _finite(x: float) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
-
-
-class ConceptScore(BaseModel):
-    """A concept's AS (degrees) toward its text embedding; ``angle``: between T(f) and the
-    embedding (per class), ``abs_as``: mean |AS| (over the model's images)."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    concept: str = ""
-    as_: float | None = Field(default=None, alias="as")
-    angle: float | None = None
-    abs_as: float | None = None
-
-
-class ConceptsSummary(ProbeSummary):
-    """The ``concepts`` probe's summary: per class (and over the model) the concepts with
-    the largest |AS|, the concept sets used and how the concepts were embedded."""
-
-    probe = "concepts"
-
-    sets: list[dict[str, Any]] = Field(default_factory=list)
-    per_class: dict[str, list[ConceptScore]] = Field(default_factory=dict)
-    model_top: list[ConceptScore] = Field(default_factory=list)
-    templates: list[str] | None = None
-    embeddings: str | None = None
-    n_concepts: int | None = None
-
-    def explain_lines(self, shorten: Callable[[Any], str]) -> list[str]:
-        lines = []
-        for name, rows in self.per_class.items():
-            lines.append(f"  top concepts ({shorten(name)}):")
-            lines += [f"    {row.as_:+8.2f}°  {shorten(row.concept)}  (angle {row.angle:.1f}°)" for row in rows]
-        return lines
-
-    def names(self) -> list[str]:
-        return [*self.per_class, *(x.concept for rows in self.per_class.values() for x in rows)]
 
 
 class _PrecomputedSet:
@@ -211,6 +187,12 @@ class ConceptsProbe(Probe):
                     "digest": concept_digest(concepts),
                     "size": len(concepts),
                 }
+            elif _own_embeddings(s) is not None:
+                descriptors.append(s.describe())
+                for c, row in zip(s.concepts(), _own_embeddings(s)):
+                    names.append(c)
+                    rows.append(row)
+                continue
             else:
                 concepts = s.concepts()
                 missing = [c for c in concepts if normalize_concept(c).casefold() not in lookup]
@@ -227,9 +209,8 @@ class ConceptsProbe(Probe):
             descriptors.append(desc)
             for c in concepts:
                 names.append(c)
-                rows.append(lookup[normalize_concept(c).casefold()])
-        assert file_emb is not None or not rows
-        emb = file_emb[np.asarray(rows, dtype=np.int64)] if rows else np.zeros((0, ctx.translated.shape[1]))
+                rows.append(file_emb[lookup[normalize_concept(c).casefold()]])  # type: ignore[index]
+        emb = np.stack(rows) if rows else np.zeros((0, ctx.translated.shape[1]))
         return descriptors, names, emb
 
     def _encoded(self, ctx: ProbeContext, names: list[str], templates: list[str]) -> np.ndarray:
@@ -244,6 +225,22 @@ class ConceptsProbe(Probe):
             raise DataError(f"concepts probe: target {ctx.target_name!r} cannot embed the concepts: {exc}") from exc
         self._text_cache[key] = emb
         return emb
+
+    def _check_own(self, ctx: ProbeContext) -> None:
+        """A set bringing its own embeddings must match the target's dimension (checked per
+        set, so the error names the file)."""
+        n_dim = ctx.translated.shape[1]
+        for s in self.sets:
+            own = _own_embeddings(s)
+            if own is None:
+                continue
+            if own.ndim != 2 or own.shape != (len(s.concepts()), n_dim):
+                where = getattr(s, "path", s.name)
+                raise DataError(
+                    f"concepts probe: concept set {s.name!r} ({where}) has embeddings of shape {own.shape}, but target "
+                    f"{ctx.target_name!r} embeds in {n_dim} dimensions: the file must hold vectors of the target's "
+                    "own space (e.g. the SING authors' files are CLIP ViT-L/14, 768-d: the karlo target)"
+                )
 
     def _text_encoder(self, ctx: ProbeContext) -> tuple[list[dict], list[str], list[str]]:
         if any(isinstance(s, _PrecomputedSet) for s in self.sets):
@@ -261,11 +258,16 @@ class ConceptsProbe(Probe):
 
     def run(self, ctx: ProbeContext) -> ProbeOutput:
         precomputed = isinstance(ctx.target, EmbeddingTarget)
+        self._check_own(ctx)
+        own_sets = [s for s in self.sets if _own_embeddings(s) is not None]
         if precomputed:
             descriptors, names, emb = self._precomputed(ctx)
             templates = None
         else:
             descriptors, names, templates = self._text_encoder(ctx)
+            # rows the sets bring themselves, in the order of names (None: to be encoded)
+            given = [row for s in self.sets for row in (
+                _own_embeddings(s) if _own_embeddings(s) is not None else [None] * len(s.concepts()))]
         # one column per distinct concept (sets may share concepts: the first keeps it)
         keep: dict[str, int] = {}
         for i, c in enumerate(names):
@@ -280,7 +282,16 @@ class ConceptsProbe(Probe):
         if precomputed:
             emb = emb[index]
         else:
-            emb = self._encoded(ctx, names, templates)  # type: ignore[arg-type]
+            given = [given[i] for i in index]
+            todo = [j for j, g in enumerate(given) if g is None]
+            emb = np.zeros((len(names), ctx.translated.shape[1]))
+            if todo:
+                emb[todo] = self._encoded(ctx, [names[j] for j in todo], templates)  # type: ignore[arg-type]
+            for j, g in enumerate(given):
+                if g is not None:
+                    emb[j] = g
+            if not todo:
+                templates = None  # no prompt was encoded: no template was used
         emb = np.asarray(emb, dtype=np.float64)
         n_dim = ctx.translated.shape[1]
         if emb.ndim != 2 or emb.shape != (len(names), n_dim):
@@ -314,6 +325,7 @@ class ConceptsProbe(Probe):
         class_names = list(ctx.class_names)
         dupes = {nm for nm in class_names if class_names.count(nm) > 1}
         per_class: dict[str, list[ConceptScore]] = {}
+        authors_per_class: dict[str, list[AuthorsConceptScore]] = {}
         for ci in np.flatnonzero(scores.counts > 0):
             name = class_names[ci] if ci < len(class_names) else f"class {ci}"
             key = f"{name} [{ci}]" if name in dupes else name
@@ -321,17 +333,28 @@ class ConceptsProbe(Probe):
                 ConceptScore(concept=names[j], as_=_finite(scores.as_mean[ci, j]), angle=_finite(scores.angle_mean[ci, j]))
                 for j in rank_by_magnitude(scores.as_mean[ci], k)
             ]
+            authors_per_class[key] = [
+                AuthorsConceptScore(concept=names[j], dcos=_finite(scores.dcos_mean[ci, j]))
+                for j in rank_by_magnitude(scores.dcos_mean[ci], k)
+            ]
         model_top = [
             ConceptScore(concept=names[j], as_=_finite(scores.model_as_mean[j]), abs_as=_finite(scores.model_abs_as_mean[j]))
             for j in rank_by_magnitude(scores.model_abs_as_mean, k)
+        ]
+        authors_model_top = [
+            AuthorsConceptScore(concept=names[j], dcos=_finite(scores.model_dcos_mean[j]),
+                                abs_dcos=_finite(scores.model_abs_dcos_mean[j]))
+            for j in rank_by_magnitude(scores.model_abs_dcos_mean, k)
         ]
         summary = ConceptsSummary(
             sets=descriptors,
             per_class=per_class,
             model_top=model_top,
             templates=templates,
-            embeddings="precomputed" if precomputed else "text_encoder",
+            embeddings=_embeddings_source(precomputed, len(own_sets), len(self.sets)),
             n_concepts=len(names),
+            authors_per_class=authors_per_class,
+            authors_model_top=authors_model_top,
         )
         per_image: dict[str, np.ndarray] = {}
         if self.options.per_image and names:
@@ -339,6 +362,24 @@ class ConceptsProbe(Probe):
             top_names[top_as == 0] = ""
             per_image = {"top_concept": top_names, "top_concept_as": top_as}
         return ProbeOutput(per_image=per_image, summary=summary)
+
+
+def _own_embeddings(s) -> np.ndarray | None:
+    """The K×n embeddings a concept set brings itself (:meth:`ConceptSet.embeddings`), or None."""
+    get = getattr(s, "embeddings", None)
+    if isinstance(s, _PrecomputedSet) or not callable(get):
+        return None
+    own = get()
+    return None if own is None else np.asarray(own, dtype=np.float64)
+
+
+def _embeddings_source(precomputed: bool, own: int, total: int) -> str:
+    """``text_encoder``, ``precomputed``, ``file`` (every set brought its own embeddings) or
+    a mix such as ``text_encoder+file``."""
+    base = "precomputed" if precomputed else "text_encoder"
+    if own == 0:
+        return base
+    return "file" if own == total else f"{base}+file"
 
 
 def _encode_text(target: Target, prompts) -> np.ndarray:

@@ -30,8 +30,9 @@ class ConceptsSection(ReportSection):
     Reads each model's :class:`~sing_audit.builtins.concepts_probe.ConceptsSummary`:
     ``per_class`` (the AS toward each concept's text embedding and the angle between
     T(f) and it, degrees), and when present ``sets``, ``n_concepts`` and ``model_top``
-    (the model's top concepts over all images). Rendered only when at least one model has
-    a non-empty ``per_class``.
+    (the model's top concepts over all images), and beside ours the SING authors' ranking
+    (``authors_per_class``, ``authors_model_top``: change of cosine, labelled as theirs).
+    Rendered only when at least one model has a non-empty ``per_class``.
     """
 
     key = "concepts"
@@ -78,9 +79,15 @@ class ConceptsSection(ReportSection):
             ) if charted else None
             sets = list(summary.sets)
             model_top = [x.model_dump(by_alias=True, exclude_unset=True) for x in summary.model_top if x.as_ is not None]
+            # the SING authors' ranking beside ours (their dcos, by magnitude), when recorded
+            theirs = {k: [x.model_dump(exclude_unset=True) for x in v if x.dcos is not None][:CONCEPTS_PER_CLASS]
+                      for k, v in summary.authors_per_class.items()}
+            authors_top = [x.model_dump(exclude_unset=True) for x in summary.authors_model_top if x.dcos is not None]
             models.append({
                 "m": m, "label": model_label(result, m), "chart": chart, "chart_classes": len(charted),
-                "classes": [{"name": n, "concepts": it, "as_abs": getattr(by_name.get(n), "as_abs_mean", None)} for n, it in shown],
+                "classes": [{"name": n, "concepts": it, "as_abs": getattr(by_name.get(n), "as_abs_mean", None),
+                             "authors": theirs.get(n, [])} for n, it in shown],
+                "has_authors": bool(theirs), "authors_top": authors_top[:8],
                 "more": len(classes) - len(shown), "sets": sets, "n_concepts": summary.n_concepts,
                 "model_top": model_top[:8],
             })

@@ -9,10 +9,11 @@ Summary::
 
     {"scale": float, "null": float, "random": float, "principal": float,      # means
      "null_max": float, "random_max": float, "principal_max": float,
-     "null_dim": int, "passed": bool}
+     "null_dim": int, "rule": str, "exact": bool, "passed": bool}
 
 ``passed`` is False when the null perturbation changes logits by more than ``tolerance``
-under the exact rule (an approximate rule only reports). ``null`` is ``None`` when the
+when the null space is exact (an approximate one, e.g. an absolute cut that drops real
+singular values, only reports). ``null`` is ``None`` when the
 head has no null space.
 """
 
@@ -46,7 +47,7 @@ def perturbation_logit_change(
 class NullspaceValidationSummary(ProbeSummary):
     """Mean (and largest) relative logit change of equal-norm perturbations inside the null
     space, in a random direction and inside the principal space; ``passed``: the null moves
-    stayed within the tolerance (checked under the exact rank rule only). ``error``: set
+    stayed within the tolerance (checked only when the null space is exact: ``exact``). ``error``: set
     instead by a head that could not be checked."""
 
     probe = "nullspace_validation"
@@ -54,6 +55,7 @@ class NullspaceValidationSummary(ProbeSummary):
     scale: float | None = None
     null_dim: int | None = None
     rule: str | None = None
+    exact: bool | None = None
     null: float | None = None
     null_max: float | None = None
     random: float | None = None
@@ -95,7 +97,7 @@ class NullspaceValidation(Probe):
             means[f"{kind}_max"] = float(values[finite].max()) if finite.any() else None
         null_max = means["null_max"]
         summary = NullspaceValidationSummary(
-            scale=self.options.scale, null_dim=sub.null_dim, rule=sub.rule, **means,
+            scale=self.options.scale, null_dim=sub.null_dim, rule=sub.label, exact=sub.exact, **means,
             passed=bool(not sub.exact or null_max is None or null_max <= self.options.tolerance),
         )
         return ProbeOutput(per_image={f"logit_change_{k}": v for k, v in cols.items()}, summary=summary)

@@ -123,7 +123,7 @@ class ModelComparisonSection(ReportSection):
             "min_ellipse_classes": plots.MIN_ELLIPSE_CLASSES,
             "bars": bars,
             "no_null": [r for r in rows if r["m"].null_dim == 0],
-            "approximate": [r for r in rows if r["m"].rank_rule != "rank" and r["m"].null_dim > 0],
+            "approximate": [r for r in rows if not r["m"].exact_null and r["m"].null_dim > 0],
         }
 
 

@@ -6,7 +6,7 @@ its result once."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,8 @@ class ModelInputs:
     text: np.ndarray
     key_parts: dict
     primary: CrossFitted
+    #: where the class prompt embeddings came from (``TextEncoder.class_prompts``)
+    class_prompts: dict = field(default_factory=dict)
 
 
 def _aligned_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -107,7 +109,7 @@ def _head_subspaces(store: ArrayStore, ns, head: LinearHead, label: str) -> Head
     in the store by the weight's bytes (a c×m SVD in float64 costs seconds; a rerun with
     nothing changed reads it back)."""
     weight = np.ascontiguousarray(head.weight)
-    params = {"rule": ns.rule, "rtol": ns.rtol, "weight_eps": head.weight_eps, "keep": ns.keep, "rank": ns.rank, "null_fraction": ns.null_fraction}
+    params = {"rule": ns.rule, "rtol": ns.rtol, "atol": ns.atol, "weight_eps": head.weight_eps, "keep": ns.keep, "rank": ns.rank, "null_fraction": ns.null_fraction}
     key = content_key("subspaces", hashlib.sha256(weight.tobytes()).hexdigest(), weight.dtype.str, weight.shape, params)
     hit = store.load("subspaces", key, mmap=False)
     if hit is not None:
@@ -115,17 +117,18 @@ def _head_subspaces(store: ArrayStore, ns, head: LinearHead, label: str) -> Head
         return HeadSubspaces(
             principal=arrays["principal"], null=arrays["null"], singular_values=arrays["singular_values"],
             rule=meta["rule"], rank=int(meta["rank"]), tolerance=meta["tolerance"],
+            exact=bool(meta["exact"]), cut=meta["cut"],
         )
     try:
         sub = split_head(
-            head.weight, ns.rule, rtol=ns.rtol, weight_eps=head.weight_eps, keep=ns.keep, rank=ns.rank,
+            head.weight, ns.rule, rtol=ns.rtol, atol=ns.atol, weight_eps=head.weight_eps, keep=ns.keep, rank=ns.rank,
             null_fraction=ns.null_fraction,
         )
     except ValueError as exc:
         raise ConfigError(f"nullspace: {label}: {exc}") from exc
     store.save(
         "subspaces", key, {"principal": sub.principal, "null": sub.null, "singular_values": sub.singular_values},
-        {"rule": sub.rule, "rank": sub.rank, "tolerance": sub.tolerance},
+        {"rule": sub.rule, "rank": sub.rank, "tolerance": sub.tolerance, "exact": sub.exact, "cut": sub.cut},
     )
     return sub
 
@@ -157,8 +160,13 @@ def prepare_model(services: Services, fsrc: FeatureSource, esrc: EmbeddingSource
         labels = predicted
         labels_source = "predicted"
     class_text = text.class_text(fsrc.class_names)
+    prompts = dict(getattr(text, "class_prompts", None) or {})
     if class_text.shape[1] != emb.shape[1]:
-        raise DataError(f"target {esrc.name}: text embeddings have {class_text.shape[1]} dimensions, image embeddings {emb.shape[1]}")
+        origin = f" (from {prompts['file']})" if prompts.get("source") == "file" else ""
+        raise DataError(
+            f"target {esrc.name}: text embeddings{origin} have {class_text.shape[1]} dimensions, image embeddings "
+            f"{emb.shape[1]}" + ("; the file must hold vectors of this target's embedding space" if origin else "")
+        )
 
     with services.clock.stage("translator"):
         key_parts = {
@@ -176,7 +184,8 @@ def prepare_model(services: Services, fsrc: FeatureSource, esrc: EmbeddingSource
                 "a linear translator, because equivalent features of a nonlinear one lie off the data it was fitted on; "
                 "keep translator: linear and list nonlinear families under compare_translators"
             )
-    return ModelInputs(feats, emb, frows, ids, labels, labels_source, predicted, head, sub, class_text, key_parts, primary)
+    return ModelInputs(feats, emb, frows, ids, labels, labels_source, predicted, head, sub, class_text, key_parts, primary,
+                       prompts)
 
 
 # --------------------------------------------------------------------------- probes

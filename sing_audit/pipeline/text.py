@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from ..authors_files import read_class_prompt_embeddings
 from ..components import EmbeddingTarget, Target, template_ensemble
+from ..scores import unit_rows
 from ..progress import progress
 from ..errors import DataError
 from ..store import content_key
@@ -158,6 +160,8 @@ class TextEncoder:
         self.store, self.clock, self.loader = store, clock, loader
         self.target, self.describe, self.name = target, describe, name
         self._class_text: dict[str, np.ndarray] = {}
+        #: where the last :meth:`class_text` came from (results' ``class_prompts``)
+        self.class_prompts: dict[str, Any] = {}
 
     def _chunked(self) -> ChunkedText:
         @contextmanager
@@ -183,7 +187,16 @@ class TextEncoder:
         is stored; a target that defines its own ``class_text_embeddings`` is called once."""
         t = self.target
         if isinstance(t, EmbeddingTarget):
+            self.class_prompts = {"source": "precomputed"}
             return t.class_text_embeddings(class_names)
+        path = getattr(t, "class_prompts", None)
+        if path is not None:
+            # the user's (or the SING authors') own prompt embeddings: read, matched to the
+            # classes by name or head index, never encoded (the model is not loaded for them)
+            emb, info = read_class_prompt_embeddings(path, list(class_names))
+            self.class_prompts = info
+            return unit_rows(emb)
+        self.class_prompts = {"source": "templates", "templates": list(t.templates)}
         key = content_key("text", self.describe, list(t.templates), class_names)
         if key in self._class_text:
             return self._class_text[key]

@@ -380,3 +380,13 @@ def test_the_family_registers_its_components_through_its_entry_points():
                                 ("visualizer", "unclip", UnclipVisualizer)]:
         entry = registry.get(kind, name)
         assert entry.factory is factory and entry.package.startswith("sing-audit-huggingface "), (kind, name)
+
+
+def test_karlo_takes_class_prompt_embeddings_from_a_file(karlo_dir, tmp_path):
+    """The SING authors' prompt embeddings live in Karlo's CLIP ViT-L/14 space: a file of
+    them replaces the text encoder for the class prompts, resolved against the config's folder."""
+    from sing_audit_huggingface.karlo import KarloTarget
+
+    t = KarloTarget({"weights": str(karlo_dir), "class_prompt_embeddings": "prompts.npz", "base_dir": str(tmp_path)})
+    assert t.class_prompts == tmp_path / "prompts.npz"
+    assert KarloTarget({"weights": str(karlo_dir)}).class_prompts is None

@@ -45,6 +45,7 @@ class KarloTarget(ImageTarget):
             options = self.Options.model_validate(options)
         self.options = options
         self.templates = tuple(options.templates)
+        self.class_prompts = options.class_prompts_path()
         self.source = resolve_karlo_source(options.model, options.weights, options.base_dir, options.seed)
         self.source.check(TARGET_PARTS)
         self.random_weights = self.source.random

@@ -57,6 +57,7 @@ class OpenClipTarget(ImageTarget):
             options = self.Options.model_validate(options)
         self.options = options
         self.templates = tuple(options.templates)
+        self.class_prompts = options.class_prompts_path()
         self.model = None
         self.device = "cpu"
         self.random_weights = options.weights.strip().lower() == "random"
