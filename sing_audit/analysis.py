@@ -173,6 +173,41 @@ def zero_shot_accuracy(embeddings: np.ndarray, class_text: np.ndarray, labels: n
     return float(np.mean(pred == labels))
 
 
+def logit_correlation(translated: np.ndarray, embeddings: np.ndarray, class_text: np.ndarray,
+                      chunk: int = 4096) -> float | None:
+    """Pearson r between the target's zero-shot logits of the real image embeddings and
+    those of the translated features, pooled over every (image, class prompt) pair.
+
+    A zero-shot logit is the cosine to a class prompt, ``cos(z_i, t_k)`` for the image's
+    own embedding and ``cos(T(f_i), t_k)`` for its held-out translation; ``class_text``
+    holds one prompt per head class. ``r = 1`` when the translation ranks and spaces every
+    image's class prompts exactly as the image's own embedding does. Accumulated a row
+    chunk at a time (never the N×c matrices at once), in float64, with sums shifted by the
+    first chunk's means so the one-pass formula does not lose digits to cancellation.
+    ``None`` when either side has no variance (fewer than two values, constant logits).
+    """
+    text = unit_rows(np.asarray(class_text, dtype=np.float64))
+    n = int(np.asarray(translated).shape[0])
+    if n == 0 or text.shape[0] == 0 or n * text.shape[0] < 2:
+        return None
+    shift = None
+    count = sx = sy = sxx = syy = sxy = 0.0
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        x = unit_rows(np.asarray(embeddings[rows], dtype=np.float64)) @ text.T
+        y = unit_rows(np.asarray(translated[rows], dtype=np.float64)) @ text.T
+        if shift is None:
+            shift = (float(x.mean()), float(y.mean()))
+        x, y = x - shift[0], y - shift[1]
+        count += x.size
+        sx, sy = sx + float(x.sum()), sy + float(y.sum())
+        sxx, syy, sxy = sxx + float(np.sum(x * x)), syy + float(np.sum(y * y)), sxy + float(np.sum(x * y))
+    vx, vy = sxx - sx * sx / count, syy - sy * sy / count
+    if vx <= 0 or vy <= 0:
+        return None
+    return float(np.clip((sxy - sx * sy / count) / np.sqrt(vx * vy), -1.0, 1.0))
+
+
 def ratio(is_mean: float | None, as_abs_mean: float | None, null_dim: int) -> float | None:
     """``mean(IS) / mean(|AS|)``; ``None`` with no null space or no attribute change."""
     if null_dim == 0 or is_mean is None or as_abs_mean is None or as_abs_mean <= 0:

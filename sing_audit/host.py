@@ -59,6 +59,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.builtins.report_sections",
     "sing_audit.builtins.ci_reporters",
     "sing_audit.builtins.input_sections",
+    "sing_audit.builtins.paper_claims",
     "sing_audit.integrations.attest",
     "sing_audit.integrations.sarif",
     "sing_audit.integrations.model_card",

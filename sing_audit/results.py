@@ -28,7 +28,7 @@ __all__ = [
     "AuditResult",
 ]
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -84,6 +84,11 @@ class Fidelity(_Result):
     params: dict[str, Any] = Field(default_factory=dict)
     null_energy: float | None = Field(None, description="‖A Π_n‖_F / ‖A‖_F, mean over folds (linear translators)")
     normalized_targets: bool = False
+    logit_correlation: float | None = Field(
+        None,
+        description="Pearson r, pooled over held-out images × head classes, between the target's zero-shot logits "
+        "(cosine to each class prompt) of the image embedding z and of its translation T(f) (schema 1.3)",
+    )
 
 
 class TranslatorComparison(_Result):

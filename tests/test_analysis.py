@@ -252,3 +252,20 @@ def test_ratio():
     assert ratio(None, 1.0, null_dim=10) is None
     assert ratio(1.0, None, null_dim=10) is None
     assert ratio(0.0, 2.0, null_dim=1) == 0.0
+
+
+def test_logit_correlation_is_pearson_of_the_zero_shot_logits_pooled_over_images_and_classes():
+    from sing_audit.analysis import logit_correlation
+    from sing_audit.scores import unit_rows
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(37, 6)) + 3.0  # offset: cosines far from 0, as CLIP's are
+    t = rng.normal(size=(5, 6))
+    translated = 2.5 * z + rng.normal(scale=0.8, size=z.shape)  # scale does not matter, noise does
+    expected = np.corrcoef((unit_rows(z) @ unit_rows(t).T).ravel(), (unit_rows(translated) @ unit_rows(t).T).ravel())[0, 1]
+    # chunks of 4 rows: the shifted one-pass sums agree with numpy's two-pass r to round-off
+    got = logit_correlation(translated, z, t, chunk=4)
+    assert got == pytest.approx(expected, abs=1e-12) and 0.3 < got < 0.999
+    assert logit_correlation(z * 7.0, z, t) == pytest.approx(1.0, abs=1e-12)
+    # one class prompt and every image the same embedding: no variance, no r (never NaN)
+    assert logit_correlation(np.ones((4, 6)), np.ones((4, 6)), t[:1]) is None

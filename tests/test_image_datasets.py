@@ -65,6 +65,20 @@ def test_records_sorted_and_filtered(folder):
     assert ds.records() == recs  # deterministic, cached
 
 
+def test_classes_keeps_only_the_named_labels(folder):
+    recs = _ds(root=folder, classes=["zebra_fish", "cat"], limit_per_class=2).records()
+    assert [r.image_id for r in recs] == ["cat/C.JPEG", "cat/a.jpg", "zebra_fish/z.tiff"]
+    assert _ds(root=folder, classes=["dog"]).labels() == ["dog"]
+    # which images are kept keys the cache: the description says so
+    assert _ds(root=folder, classes=["dog"]).describe()["options"]["classes"] == ["dog"]
+    assert "classes" not in _ds(root=folder).describe()["options"]
+
+
+def test_classes_the_data_lacks_are_an_error(folder):
+    with pytest.raises(DataError, match="no images of n01440764, horse"):
+        _ds(root=folder, classes=["cat", "n01440764", "horse"]).records()
+
+
 def test_limit_per_class(folder):
     recs = _ds(root=folder, limit_per_class=2).records()
     assert [r.image_id for r in recs] == ["cat/C.JPEG", "cat/a.jpg", "dog/g.gif", "dog/sub/y.bmp", "zebra_fish/z.tiff"]

@@ -79,6 +79,12 @@ class LabelledImageOptions(PluginOptions):
     """The options every image dataset shares: labels, class mappings, bad images."""
 
     limit_per_class: int | None = Field(None, ge=1, description="keep the first N images of each class")
+    classes: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="keep only the images of these labels (class folders or CSV labels), e.g. a few ImageNet "
+        "synsets of a full validation folder; a label the data lacks is an error",
+    )
     class_map: dict[str, int] | Path | None = Field(None, description="label -> head index, or a JSON/YAML/CSV file")
     class_names: dict[str, str] | Path | None = Field(None, description="label -> readable name, or a file")
     on_bad_image: Literal["fail", "skip"] = "fail"
@@ -155,8 +161,24 @@ class _BaseImageDataset(ImageDataset):
 
     def records(self) -> list[ImageRecord]:
         if self._records is None:
-            self._records = self._scan()
+            self._records = self._keep_classes(self._scan())
         return list(self._records)
+
+    def _keep_classes(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        """``records`` of the labels of ``classes`` only (all of them without the option)."""
+        wanted = self.options.classes
+        if wanted is None:
+            return records
+        present = {r.label for r in records}
+        missing = [c for c in dict.fromkeys(wanted) if c not in present]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+            raise DataError(
+                f"classes: dataset {self.root} has no images of {shown}; check the labels (for an ImageNet "
+                f"folder, the synset folder names such as n01440764)", field="classes",
+            )
+        keep = set(wanted)
+        return [r for r in records if r.label in keep]
 
     def check(self) -> None:
         """The images can be listed (root, class folders, the CSV and every file it
@@ -216,6 +238,8 @@ class _BaseImageDataset(ImageDataset):
         # that the cache keys of existing audits stay as they were
         if self.options.max_image_pixels is not None:
             out["max_image_pixels"] = self.options.max_image_pixels
+        if self.options.classes is not None:
+            out["classes"] = list(self.options.classes)
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -107,6 +107,8 @@ class SteeringProbe(Probe):
         o = self.options
         if o.classes is None and not o.prompts and not o.pairs:
             self.options = o.model_copy(update={"pairs": [], "classes": "all"})
+        #: fold -> its translator's steering operators, for one run (the calibration steers again and again)
+        self._operators: dict = {}
 
     # ---------------------------------------------------------------- prompts
 
@@ -148,11 +150,19 @@ class SteeringProbe(Probe):
 
     # ---------------------------------------------------------------- steering
 
-    def _steer(self, ctx: ProbeContext, prompts: np.ndarray, scale: float, rows: np.ndarray) -> SteeringResult:
+    @staticmethod
+    def _prepare(ctx: ProbeContext, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The features of ``rows``, their null components' norms and their logits' norms:
+        what every step length needs, computed once per set of rows (not per calibration step)."""
         feats = np.asarray(ctx.features[rows], dtype=np.float64)
         null_norm = np.linalg.norm(null_component(feats, ctx.subspaces), axis=1)
-        eps = np.full(len(rows), scale) if self.options.epsilon_mode == "absolute" else scale * null_norm
         logit_norm = np.linalg.norm(feats @ ctx.head.weight.T + ctx.head.bias, axis=1)
+        return feats, null_norm, logit_norm
+
+    def _steer(self, ctx: ProbeContext, prompts: np.ndarray, scale: float, rows: np.ndarray,
+               prepared: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> SteeringResult:
+        feats, null_norm, logit_norm = prepared if prepared is not None else self._prepare(ctx, rows)
+        eps = np.full(len(rows), scale) if self.options.epsilon_mode == "absolute" else scale * null_norm
         k = prompts.shape[0]
         out = SteeringResult(
             np.full((len(rows), k), np.nan), np.full((len(rows), k), np.nan),
@@ -165,7 +175,9 @@ class SteeringProbe(Probe):
             lin = translator.linear_map()
             if lin is not None:
                 a, c = lin
-                ops = steering_operators(a, ctx.subspaces, ctx.head.weight)
+                ops = self._operators.get(fold)
+                if ops is None:
+                    ops = self._operators[fold] = steering_operators(a, ctx.subspaces, ctx.head.weight)
                 r = steer_linear(feats[sel] @ a.T + c, prompts, eps[sel], ops, logit_norm[sel])
             else:
                 r = self._steer_autograd(translator, ctx, feats[sel], prompts, eps[sel], logit_norm[sel])
@@ -219,8 +231,11 @@ class SteeringProbe(Probe):
         is reported equals ``calibrate_is`` (bisection; IS grows with the step)."""
         goal = self.options.calibrate_is
 
+        prepared = [self._prepare(ctx, rows) for _, _, _, rows in jobs]
+
         def mean_is(scale: float) -> float:
-            values = [self._steer(ctx, vec, scale, rows).image_score.ravel() for _, _, vec, rows in jobs]
+            values = [self._steer(ctx, vec, scale, rows, prep).image_score.ravel()
+                      for (_, _, vec, rows), prep in zip(jobs, prepared, strict=True)]
             return float(np.nanmean(np.concatenate(values)))
 
         lo, hi = 0.0, 1.0
@@ -238,6 +253,7 @@ class SteeringProbe(Probe):
     # ---------------------------------------------------------------- run
 
     def run(self, ctx: ProbeContext) -> ProbeOutput:
+        self._operators = {}  # a new model: its own translators
         names, prompts, sources = self._prompt_table(ctx)
         index = {name: i for i, name in enumerate(ctx.class_names)}
         if ctx.subspaces.null_dim == 0:

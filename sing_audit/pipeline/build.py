@@ -16,6 +16,7 @@ from ..analysis import (
     PolicyOutcome,
     audit_passed,
     compare_models,
+    logit_correlation,
     model_verdict,
     ratio,
     target_agreement,
@@ -107,6 +108,7 @@ def build_model_result(fsrc: FeatureSource, esrc: EmbeddingSource, mi: ModelInpu
             params=primary.params,
             null_energy=primary.null_energy,
             normalized_targets=primary.normalized,
+            logit_correlation=logit_correlation(primary.translated, mi.emb, text),
             **primary.fidelity,
         ),
         sanity=SanityFigures(
