@@ -148,17 +148,17 @@ def test_logit_correlation_not_measurable_in_a_result_without_it():
     assert any("schema 1.3" in r for r in report["claims"][2]["reasons"])
 
 
-def test_a_missing_model_makes_its_claims_not_measurable_and_strict_fails(tmp_path, capsys):
+def test_a_missing_model_makes_its_claims_not_measurable_and_the_check_fail_unless_allowed(tmp_path, capsys):
     run = write(tmp_path, paper_result(drop=("resnext101",)))
     report = check_claims(paper_result(drop=("resnext101",)))
     assert statuses(report) == {"ratio_order": "not measurable", "steering": "held", "logit_correlation": "not measurable"}
     assert any("no model named 'resnext101'" in r for r in report["claims"][0]["reasons"])
-    assert main(["check-claims", str(run)]) == 0
-    assert main(["check-claims", str(run), "--strict"]) == 1
+    assert main(["check-claims", str(run)]) == 1
+    assert main(["check-claims", str(run), "--allow-not-measurable"]) == 0
     # a model named otherwise is found through --model
     renamed = write(tmp_path, paper_result(names={"resnext101": "rx"}))
     capsys.readouterr()
-    assert main(["check-claims", str(renamed), "--model", "resnext101=rx", "--strict", "--json"]) == 0
+    assert main(["check-claims", str(renamed), "--model", "resnext101=rx", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["models"]["resnext101"] == "rx" and data["exit_code"] == 0
 
@@ -171,13 +171,16 @@ def test_random_weights_are_not_measurable_and_stamped(tmp_path, capsys):
     assert report["random_weights"] and report["stamp"].startswith(RANDOM_STAMP)
     assert report["claims"][0]["measured"] == {"highest": "ResNet-50", "lowest": "ResNeXt-101"}  # shown, not judged
     run = write(tmp_path, paper_result(random=everything))
-    assert main(["check-claims", str(run)]) == 0
+    # nothing measured is never a pass, not even when not-measurable claims are allowed
+    assert main(["check-claims", str(run), "--allow-not-measurable"]) == 1
+    capsys.readouterr()
+    assert main(["check-claims", str(run)]) == 1
     out = capsys.readouterr().out
     assert out.startswith(RANDOM_STAMP) and out.rstrip().endswith(RANDOM_STAMP)
     assert "nothing was checked" in out and out.count("[NOT MEASURABLE]") == 3
-    assert main(["check-claims", str(run), "--json"]) == 0
+    assert main(["check-claims", str(run), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert data["random_weights"] is True and RANDOM_STAMP in data["stamp"]
+    assert data["exit_code"] == 1 and data["random_weights"] is True and RANDOM_STAMP in data["stamp"]
     # one random model: only the claims that read it are not measurable
     one = check_claims(paper_result(random=("efficientnet_b4",)))
     assert statuses(one) == {"ratio_order": "not measurable", "steering": "held", "logit_correlation": "not measurable"}

@@ -72,14 +72,14 @@ def test_the_paper_config_validates_runs_and_its_claims_are_not_measurable_on_ra
         assert steering["epsilon_mode"] == "calibrated" and len(steering["targets"]) == 4
 
     capsys.readouterr()
-    assert main(["check-claims", str(run)]) == 0  # nothing measurable, so nothing failed
+    assert main(["check-claims", str(run)]) == 1  # nothing measured: never a pass
     out = capsys.readouterr().out
     assert out.startswith(RANDOM_STAMP) and out.count("[NOT MEASURABLE]") == 3 and "nothing was checked" in out
-    assert main(["check-claims", str(run), "--strict"]) == 1
+    assert main(["check-claims", str(run), "--allow-not-measurable"]) == 1
     capsys.readouterr()
-    assert main(["check-claims", str(run), "--json"]) == 0
+    assert main(["check-claims", str(run), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["stamp"].startswith(RANDOM_STAMP) and report["exit_code"] == 0
+    assert report["stamp"].startswith(RANDOM_STAMP) and report["exit_code"] == 1
     for claim in report["claims"]:
         assert claim["status"] == "not measurable" and claim["measured"] is not None  # measured, shown, not judged
         assert claim["reasons"] and all("random weights" in r for r in claim["reasons"])
