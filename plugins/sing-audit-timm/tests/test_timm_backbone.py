@@ -514,7 +514,7 @@ def test_uncached_pretrained_offline_fails_at_validation(options, offline, empty
 
 
 def test_uncached_hub_repository_offline_fails_at_validation(offline, empty_hub_cache):
-    with pytest.raises(WeightsError, match="config.json of hub repository timm/resnet18.a1_in1k.*weights: <local file>"):
+    with pytest.raises(WeightsError, match="timm/resnet18.a1_in1k.*not in the local hub cache.*hf download timm/resnet18.a1_in1k"):
         TimmBackbone({"model": "hf-hub:timm/resnet18.a1_in1k"})
 
 

@@ -97,11 +97,14 @@ class TimmBackbone(TimmModelName, ImageBackbone):
             w = self.resolved_weights
             if w.kind == "file" and w.folder is not None and self._local_dir() is None:
                 self._check_folder_architecture(w.folder)
+            if self.hub_id() is not None and hub_offline():
+                # the revision must be in the cache: its commit names the snapshot to read
+                self.pinned_name(self.options.model)
             if w.kind in ("pretrained", "tag"):
                 name = self._pretrained_name()
                 check_has_weights(name)
                 if hub_offline():
-                    check_cached(name)
+                    check_cached(self.pinned_name(name))
 
     def declared_classes(self) -> tuple[int, list[str] | None, list[str] | None] | None:
         """The head's classes from timm's pretrained config of the model (``num_classes``;
@@ -143,7 +146,9 @@ class TimmBackbone(TimmModelName, ImageBackbone):
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
     def _create_offline(self, name: str, **kwargs: Any):
-        """Build without pretrained weights; a hub-hosted model still needs its config from the hub."""
+        """Build without pretrained weights; a hub-hosted model still needs its config from the hub
+        (at the resolved commit)."""
+        name = self.pinned_name(name)
         try:
             return self._create(name, pretrained=False, **kwargs)
         except (ConfigError, WeightsError):
@@ -180,7 +185,7 @@ class TimmBackbone(TimmModelName, ImageBackbone):
         self.validate()
         w = self.resolved_weights
         if w.kind in ("pretrained", "tag"):
-            name = self._pretrained_name()
+            name = self.pinned_name(self._pretrained_name())
             try:
                 model = self._create(name, pretrained=True)
             except (ConfigError, WeightsError):
@@ -238,12 +243,32 @@ class TimmBackbone(TimmModelName, ImageBackbone):
         w = self.resolved_weights
         if w.kind == "file" and w.folder is not None:
             return dict(self._folder_config(w.folder)[0])
+        if self.hub_id() is not None:
+            return self._hub_config()
         name = self._pretrained_name() if w.kind in ("pretrained", "tag") else self.options.model
         try:
             pcfg = timm.models.get_pretrained_cfg(name)
-        except Exception:  # hf-hub names: the config comes with the weights
+        except Exception:  # an unknown name: no config
             pcfg = None
         return pcfg.to_dict() if pcfg is not None else {}
+
+    def _hub_config(self) -> dict[str, Any]:
+        """The pretrained config in an ``hf-hub:`` repository's ``config.json`` at the resolved commit
+        (from the cache, else fetched: it is small), so the preprocessing is known before load."""
+        from timm.models._hub import load_model_config_from_hf
+
+        name = self.pinned_name(self.options.model)
+        key = name
+        if key not in self._folder_cfgs:
+            try:
+                self._folder_cfgs[key] = tuple(load_model_config_from_hf(name.split(":", 1)[1]))  # type: ignore[assignment]
+            except Exception as exc:
+                raise WeightsError(
+                    f"the config.json of timm model {self.options.model!r} (commit {self.hub_commit()}) could not be "
+                    f"read ({exception_summary(exc)}); it is a timm model's config as save_for_hf or push_to_hf_hub "
+                    "writes it"
+                ) from exc
+        return dict(self._folder_cfgs[key][0])
 
     def pretrained_cfg_name(self) -> str | None:
         """``architecture.tag`` of the pretrained config the preprocessing comes from (e.g. ``vgg16.tv_in1k``).
@@ -336,6 +361,7 @@ class TimmBackbone(TimmModelName, ImageBackbone):
             "model": self.options.model,
             **weights_description(w, self.weights_digest, self.options.seed),
             "resolved_tag": self._resolved_tag,
+            "hub_revision": self.hub_revision(),
             "img_size": self.options.img_size,
             "pretrained_cfg": self.pretrained_cfg_name(),
             "preprocessing": jsonable(self.data_config()),
