@@ -43,8 +43,7 @@ from pydantic import Field, field_validator
 from sing_audit.builtins.sing_reference_folder import (
     KARLO_TARGET,
     PUBLISHED_BACKBONES,
-    backbone_names,
-    normalise_backbone_name,
+    backbone_mismatch,
     normalise_name,
     read_checkpoint,
     read_metadata,
@@ -150,9 +149,8 @@ class SingReferenceTranslator(CachedTorchForward, Translator):
             "would mean nothing. Use the translator published for your backbone and target, or fit one on your own data "
             "(translator: linear)."
         )
-        if o.expect_backbone is not None and normalise_backbone_name(
-            o.expect_backbone
-        ) not in backbone_names(meta["model_name"]):
+        why = None if o.expect_backbone is None else backbone_mismatch(meta["model_name"], o.expect_backbone)
+        if why is not None:
             hint = ""
             if meta["model_name"].lower() == "dinovit1":
                 hint = (
@@ -161,7 +159,7 @@ class SingReferenceTranslator(CachedTorchForward, Translator):
                 )
             raise WeightsError(
                 f"translator {self.folder} maps {self._identity()}, but the audit expects backbone "
-                f"{o.expect_backbone!r}. {tied}{hint}"
+                f"{o.expect_backbone!r}: {why}. {tied}{hint}"
             )
         if o.expect_target is not None and normalise_name(o.expect_target) not in target_names(
             meta["embedding_backend"]
