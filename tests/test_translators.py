@@ -375,10 +375,14 @@ def test_reference_mlp_matches_direct_computation(
 def test_reference_dimension_mismatch_is_a_data_error(tmp_path):
     folder = write_reference(tmp_path, "linear", *linear_checkpoint())
     f, z = data()
-    with pytest.raises(DataError, match=r"\(20, 11\).*\(20, 6\)"):
+    # the widths, not one fold's shape: the backbone's feature dimension and the fix
+    with pytest.raises(DataError, match=r"features are 11-dimensional, not in_dim 12;.*fitted on the features of") as err:
         reference(folder).fit(f[:, :11], z)
-    with pytest.raises(DataError, match=r"\(20, 12\).*\(20, 5\)"):
+    assert "(20, 11)" not in str(err.value)
+    with pytest.raises(DataError, match=r"embeddings are 5-dimensional, not out_dim 6"):
         reference(folder).fit(f, z[:, :5])
+    with pytest.raises(DataError, match=r"in_dim 12.*features are 11-dimensional"):
+        reference(folder).fit(f, z).predict(f[:, :11])
 
 
 def test_reference_checks_backbone_and_target(tmp_path):

@@ -86,6 +86,7 @@ def _hf_reference(key, model, x):
 def test_transformers_from_a_local_folder(key, hf_models, images):
     folder, model = hf_models[key]
     b = _hf(model=str(folder))
+    assert b.declared_feature_dim() == (32 if key == "vit" else 16)  # before load, from config.json on meta
     d = b.describe()
     assert json.loads(json.dumps(d)) == d and b.model is None
     assert d["plugin"] == "transformers" and d["weights"]["kind"] == "pretrained" and d["weights_digest"] is None

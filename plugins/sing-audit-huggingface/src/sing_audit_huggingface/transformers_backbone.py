@@ -290,6 +290,32 @@ class TransformersBackbone(HookedHeadBackbone):
         info = imagenet_class_info(1000) if c == 1000 else None
         return c, [n.split(",")[0].strip() or f"class {i}" for i, n in enumerate(names)], list(info[0]) if info else None
 
+    def declared_feature_dim(self) -> int | None:
+        """The width of the classifier layer's input, from the model built from its
+        ``config.json`` on the ``meta`` device (no weights, no images, no network: a hub id
+        only when its config is cached): :func:`~sing_audit.heads.head_input_width` of the
+        head layer (for DINOv2's classifier, class token + mean patch token: twice the hidden
+        size). ``None`` when that cannot tell (a head of another kind; a config not here)."""
+        import torch
+
+        from sing_audit.heads import head_input_width
+
+        folder = self.folder()
+        if folder is None:
+            found = hub_cached_file(self.options.model, "config.json", revision=self._hub_commit or self.options.revision)
+            folder = found.parent if found is not None else None
+        if folder is None or not (folder / "config.json").is_file():
+            return None
+        try:
+            from transformers import AutoConfig, AutoModelForImageClassification
+
+            config = AutoConfig.from_pretrained(str(folder))
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                model = AutoModelForImageClassification.from_config(config)
+            return head_input_width(model.get_submodule(self.options.head or "classifier"))
+        except Exception:  # noqa: BLE001 - the run builds the model and reports what is wrong
+            return None
+
     def _class_keys(self) -> list[str] | None:
         if int(self.head_affine.weight.shape[0]) != 1000 or self._class_names() is None:
             return None

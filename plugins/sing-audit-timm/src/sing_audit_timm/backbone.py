@@ -122,6 +122,34 @@ class TimmBackbone(TimmModelName, ImageBackbone):
         info = imagenet_class_info(int(count))
         return (int(count), list(info[1]), list(info[0])) if info is not None else (int(count), None, None)
 
+    def declared_feature_dim(self) -> int | None:
+        """The width of the classifier's input, read from the architecture built on the ``meta``
+        device (no weights, no images, no network: an ``hf-hub:`` model only when its config
+        is cached): :func:`~sing_audit.heads.head_input_width` of ``get_classifier()``. ``None``
+        when that cannot tell — a distilled pair of heads, whose shared input takes a forward
+        pass to find — or when the architecture does not build here; the run then checks."""
+        import torch
+
+        from sing_audit.heads import head_input_width
+
+        hub = self.hub_id()
+        if hub is not None:
+            from sing_audit.weights import hub_cached_commit
+
+            commit = self._hub_commit or hub_cached_commit(hub[0], hub[1])
+            if commit is None:
+                return None
+            name = f"hf-hub:{hub[0]}@{commit}"
+        else:
+            name = self._build_name()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                model = self._create(name, pretrained=False)
+            clf = model.get_classifier() if hasattr(model, "get_classifier") else None
+        except Exception:  # noqa: BLE001 - an architecture that does not build on meta: the run will tell
+            return None
+        return head_input_width(clf) if clf is not None else None
+
     # ------------------------------------------------------------------ building
 
     def _create(self, model_name: str, *, pretrained: bool, **kwargs: Any):
