@@ -141,3 +141,7 @@ def test_online_asks_the_hub_which_commit_a_branch_names(hub_cache, monkeypatch,
     assert asked == [(REPO, "main")]
     with torch.no_grad():
         assert torch.equal(b.logits(images), models[V2](images))
+
+
+def test_declared_feature_dim_reads_the_cached_config(offline, hub_cache):
+    assert TimmBackbone({"model": f"hf-hub:{REPO}@v2", "img_size": SIZE}).declared_feature_dim() == 512
