@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from sing_audit.builtins.sing_reference_folder import (
-    PUBLISHED_BACKBONES,
+from sing_audit.builtins.sing_reference_folder import PUBLISHED_BACKBONES
+from sing_audit.builtins.sing_reference_ids import (
     TIMM_DEFAULT_TAGS,
     TIMM_TORCHVISION_V1_TAG,
     TORCHVISION_DEFAULT_WEIGHTS,

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
+from sing_audit.builtins.sing_reference_ids import backbone_mismatch
 from sing_audit.builtins.sing_reference_folder import (
     KARLO_TARGET,
     PUBLISHED_BACKBONES,
-    backbone_mismatch,
     normalise_name,
     read_checkpoint,
     read_metadata,
