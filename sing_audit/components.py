@@ -124,6 +124,15 @@ class Backbone(abc.ABC):
         dataset's labels before anything loads; ``None`` when only loading can tell."""
         return None
 
+    def declared_feature_dim(self) -> int | None:
+        """The width of the features, told without reading weights or running images (the
+        architecture built on the ``meta`` device, a file's header), so ``validate`` can
+        refuse a translator fitted for another width; ``None`` when only a forward pass can
+        tell (the pre-flight then leaves the check to the run, which names the same
+        mismatch). Must not raise for a model that would load: an answer it cannot give is
+        ``None``, never a guess."""
+        return None
+
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """Everything the features depend on (plugin, model, weights digest, preprocessing)."""
@@ -300,6 +309,16 @@ class Translator(abc.ABC):
     def linear_map(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(A, c)`` with ``T(f) = A f + c`` (A is n×m), or ``None`` when not affine."""
         return None
+
+    def input_dim(self) -> int | None:
+        """The feature width ``m`` this translator takes before any fit (one published for a
+        given backbone), or ``None`` when it fits to whatever the audit gives. The pre-flight
+        compares it with each backbone's :meth:`Backbone.declared_feature_dim`."""
+        return None
+
+    def input_hint(self) -> str:
+        """What to do when :meth:`input_dim` does not match a backbone (for the pre-flight's message)."""
+        return "use a translator made for that backbone's features, or one fitted on the audit's data (translator: linear)"
 
     def state(self) -> dict[str, np.ndarray]:
         """Fitted arrays to save (safetensors)."""

@@ -52,6 +52,7 @@ __all__ = [
     "affine_of",
     "compose",
     "fold_head",
+    "head_input_width",
     "head_modules",
     "linear_affine",
     "type_path",
@@ -288,6 +289,34 @@ def head_modules(classifier) -> tuple[Any, ...]:
     if isinstance(classifier, (tuple, list)):
         return tuple(classifier)
     return (classifier,)
+
+
+def head_input_width(classifier) -> int | None:
+    """The width of the features a head reads, from its modules' declared sizes alone (works on
+    the ``meta`` device: no weights, no forward pass): the ``in_features`` of a Linear, the
+    ``in_channels`` of a 1×1 Conv, the first such layer of a Sequential (LeViT's BatchNorm +
+    Linear: its ``linear``). ``None`` when that is not enough: a tuple of heads (whether
+    they read one tensor or each its own takes a forward pass), an Identity (no head), or a
+    module of unknown kind."""
+    from torch import nn
+
+    modules = head_modules(classifier)
+    if len(modules) != 1:
+        return None
+    m = modules[0]
+    if isinstance(m, nn.Linear):
+        return int(m.in_features)
+    if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1):
+        return int(m.in_channels)
+    if isinstance(getattr(m, "linear", None), nn.Linear) and isinstance(getattr(m, "bn", None), nn.BatchNorm1d):
+        return int(m.linear.in_features)
+    if isinstance(m, nn.Sequential):
+        for child in m:
+            if isinstance(child, (nn.Linear, nn.Conv2d)):
+                return head_input_width(child)
+            if not isinstance(child, (nn.Dropout, nn.Identity, nn.Flatten)):
+                return None
+    return None
 
 
 def fold_head(classifier, *, shared_input: bool | None = None, folders: HeadFolders | None = None) -> FoldedHead:

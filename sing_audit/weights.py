@@ -18,10 +18,19 @@ Files are read with :func:`load_state_dict` (safetensors, or ``torch.load`` with
 ``weights_only=True``; from :mod:`sing_audit.weight_files`, re-exported here), fingerprinted with :func:`file_digest`, and loaded strictly with
 :func:`load_into`, whose errors list what does not match.
 
-Offline use: :func:`hub_offline` says whether the hub is known to be unreachable
+Offline use (from :mod:`sing_audit.hub_cache`, re-exported here): :func:`hub_offline` says whether the hub is known to be unreachable
 (``HF_HUB_OFFLINE``), and :func:`hub_cached_file` looks a file up in the local hub cache
 without any network access, so a plugin can refuse an uncached pretrained tag when its
 options are validated rather than when the model is built.
+
+Hub revisions: a hub model id may carry a revision (``org/name@v2``, timm's style);
+:func:`split_hub_id` parts it, and :func:`resolve_hub_commit` turns the revision (a branch,
+a tag, or nothing for ``main``) into the commit hash of the snapshot to use — from the hub
+when it is reachable, else from the local cache (``refs/<revision>``), with a
+:class:`WeightsError` saying how to fetch it when it is in neither. Plugins record that
+commit in ``describe()`` (:func:`hub_revision_description`), so results name the snapshot
+actually used and a different snapshot never reuses cached features, and they load that
+exact commit.
 """
 
 from __future__ import annotations
@@ -34,6 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
+from .hub_cache import (
+    hub_cached_commit,
+    hub_cached_file,
+    hub_fetch_hint,
+    hub_offline,
+    hub_revision_description,
+    resolve_hub_commit,
+    split_hub_id,
+)
 from .weight_files import load_state_dict, torch_load_weights_only
 
 __all__ = [
@@ -42,12 +60,17 @@ __all__ = [
     "ResolvedWeights",
     "file_digest",
     "find_weights_in_folder",
+    "hub_cached_commit",
     "hub_cached_file",
+    "hub_fetch_hint",
     "hub_offline",
+    "hub_revision_description",
     "load_into",
     "load_state_dict",
     "local_weights_hint",
+    "resolve_hub_commit",
     "resolve_weights",
+    "split_hub_id",
     "state_dict_digest",
     "torch_load_weights_only",
 ]
@@ -68,8 +91,6 @@ HUB_WEIGHT_FILES: tuple[str, ...] = (
 )
 
 _CHUNK = 1 << 20
-
-_TRUE = {"1", "on", "yes", "true", "y", "t"}
 
 
 def local_weights_hint(what: str = "the model") -> str:
@@ -187,47 +208,6 @@ def resolve_weights(spec: str | os.PathLike | None, base_dir: Path | None = None
             return ResolvedWeights("file", value, find_weights_in_folder(path), folder=path)
         return ResolvedWeights("file", value, path)
     return ResolvedWeights("tag", value)
-
-
-# --------------------------------------------------------------------------- offline hub
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face hub is known to be unreachable (``HF_HUB_OFFLINE``).
-
-    Reads the environment variable (so a value set after ``huggingface_hub`` was imported
-    counts) and ``huggingface_hub.constants.HF_HUB_OFFLINE``.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
-        return True
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - a dependency of timm and open_clip
-        return False
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-
-
-def hub_cached_file(repo_id: str, filenames: str | tuple[str, ...] | list[str], revision: str | None = None) -> Path | None:
-    """The first of ``filenames`` of hub repository ``repo_id`` present in the local cache, or ``None``.
-
-    Never touches the network. ``repo_id`` may carry a ``@revision`` suffix (timm's style).
-    """
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return None
-    if isinstance(filenames, str):
-        filenames = (filenames,)
-    if "@" in repo_id and revision is None:
-        repo_id, _, revision = repo_id.partition("@")
-    for name in filenames:
-        try:
-            found = try_to_load_from_cache(repo_id, name, revision=revision)
-        except (ValueError, OSError):  # an invalid repository id or file name: not cached
-            found = None
-        if isinstance(found, str) and Path(found).is_file():
-            return Path(found)
-    return None
 
 
 # --------------------------------------------------------------------------- digests

@@ -375,10 +375,14 @@ def test_reference_mlp_matches_direct_computation(
 def test_reference_dimension_mismatch_is_a_data_error(tmp_path):
     folder = write_reference(tmp_path, "linear", *linear_checkpoint())
     f, z = data()
-    with pytest.raises(DataError, match=r"\(20, 11\).*\(20, 6\)"):
+    # the widths, not one fold's shape: the backbone's feature dimension and the fix
+    with pytest.raises(DataError, match=r"features are 11-dimensional, not in_dim 12;.*fitted on the features of") as err:
         reference(folder).fit(f[:, :11], z)
-    with pytest.raises(DataError, match=r"\(20, 12\).*\(20, 5\)"):
+    assert "(20, 11)" not in str(err.value)
+    with pytest.raises(DataError, match=r"embeddings are 5-dimensional, not out_dim 6"):
         reference(folder).fit(f, z[:, :5])
+    with pytest.raises(DataError, match=r"in_dim 12.*features are 11-dimensional"):
+        reference(folder).fit(f, z).predict(f[:, :11])
 
 
 def test_reference_checks_backbone_and_target(tmp_path):
@@ -404,6 +408,27 @@ def test_reference_checks_backbone_and_target(tmp_path):
         reference(folder, expect_backbone="timm/vit_large_patch16_224.orig_in21k")
     with pytest.raises(WeightsError, match="ViT-B-32.*tied to"):
         reference(folder, expect_target="ViT-B-32/openai")
+
+
+@pytest.mark.parametrize(
+    "model_name, accepted, refused, says",
+    [
+        ("densenet", ["densenet121", "torchvision:densenet121", "timm/densenet121.tv_in1k"], "timm/densenet121",
+         "ra_in1k"),
+        ("convnext", ["convnext_base", "hf-hub:timm/convnext_base.fb_in22k_ft_in1k"], "convnext_base.fb_in1k",
+         "timm/convnext_base.fb_in22k_ft_in1k"),
+        ("efficientnet", ["tf_efficientnet_b0", "timm/tf_efficientnet_b0.ns_jft_in1k"], "tf_efficientnet_b0.in1k",
+         "ns_jft_in1k"),
+        ("resnet", ["resnet50.IMAGENET1K_V1", "resnet50.tv_in1k"], "resnet50", "IMAGENET1K_V2"),
+    ],
+)
+def test_reference_backbone_names_that_resolve_to_the_published_weights(tmp_path, model_name, accepted, refused, says):
+    folder = write_reference(tmp_path, "linear", *linear_checkpoint(), model_name=model_name)
+    for name in accepted:
+        reference(folder, expect_backbone=name)
+    with pytest.raises(WeightsError, match=f"expects backbone {refused!r}: .*{says}.*tied to the backbone") as err:
+        reference(folder, expect_backbone=refused)
+    assert "write expect_backbone:" in str(err.value)
 
 
 def test_reference_refuses_poor_fidelity(tmp_path):

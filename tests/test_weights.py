@@ -344,3 +344,82 @@ def test_load_into_many_keys_truncated():
     with pytest.raises(WeightsError) as err:
         load_into(target, {"x": torch.zeros(1)}, what="net")
     assert "20 missing key(s)" in str(err.value) and "more" in str(err.value)
+
+
+# --------------------------------------------------------------------------- hub revisions
+
+
+def _cache_with_refs(tmp_path, monkeypatch, refs: dict[str, str]):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--org--model"
+    (repo / "refs").mkdir(parents=True)
+    for ref, commit in refs.items():
+        (repo / "refs" / ref).write_text(commit + "\n")
+        (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    return repo
+
+
+def test_split_hub_id():
+    from sing_audit.weights import split_hub_id
+
+    assert split_hub_id("org/model") == ("org/model", None)
+    assert split_hub_id("org/model@v2") == ("org/model", "v2")
+    with pytest.raises(WeightsError, match="names no revision"):
+        split_hub_id("org/model@")
+
+
+def test_hub_cached_commit_reads_refs_and_needs_the_snapshot(tmp_path, monkeypatch):
+    from sing_audit.weights import hub_cached_commit
+
+    repo = _cache_with_refs(tmp_path, monkeypatch, {"main": "a" * 40, "v2": "b" * 40})
+    assert hub_cached_commit("org/model") == "a" * 40
+    assert hub_cached_commit("org/model", "v2") == "b" * 40
+    assert hub_cached_commit("org/model", "b" * 40) == "b" * 40
+    assert hub_cached_commit("org/model", "c" * 40) is None  # no such snapshot
+    assert hub_cached_commit("org/model", "v3") is None
+    assert hub_cached_commit("org/other") is None
+    (repo / "refs" / "broken").write_text("d" * 40)  # a ref to a snapshot that is gone
+    assert hub_cached_commit("org/model", "broken") is None
+
+
+def test_resolve_hub_commit_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from sing_audit.weights import resolve_hub_commit
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _cache_with_refs(tmp_path, monkeypatch, {"main": "a" * 40})
+    assert resolve_hub_commit("org/model") == "a" * 40
+    with pytest.raises(WeightsError) as err:
+        resolve_hub_commit("org/model", "v3", what="my model")
+    msg = str(err.value)
+    assert "'v3'" in msg and "(my model)" in msg and "hf download org/model --revision v3" in msg
+    assert str(huggingface_hub.constants.HF_HUB_CACHE) in msg and "HF_HUB_OFFLINE" in msg
+    with pytest.raises(WeightsError, match="hf download org/model --revision " + "c" * 40):
+        resolve_hub_commit("org/model", "c" * 40)  # a commit hash whose snapshot is not here
+
+
+def test_resolve_hub_commit_online_asks_the_hub_then_falls_back_to_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from sing_audit.weights import resolve_hub_commit
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    _cache_with_refs(tmp_path, monkeypatch, {"main": "a" * 40})
+    answer = {"sha": "b" * 40}
+
+    def model_info(self, repo_id, revision=None, **kwargs):
+        if answer["sha"] is None:
+            raise OSError("network is unreachable")
+        return type("Info", (), {"sha": answer["sha"]})()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    assert resolve_hub_commit("org/model") == "b" * 40  # the hub's main moved on: it wins over the cache
+    answer["sha"] = None
+    assert resolve_hub_commit("org/model") == "a" * 40  # unreachable: the cache answers
+    with pytest.raises(WeightsError, match="could not be asked \\(OSError\\).*hf download org/model --revision v9"):
+        resolve_hub_commit("org/model", "v9")

@@ -99,6 +99,31 @@ def _float_matrix(arrays: dict, key: str, path: Path) -> np.ndarray:
     return a
 
 
+def array_shape(path: Path, key: str) -> tuple[int, ...] | None:
+    """The shape of array ``key`` of an ``.npz`` or ``.safetensors`` file, from its header alone
+    (nothing but the header is read); ``None`` when the file or the array is not there or
+    cannot be read (reading the file itself then says why)."""
+    try:
+        if path.suffix == ".npz":
+            import zipfile
+
+            with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
+                major, _ = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, _ = read(fh)  # the header only
+                return tuple(int(d) for d in shape)
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="np") as fh:
+                if key not in fh.keys():
+                    return None
+                return tuple(int(d) for d in fh.get_slice(key).get_shape())
+    except Exception:  # noqa: BLE001 - unreadable here: load_features reports it
+        return None
+    return None
+
+
 def _check_ids(ids: list[str] | None, n: int, path: Path) -> None:
     if ids is None:
         return
@@ -130,6 +155,11 @@ class PrecomputedBackbone(FeatureBackbone):
 
     def describe(self) -> dict[str, Any]:
         return {"plugin": "precomputed", "path": str(self.path), "digest": _digest(self.path) if self.path.is_file() else None}
+
+    def declared_feature_dim(self) -> int | None:
+        """The width of ``features`` (N×m), from the file's header: no array is read."""
+        shape = array_shape(self.path, "features")
+        return shape[1] if shape is not None and len(shape) == 2 else None
 
     def head(self) -> LinearHead:
         a = self._load()

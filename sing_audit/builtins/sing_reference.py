@@ -40,11 +40,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
+from sing_audit.builtins.sing_reference_ids import backbone_mismatch
 from sing_audit.builtins.sing_reference_folder import (
     KARLO_TARGET,
     PUBLISHED_BACKBONES,
-    backbone_names,
-    normalise_backbone_name,
     normalise_name,
     read_checkpoint,
     read_metadata,
@@ -150,9 +149,8 @@ class SingReferenceTranslator(CachedTorchForward, Translator):
             "would mean nothing. Use the translator published for your backbone and target, or fit one on your own data "
             "(translator: linear)."
         )
-        if o.expect_backbone is not None and normalise_backbone_name(
-            o.expect_backbone
-        ) not in backbone_names(meta["model_name"]):
+        why = None if o.expect_backbone is None else backbone_mismatch(meta["model_name"], o.expect_backbone)
+        if why is not None:
             hint = ""
             if meta["model_name"].lower() == "dinovit1":
                 hint = (
@@ -161,7 +159,7 @@ class SingReferenceTranslator(CachedTorchForward, Translator):
                 )
             raise WeightsError(
                 f"translator {self.folder} maps {self._identity()}, but the audit expects backbone "
-                f"{o.expect_backbone!r}. {tied}{hint}"
+                f"{o.expect_backbone!r}: {why}. {tied}{hint}"
             )
         if o.expect_target is not None and normalise_name(o.expect_target) not in target_names(
             meta["embedding_backend"]
@@ -236,9 +234,10 @@ class SingReferenceTranslator(CachedTorchForward, Translator):
     def _check_features(self, x: np.ndarray, what: str = "features") -> None:
         m = self.metadata["in_dim"]
         if x.ndim != 2 or x.shape[1] != m:
+            got = f"are {x.shape[1]}-dimensional" if x.ndim == 2 else f"are not a matrix (shape {x.shape})"
             raise DataError(
-                f"SING reference translator {self.folder} takes {m}-dimensional features ({self._identity()}), but the "
-                f"audit's {what} have shape {x.shape}"
+                f"SING reference translator {self.folder} takes {m}-dimensional features (in_dim {m}: "
+                f"{self._identity()}), but the audit's {what} {got}; {self.input_hint()}"
             )
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
@@ -249,23 +248,42 @@ class SingReferenceTranslator(CachedTorchForward, Translator):
         with torch.no_grad():
             return self.net_(torch.as_tensor(x, dtype=torch.float64)).numpy()
 
+    def input_dim(self) -> int:
+        """``in_dim`` of ``metadata.yaml``: the width of the backbone's features it was fitted on."""
+        return int(self.metadata["in_dim"])
+
+    def input_hint(self) -> str:
+        pub = PUBLISHED_BACKBONES.get(self.metadata["model_name"].lower())
+        fitted = f"{pub[0]} {pub[1]}" if pub else repr(self.metadata["model_name"])
+        return (
+            f"this translator ({self.folder}) was fitted on the features of {fitted}: audit that backbone with it, "
+            "use the translator published for your backbone, or fit one on the audit's data (translator: linear)"
+        )
+
     def fit(self, features, targets, groups=None) -> SingReferenceTranslator:
         from sing_audit.scores import unit_rows
 
         x = np.asarray(features, dtype=np.float64)
         z = np.asarray(targets, dtype=np.float64)
         m, n = self.metadata["in_dim"], self.metadata["out_dim"]
-        if (
-            x.ndim != 2
-            or z.ndim != 2
-            or x.shape[1] != m
-            or z.shape[1] != n
-            or x.shape[0] != z.shape[0]
-        ):
+        if x.ndim != 2 or z.ndim != 2:
+            raise DataError(
+                f"SING reference translator {self.folder}: features and target embeddings must be matrices, got "
+                f"shapes {x.shape} and {z.shape}"
+            )
+        problems = []
+        if x.shape[1] != m:  # the width is the backbone's, whichever rows (fold) this fit sees
+            problems.append(f"the backbone's features are {x.shape[1]}-dimensional, not in_dim {m}")
+        if z.shape[1] != n:
+            problems.append(f"the target's embeddings are {z.shape[1]}-dimensional, not out_dim {n}")
+        if x.shape[0] != z.shape[0]:
+            problems.append(f"{x.shape[0]} feature rows come with {z.shape[0]} embedding rows")
+        if problems:
+            fix = (self.input_hint() if x.shape[1] != m else
+                   "use the translator published for this backbone and target")
             raise DataError(
                 f"SING reference translator {self.folder} maps {m}-dimensional features to {n}-dimensional embeddings "
-                f"({self._identity()}), but the audit gives features of shape {x.shape} and target embeddings of shape "
-                f"{z.shape}; use the translator published for this backbone and target"
+                f"({self._identity()}), but {'; '.join(problems)}; {fix}"
             )
         pred = self._apply(x)
         cos = (

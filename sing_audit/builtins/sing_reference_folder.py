@@ -14,8 +14,6 @@ from sing_audit.errors import WeightsError
 __all__ = [
     "KARLO_TARGET",
     "PUBLISHED_BACKBONES",
-    "backbone_names",
-    "normalise_backbone_name",
     "normalise_name",
     "read_checkpoint",
     "read_metadata",
@@ -45,7 +43,7 @@ _TARGET_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 #: the authors' ``model_name`` -> (library, checkpoint, feature dimension), from their
-#: ``configs/models.yaml``; timm names without a tag resolve to timm's default tag.
+#: ``configs/models.yaml`` (where timm names carry no tag, the tag timm resolved them to).
 PUBLISHED_BACKBONES: dict[str, tuple[str, str, int]] = {
     "resnet": ("torchvision", "resnet50 (IMAGENET1K_V1)", 2048),
     "dinovit1": ("timm", "vit_large_patch16_224.augreg_in21k_ft_in1k", 1024),
@@ -62,20 +60,6 @@ PUBLISHED_BACKBONES: dict[str, tuple[str, str, int]] = {
     "vgg19": ("torchvision", "vgg19 (IMAGENET1K_V1)", 4096),
 }
 
-#: further names of the same checkpoints a user may write in ``expect_backbone``
-_BACKBONE_ALIASES: dict[str, tuple[str, ...]] = {
-    # timm's ``tv_in1k`` tags are the torchvision IMAGENET1K_V1 weights (a bare "resnet50"
-    # is ambiguous: timm's default is a1_in1k, torchvision's DEFAULT is IMAGENET1K_V2)
-    "resnet": ("resnet50.tv_in1k", "resnet50.IMAGENET1K_V1"),
-    "densenet": ("densenet121.tv_in1k", "densenet121.IMAGENET1K_V1"),
-    "vgg16": ("vgg16.tv_in1k", "vgg16.IMAGENET1K_V1"),
-    "vgg19": ("vgg19.tv_in1k", "vgg19.IMAGENET1K_V1"),
-    # the authors wrote these without a tag; timm resolves them to its default tag
-    "dinovit1": ("vit_large_patch16_224",),
-    "swin_large": ("swin_large_patch4_window7_224",),
-    "deit": ("deit3_large_patch16_224",),
-}
-
 _ARCHITECTURES = ("linear", "3layer", "4layer", "residual")
 _REQUIRED = (
     "model_name",
@@ -88,43 +72,11 @@ _REQUIRED = (
 )
 _OPTIONAL = ("hidden_dim",)
 _NESTED = "translator_state_dict"
-_PREFIXES = (
-    "timm:",
-    "timm/",
-    "torchvision:",
-    "torchvision/",
-    "transformers:",
-    "hf-hub:",
-    "hf_hub:",
-    "hf:",
-)
 
 
 def normalise_name(name: str) -> str:
     """Compare names ignoring case and punctuation."""
     return re.sub(r"[^a-z0-9]+", "", name.lower())
-
-
-def normalise_backbone_name(name: str) -> str:
-    n = name.strip().lower()
-    stripped = True
-    while stripped:
-        stripped = False
-        for p in _PREFIXES:
-            if n.startswith(p):
-                n, stripped = n[len(p) :], True
-    return normalise_name(n)
-
-
-def backbone_names(model_name: str) -> set[str]:
-    """Every normalised name that denotes the backbone checkpoint of ``model_name``."""
-    names = {normalise_backbone_name(model_name)}
-    pub = PUBLISHED_BACKBONES.get(model_name.lower())
-    if pub is not None:
-        names.add(normalise_backbone_name(pub[1]))
-    for alias in _BACKBONE_ALIASES.get(model_name.lower(), ()):
-        names.add(normalise_backbone_name(alias))
-    return names
 
 
 def target_names(backend: str) -> set[str]:

@@ -18,7 +18,7 @@ from ..store import content_key
 from ..terminal import suggest
 from ..visualize import check_visualizer
 
-__all__ = ["Plan", "audit_identity", "build_plan", "check_labels", "create_reporter"]
+__all__ = ["Plan", "audit_identity", "build_plan", "check_feature_dims", "check_labels", "create_reporter"]
 
 
 @dataclass
@@ -113,6 +113,8 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     for context, component in built:
         check_component(context, component)
     check_labels(dataset, backbones, source)
+    check_feature_dims(backbones, [("translator", translator)] + [
+        (f"compare_translators[{i}]", t) for i, t in enumerate(compared)], source)
     return Plan(cfg, registry, dataset, targets, backbones, translator, compared, probes, reporters, source, visualizer)
 
 
@@ -141,6 +143,34 @@ def check_labels(dataset: Component | None, backbones: list[Component], source: 
                 f"{source}: dataset: {exc} (the head of backbones[{i}] {comp.name!r}: {count} classes, as its "
                 "model's config declares)"
             ) from exc
+
+
+def check_feature_dims(backbones: list[Component], translators: list[tuple[str, Component]],
+                       source: str = "<config>") -> None:
+    """The pre-flight of the feature width: a translator that takes a fixed width
+    (``Translator.input_dim``, e.g. a published SING translator's ``in_dim``) must get it
+    from every backbone whose width is known before loading (``Backbone.declared_feature_dim``).
+    A backbone that cannot tell without a forward pass (``None``) is left to the run, whose
+    translator names the same mismatch; no error is raised on a guess."""
+    widths = []
+    for i, comp in enumerate(backbones):
+        declared = getattr(comp.instance, "declared_feature_dim", None)
+        dim = declared() if declared is not None else None
+        if dim is not None:
+            widths.append((i, comp, int(dim)))
+    for where, comp in translators:
+        wanted = getattr(comp.instance, "input_dim", None)
+        m = wanted() if wanted is not None else None
+        if m is None:
+            continue
+        for i, bcomp, dim in widths:
+            if dim != int(m):
+                hint = getattr(comp.instance, "input_hint", None)
+                fix = hint() if hint is not None else "use a translator made for that backbone's features"
+                raise ConfigError(
+                    f"{source}: {where}: translator {comp.name!r} takes {m}-dimensional features (in_dim {m}), but "
+                    f"backbones[{i}] {bcomp.name!r} gives {dim}-dimensional features; {fix}"
+                )
 
 
 def audit_identity(cfg: AuditConfig) -> str:

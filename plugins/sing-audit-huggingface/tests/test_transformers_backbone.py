@@ -86,6 +86,7 @@ def _hf_reference(key, model, x):
 def test_transformers_from_a_local_folder(key, hf_models, images):
     folder, model = hf_models[key]
     b = _hf(model=str(folder))
+    assert b.declared_feature_dim() == (32 if key == "vit" else 16)  # before load, from config.json on meta
     d = b.describe()
     assert json.loads(json.dumps(d)) == d and b.model is None
     assert d["plugin"] == "transformers" and d["weights"]["kind"] == "pretrained" and d["weights_digest"] is None
@@ -268,3 +269,58 @@ def test_declared_classes_from_config_json(tmp_path):
     keys, names = imagenet_class_info(1000)
     assert TransformersBackbone({"model": str(generic), "weights": "random"}).declared_classes() == (1000, list(names), list(keys))
     assert TransformersBackbone({"model": str(named), "weights": "random", "head": "classifier"}).declared_classes() is None
+
+
+# --------------------------------------------------------------------------- hub revisions
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch, hf_models):
+    """HF_HOME in tmp_path, offline, whose hub cache holds ``someone/tiny-vit`` at two commits
+    (main -> "1"*40, tag v2 -> "2"*40): the saved ViT, and the same ViT with another head bias."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    home = tmp_path / "hf-home"
+    cache = home / "hub"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    folder, model = hf_models["vit"]
+    repo = cache / "models--someone--tiny-vit"
+    shutil.copytree(folder, repo / "snapshots" / ("1" * 40))
+    shutil.copytree(folder, repo / "snapshots" / ("2" * 40))
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    sd["classifier.bias"] = sd["classifier.bias"] + 1.0
+    save_file(sd, str(repo / "snapshots" / ("2" * 40) / "model.safetensors"), metadata={"format": "pt"})
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    (repo / "refs" / "v2").write_text("2" * 40)
+    return repo, model
+
+
+@pytest.mark.parametrize("revision, commit", [(None, "1" * 40), ("v2", "2" * 40), ("2" * 40, "2" * 40)])
+def test_transformers_revision_resolves_offline_to_its_commit(revision, commit, hub_cache, images):
+    from sing_audit.store import content_key
+
+    _, model = hub_cache
+    b = _hf(model="someone/tiny-vit", revision=revision)
+    before = b.describe()
+    assert before["hub_revision"] == {"repo": "someone/tiny-vit", "revision": revision or "main", "commit": commit}
+    b.load("cpu")
+    with torch.no_grad():
+        reference = model(pixel_values=images).logits
+    shift = 1.0 if commit == "2" * 40 else 0.0  # the v2 snapshot's head bias is one more
+    torch.testing.assert_close(b.logits(images), reference + shift)
+    other = _hf(model="someone/tiny-vit", revision="v2" if commit == "1" * 40 else None).describe()
+    assert content_key(other) != content_key(before)
+
+
+def test_transformers_uncached_revision_is_a_clear_error(hub_cache):
+    with pytest.raises(WeightsError) as err:
+        _hf(model="someone/tiny-vit", revision="v3")
+    msg = str(err.value)
+    assert "'v3'" in msg and "hf download someone/tiny-vit --revision v3" in msg and "save_pretrained" in msg

@@ -85,7 +85,7 @@ def test_uncached_pretrained_offline_fails_in_the_preflight(tmp_path, capsys, no
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.count("not on this machine") == 1
     assert f"{cfg}: target.weights: the pretrained weights of open_clip model 'ViT-B-32' (tag 'openai') " in err
-    assert "huggingface-cli download timm/vit_base_patch32_clip_224.openai open_clip_pytorch_model.bin" in err
+    assert "hf download timm/vit_base_patch32_clip_224.openai open_clip_pytorch_model.bin" in err
     assert "model: ViT-B-32-quickgelu" in err and "weights: random" in err
     assert not (tmp_path / "out").exists()
 
@@ -97,7 +97,7 @@ def test_uncached_tag_and_hub_model_offline(offline):
                        r"and set weights: <that file>;") as err:
         OpenClipTarget({"model": "ViT-B-32", "weights": "laion2b_s34b_b79k"}).check()
     assert err.value.field == "weights"
-    with pytest.raises(WeightsError, match="open_clip_config.json of hub repository org/clip"):
+    with pytest.raises(WeightsError, match="revision .main. of hub repository .org/clip.*not in the local hub cache.*`hf download org/clip`"):
         OpenClipTarget({"model": "hf-hub:org/clip"}).check()
 
 

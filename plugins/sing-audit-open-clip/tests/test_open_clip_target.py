@@ -218,7 +218,7 @@ def test_tokenizer_needing_download_is_a_weights_error(target, monkeypatch):
 
     monkeypatch.setattr(open_clip, "get_tokenizer", fail)
     with pytest.raises(WeightsError, match="tokenizer"):
-        target._load_tokenizer()
+        target._load_tokenizer(target.options.model)
 
 
 # --------------------------------------------------------------------------- options, registration

@@ -269,6 +269,7 @@ def test_layout_matches_reference_and_wrong_layouts_do_not(key, layout, fmt, exp
     stem = f"{key}_{layout}"
     path = (save_dino_head if fmt == "dino" else save_dinov2_head)(store / f"{stem}_head.pth", full_w, full_b)
     b = _backbone(name, weights, str(path), img_size=size, **({"layout": layout} if explicit else {}))
+    assert b.declared_feature_dim() == dim  # told before load, from the meta architecture and the layout
     b.load("cpu")
     assert b.layout().name == layout
 

@@ -514,7 +514,7 @@ def test_uncached_pretrained_offline_fails_at_validation(options, offline, empty
 
 
 def test_uncached_hub_repository_offline_fails_at_validation(offline, empty_hub_cache):
-    with pytest.raises(WeightsError, match="config.json of hub repository timm/resnet18.a1_in1k.*weights: <local file>"):
+    with pytest.raises(WeightsError, match="timm/resnet18.a1_in1k.*not in the local hub cache.*hf download timm/resnet18.a1_in1k"):
         TimmBackbone({"model": "hf-hub:timm/resnet18.a1_in1k"})
 
 
@@ -704,3 +704,26 @@ def test_declared_classes_come_from_the_pretrained_config():
     count, names, keys = TimmBackbone({"model": "resnet18", "weights": "random"}).declared_classes()
     assert count == 1000 and keys == list(imagenet_class_info(1000)[0]) and names[281] == "tabby"
     assert TimmBackbone({"model": "vit_base_patch16_224.augreg_in21k", "weights": "random"}).declared_classes()[0] == 21843
+
+
+# --------------------------------------------------------------------------- feature width before load
+
+
+@pytest.mark.parametrize("model", ["resnet18", "vit_tiny_patch16_224"])
+def test_declared_feature_dim_is_the_features_width(model, images):
+    b = TimmBackbone({"model": model, "weights": "random", "img_size": SIZE})
+    declared = b.declared_feature_dim()
+    assert b.model is None  # told without loading
+    b.load("cpu")
+    assert declared == b.features(images).shape[1] == b.head().num_features
+
+
+@pytest.mark.parametrize("model, width", [("vgg11", 4096), ("resnetv2_50x1_bit", 2048), ("convnext_base", 1024)])
+def test_declared_feature_dim_of_heads_of_other_kinds(model, width):
+    """VGG's pre-logits MLP (the head reads 4096), BiT's 1×1 conv head, ConvNeXt's norm + Linear head."""
+    assert TimmBackbone({"model": model, "weights": "random"}).declared_feature_dim() == width
+
+
+def test_declared_feature_dim_is_none_when_a_forward_pass_would_tell():
+    """A distilled pair of heads: whether they read one tensor takes a forward pass, so no guess."""
+    assert TimmBackbone({"model": "deit_tiny_distilled_patch16_224", "weights": "random"}).declared_feature_dim() is None

@@ -1,7 +1,11 @@
 """Hugging Face ``transformers`` image classifiers (``AutoModelForImageClassification``).
 
 ``model`` is a local folder in the hub's layout (``config.json``, weights,
-``preprocessor_config.json``) or a hub id. ``weights``: ``pretrained`` (the folder's or
+``preprocessor_config.json``) or a hub id, with ``revision`` (a branch, tag or commit;
+``main`` by default). A hub id's revision is resolved once to the commit of its snapshot
+(asked of the hub, or read from the local cache offline), recorded in ``describe()`` as
+``hub_revision`` (so results name it and another snapshot never reuses cached features),
+and that commit is what is loaded. ``weights``: ``pretrained`` (the folder's or
 the hub repository's own weights), ``random`` (built from the config, seeded; explicit),
 or a local state-dict file loaded strictly into the architecture of the config.
 Features are the classifier layer's input (captured by a forward pre-hook: for ViT the
@@ -33,8 +37,10 @@ from sing_audit.weights import (
     file_digest,
     hub_cached_file,
     hub_offline,
+    hub_revision_description,
     load_into,
     load_state_dict,
+    resolve_hub_commit,
     resolve_weights,
     state_dict_digest,
     weights_description,
@@ -70,6 +76,7 @@ class TransformersBackbone(HookedHeadBackbone):
         self.head_path = self.options.head or "classifier"
         self._processor = None
         self._folder_digests: dict[str, str] | None = None
+        self._hub_commit: str | None = None
         self.validate()
 
     def validate(self) -> None:
@@ -106,12 +113,13 @@ class TransformersBackbone(HookedHeadBackbone):
                 )
         elif hub_offline():
             repo = self.options.model
+            commit = self.hub_commit()  # the revision must be in the cache
             needed = [("config.json",), ("preprocessor_config.json",)]
             if w.kind == "pretrained":
                 needed.append(("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                                "pytorch_model.bin.index.json"))
             for names in needed:
-                if hub_cached_file(repo, names, revision=self.options.revision) is None:
+                if hub_cached_file(repo, names, revision=commit) is None:
                     raise WeightsError(
                         f"{' or '.join(names)} of hub model {repo!r} is not on this machine and the hub is offline "
                         "(HF_HUB_OFFLINE is set); save the model and its image processor elsewhere with "
@@ -145,6 +153,26 @@ class TransformersBackbone(HookedHeadBackbone):
                 "config.json and preprocessor_config.json)"
             )
         return None
+
+    def hub_commit(self) -> str | None:
+        """The commit of the hub snapshot a hub id loads (``None`` for a folder): ``revision``
+        (``main`` by default) resolved once, so the description that keys the cache and the
+        model loaded name the same snapshot."""
+        if self.folder() is not None:
+            return None
+        if self._hub_commit is None:
+            try:
+                self._hub_commit = resolve_hub_commit(self.options.model, self.options.revision, what=self._what())
+            except WeightsError as exc:
+                raise WeightsError(
+                    f"{exc}; or save the model and its image processor elsewhere with save_pretrained and set "
+                    "model: <that folder>"
+                ) from exc
+        return self._hub_commit
+
+    def _revision(self) -> str | None:
+        """What ``from_pretrained`` is given: the resolved commit for a hub id, nothing for a folder."""
+        return self.hub_commit()
 
     def _source(self) -> str:
         folder = self.folder()
@@ -181,7 +209,7 @@ class TransformersBackbone(HookedHeadBackbone):
         from transformers import AutoConfig
 
         try:
-            return AutoConfig.from_pretrained(self._source(), revision=self.options.revision)
+            return AutoConfig.from_pretrained(self._source(), revision=self._revision())
         except Exception as exc:  # OSError, ValueError (unknown model_type), …
             raise self._hub_error("configuration", exc) from exc
 
@@ -193,7 +221,7 @@ class TransformersBackbone(HookedHeadBackbone):
         src = self._source()
         if w.kind == "pretrained":
             try:
-                model = AutoModelForImageClassification.from_pretrained(src, revision=self.options.revision)
+                model = AutoModelForImageClassification.from_pretrained(src, revision=self._revision())
             except Exception as exc:
                 raise self._hub_error("weights", exc) from exc
         else:
@@ -262,6 +290,32 @@ class TransformersBackbone(HookedHeadBackbone):
         info = imagenet_class_info(1000) if c == 1000 else None
         return c, [n.split(",")[0].strip() or f"class {i}" for i, n in enumerate(names)], list(info[0]) if info else None
 
+    def declared_feature_dim(self) -> int | None:
+        """The width of the classifier layer's input, from the model built from its
+        ``config.json`` on the ``meta`` device (no weights, no images, no network: a hub id
+        only when its config is cached): :func:`~sing_audit.heads.head_input_width` of the
+        head layer (for DINOv2's classifier, class token + mean patch token: twice the hidden
+        size). ``None`` when that cannot tell (a head of another kind; a config not here)."""
+        import torch
+
+        from sing_audit.heads import head_input_width
+
+        folder = self.folder()
+        if folder is None:
+            found = hub_cached_file(self.options.model, "config.json", revision=self._hub_commit or self.options.revision)
+            folder = found.parent if found is not None else None
+        if folder is None or not (folder / "config.json").is_file():
+            return None
+        try:
+            from transformers import AutoConfig, AutoModelForImageClassification
+
+            config = AutoConfig.from_pretrained(str(folder))
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                model = AutoModelForImageClassification.from_config(config)
+            return head_input_width(model.get_submodule(self.options.head or "classifier"))
+        except Exception:  # noqa: BLE001 - the run builds the model and reports what is wrong
+            return None
+
     def _class_keys(self) -> list[str] | None:
         if int(self.head_affine.weight.shape[0]) != 1000 or self._class_names() is None:
             return None
@@ -278,7 +332,7 @@ class TransformersBackbone(HookedHeadBackbone):
             if folder is not None:
                 self._check_processor_file(folder)
             try:
-                self._processor = AutoImageProcessor.from_pretrained(self._source(), revision=self.options.revision)
+                self._processor = AutoImageProcessor.from_pretrained(self._source(), revision=self._revision())
             except Exception as exc:
                 raise self._hub_error("image processor configuration", exc) from exc
         return self._processor
@@ -313,6 +367,8 @@ class TransformersBackbone(HookedHeadBackbone):
             "plugin": self.plugin_name,
             "model": str(folder) if folder is not None else self.options.model,
             "revision": self.options.revision,
+            "hub_revision": None if folder is not None else hub_revision_description(
+                self.options.model, self.options.revision, self.hub_commit()),  # type: ignore[arg-type]
             "files": self._local_digests(),
             "head": self.options.head or "classifier",
             **weights_description(w, self.weights_digest, self.options.seed),

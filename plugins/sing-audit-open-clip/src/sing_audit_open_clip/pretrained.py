@@ -7,17 +7,30 @@ import os
 from pathlib import Path
 
 from sing_audit.errors import WeightsError
-from sing_audit.weights import hub_cached_file
+from sing_audit.weights import hub_cached_file, hub_fetch_hint, split_hub_id
 
-__all__ = ["cached_weights", "check_cached"]
+__all__ = ["HUB_CONFIG", "HUB_WEIGHTS", "cached_weights", "check_cached", "folder_weights"]
 
+#: open_clip's config file in a hub repository or a local-dir folder (open_clip.constants.HF_CONFIG_NAME)
+HUB_CONFIG = "open_clip_config.json"
 #: open_clip's default hub file names (open_clip.constants), safetensors first as it tries them
-_HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def folder_weights(folder: Path) -> Path | None:
+    """The weights file open_clip's ``local-dir:`` loader would pick in ``folder`` (its preference
+    order: open_clip's names, then the hub's, safetensors first), or ``None``."""
+    for name in (*HUB_WEIGHTS, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.pth",
+                 "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pth"))
+    return found[0] if found else None
 
 
 def _hub_names(filename: str) -> tuple[str, ...]:
-    if not filename or filename == _HUB_WEIGHTS[1]:
-        return _HUB_WEIGHTS
+    if not filename or filename == HUB_WEIGHTS[1]:
+        return HUB_WEIGHTS
     if filename.endswith((".bin", ".pth")):
         return (filename[:-4] + ".safetensors", filename)
     return (filename,)
@@ -27,15 +40,16 @@ def cached_weights(model: str, tag: str | None) -> tuple[Path | None, str, str]:
     """``(path or None, what was looked for, how to fetch it)``: the file ``create_model(model, pretrained=tag)``
     would read, mirroring open_clip 3's ``download_pretrained`` (a ``file`` wins; else the
     hub repository, preferred; else the URL in ``~/.cache/clip``). ``tag`` is ``None`` for
-    an ``hf-hub:`` model, which names its repository itself."""
+    an ``hf-hub:org/repo[@revision]`` model, which names its repository itself."""
     import open_clip
 
     if model.startswith("hf-hub:"):
-        repo = model[len("hf-hub:"):]
-        if hub_cached_file(repo, "open_clip_config.json") is None:
-            return None, f"open_clip_config.json of hub repository {repo}", f"huggingface-cli download {repo}"
-        return (hub_cached_file(repo, _HUB_WEIGHTS), f"{' or '.join(_HUB_WEIGHTS)} of hub repository {repo}",
-                f"huggingface-cli download {repo}")
+        repo, revision = split_hub_id(model[len("hf-hub:"):])
+        where = f"hub repository {repo}" + (f" at {revision}" if revision else "")
+        fetch = hub_fetch_hint(repo, revision)
+        if hub_cached_file(repo, HUB_CONFIG, revision=revision) is None:
+            return None, f"{HUB_CONFIG} of {where}", fetch
+        return hub_cached_file(repo, HUB_WEIGHTS, revision=revision), f"{' or '.join(HUB_WEIGHTS)} of {where}", fetch
     cfg = open_clip.get_pretrained_cfg(model, tag) or {}
     if cfg.get("file"):
         path = Path(cfg["file"])
@@ -44,7 +58,7 @@ def cached_weights(model: str, tag: str | None) -> tuple[Path | None, str, str]:
         repo, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" or "org/repo/file.bin", as open_clip reads it
         names = _hub_names(filename)
         return (hub_cached_file(repo, names), f"{' or '.join(names)} of hub repository {repo}",
-                f"huggingface-cli download {repo} {names[-1]}")
+                f"{hub_fetch_hint(repo)} {names[-1]}")
     if cfg.get("url"):
         path = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
         return (path if path.is_file() else None), str(path), f"download {cfg['url']}"

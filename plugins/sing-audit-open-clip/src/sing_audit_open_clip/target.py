@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from sing_audit.terminal import close_matches
 from sing_audit.weights import (
     ResolvedWeights,
     hub_offline,
+    hub_revision_description,
     file_digest,
     load_into,
     load_state_dict,
@@ -25,6 +27,7 @@ from sing_audit.weights import (
 )
 
 from .pretrained import check_cached
+from .source import OpenClipSource
 
 __all__ = ["OpenClipTarget"]
 
@@ -33,7 +36,7 @@ _SCHEMAS = ("hf-hub:", "local-dir:")
 
 
 
-class OpenClipTarget(ImageTarget):
+class OpenClipTarget(OpenClipSource, ImageTarget):
     """An open_clip model: raw image embeddings and a text encoder.
 
     ``weights: pretrained`` takes the first tag open_clip lists for the model (recorded as
@@ -41,6 +44,12 @@ class OpenClipTarget(ImageTarget):
     file is loaded strictly into the architecture named by ``model`` as written: for OpenAI
     weights saved to a file, name the ``-quickgelu`` variant (e.g. ``ViT-B-32-quickgelu``).
     Files and random weights use the preprocessing of the model's first pretrained tag.
+
+    ``model: hf-hub:org/repo[@revision]`` reads ``open_clip_config.json`` and the weights of
+    the snapshot the revision names (``main`` by default; its commit is resolved once, asked
+    of the hub or read from the cache offline, recorded as ``hub_revision`` and loaded
+    exactly). ``model: local-dir:<folder>`` reads the same files from a folder (relative to
+    the config file's folder); both come with their own weights (``weights: pretrained``).
     """
 
     class Options(TextTargetOptions):
@@ -67,6 +76,9 @@ class OpenClipTarget(ImageTarget):
         self._resolved: ResolvedWeights | None = None
         self._transform = None
         self._tokenizer = None
+        self._hub_commit: str | None = None
+        self._snapshot: Path | None = None
+        self._folder_digests: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -103,9 +115,19 @@ class OpenClipTarget(ImageTarget):
             raise WeightsError(str(exc), field="weights") from exc
         if w.kind == "tag" and not self._has_schema():
             self._check_tag(w.value, self._tags())
+        local = self.local_dir()
+        if local is not None:
+            self._check_local_dir(local, weights=w.kind in ("pretrained", "tag"))
+            return
+        hub = self.hub_id()
+        if hub is not None and hub_offline():
+            repo = f"hf-hub:{hub[0]}@{self.hub_commit()}"  # the revision must be in the cache
+            if w.kind in ("pretrained", "tag"):
+                check_cached(repo, None)
+            return
         if w.kind in ("pretrained", "tag") and hub_offline():
             tag = None if self._has_schema() else self._expected_tag(w)
-            if tag is not None or self._has_schema():
+            if tag is not None:
                 check_cached(self.options.model, tag)
 
     def _check_tag(self, tag: str, tags: list[str]) -> None:
@@ -181,9 +203,10 @@ class OpenClipTarget(ImageTarget):
                 if pcfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
                     # the weights were trained with QuickGELU: build the activation they expect
                     common["force_quick_gelu"] = True
+            source = self._source_name(weights=True)
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    name, pretrained=tag, require_pretrained=True, **common
+                    source, pretrained=tag, require_pretrained=True, **common
                 )
             except Exception as exc:
                 raise self._hub_error(repr(name) + (f" with tag {tag!r}" if tag else ""), exc) from exc
@@ -194,10 +217,13 @@ class OpenClipTarget(ImageTarget):
             common.update(pretrained_image=False, pretrained_text=False)
             if self._has_schema():
                 common["load_weights"] = False
+            source = self._source_name(weights=False)
             try:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.options.seed)
-                    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **common)
+                    model, _, preprocess = open_clip.create_model_and_transforms(source, pretrained=None, **common)
+            except (ConfigError, WeightsError):
+                raise
             except Exception as exc:
                 if self._has_schema():
                     raise self._hub_error(repr(name), exc) from exc
@@ -219,13 +245,13 @@ class OpenClipTarget(ImageTarget):
         self.device = device
         self._transform = preprocess
         self.weights_digest = file_digest(w.path) if w.kind == "file" else state_dict_digest(model)
-        self._tokenizer = self._load_tokenizer()
+        self._tokenizer = self._load_tokenizer(source)
 
-    def _load_tokenizer(self):
+    def _load_tokenizer(self, source: str):
         import open_clip
 
         try:
-            return open_clip.get_tokenizer(self.options.model)
+            return open_clip.get_tokenizer(source)
         except Exception as exc:
             raise WeightsError(
                 f"the tokenizer of open_clip model {self.options.model!r} could not be loaded "
@@ -387,6 +413,12 @@ class OpenClipTarget(ImageTarget):
             "preprocessing": self.preprocessing(),
             "open_clip_version": open_clip.__version__,
         }
+        hub = self.hub_id()
+        if hub is not None:
+            out["hub_revision"] = hub_revision_description(hub[0], hub[1], self.hub_commit())  # type: ignore[arg-type]
+        local = self.local_dir()
+        if local is not None:
+            out["files"] = self._local_digests(local)
         return out
 
 

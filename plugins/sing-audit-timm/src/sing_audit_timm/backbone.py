@@ -97,11 +97,14 @@ class TimmBackbone(TimmModelName, ImageBackbone):
             w = self.resolved_weights
             if w.kind == "file" and w.folder is not None and self._local_dir() is None:
                 self._check_folder_architecture(w.folder)
+            if self.hub_id() is not None and hub_offline():
+                # the revision must be in the cache: its commit names the snapshot to read
+                self.pinned_name(self.options.model)
             if w.kind in ("pretrained", "tag"):
                 name = self._pretrained_name()
                 check_has_weights(name)
                 if hub_offline():
-                    check_cached(name)
+                    check_cached(self.pinned_name(name))
 
     def declared_classes(self) -> tuple[int, list[str] | None, list[str] | None] | None:
         """The head's classes from timm's pretrained config of the model (``num_classes``;
@@ -118,6 +121,34 @@ class TimmBackbone(TimmModelName, ImageBackbone):
             return None
         info = imagenet_class_info(int(count))
         return (int(count), list(info[1]), list(info[0])) if info is not None else (int(count), None, None)
+
+    def declared_feature_dim(self) -> int | None:
+        """The width of the classifier's input, read from the architecture built on the ``meta``
+        device (no weights, no images, no network: an ``hf-hub:`` model only when its config
+        is cached): :func:`~sing_audit.heads.head_input_width` of ``get_classifier()``. ``None``
+        when that cannot tell — a distilled pair of heads, whose shared input takes a forward
+        pass to find — or when the architecture does not build here; the run then checks."""
+        import torch
+
+        from sing_audit.heads import head_input_width
+
+        hub = self.hub_id()
+        if hub is not None:
+            from sing_audit.weights import hub_cached_commit
+
+            commit = self._hub_commit or hub_cached_commit(hub[0], hub[1])
+            if commit is None:
+                return None
+            name = f"hf-hub:{hub[0]}@{commit}"
+        else:
+            name = self._build_name()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                model = self._create(name, pretrained=False)
+            clf = model.get_classifier() if hasattr(model, "get_classifier") else None
+        except Exception:  # noqa: BLE001 - an architecture that does not build on meta: the run will tell
+            return None
+        return head_input_width(clf) if clf is not None else None
 
     # ------------------------------------------------------------------ building
 
@@ -143,7 +174,9 @@ class TimmBackbone(TimmModelName, ImageBackbone):
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
     def _create_offline(self, name: str, **kwargs: Any):
-        """Build without pretrained weights; a hub-hosted model still needs its config from the hub."""
+        """Build without pretrained weights; a hub-hosted model still needs its config from the hub
+        (at the resolved commit)."""
+        name = self.pinned_name(name)
         try:
             return self._create(name, pretrained=False, **kwargs)
         except (ConfigError, WeightsError):
@@ -180,7 +213,7 @@ class TimmBackbone(TimmModelName, ImageBackbone):
         self.validate()
         w = self.resolved_weights
         if w.kind in ("pretrained", "tag"):
-            name = self._pretrained_name()
+            name = self.pinned_name(self._pretrained_name())
             try:
                 model = self._create(name, pretrained=True)
             except (ConfigError, WeightsError):
@@ -238,12 +271,32 @@ class TimmBackbone(TimmModelName, ImageBackbone):
         w = self.resolved_weights
         if w.kind == "file" and w.folder is not None:
             return dict(self._folder_config(w.folder)[0])
+        if self.hub_id() is not None:
+            return self._hub_config()
         name = self._pretrained_name() if w.kind in ("pretrained", "tag") else self.options.model
         try:
             pcfg = timm.models.get_pretrained_cfg(name)
-        except Exception:  # hf-hub names: the config comes with the weights
+        except Exception:  # an unknown name: no config
             pcfg = None
         return pcfg.to_dict() if pcfg is not None else {}
+
+    def _hub_config(self) -> dict[str, Any]:
+        """The pretrained config in an ``hf-hub:`` repository's ``config.json`` at the resolved commit
+        (from the cache, else fetched: it is small), so the preprocessing is known before load."""
+        from timm.models._hub import load_model_config_from_hf
+
+        name = self.pinned_name(self.options.model)
+        key = name
+        if key not in self._folder_cfgs:
+            try:
+                self._folder_cfgs[key] = tuple(load_model_config_from_hf(name.split(":", 1)[1]))  # type: ignore[assignment]
+            except Exception as exc:
+                raise WeightsError(
+                    f"the config.json of timm model {self.options.model!r} (commit {self.hub_commit()}) could not be "
+                    f"read ({exception_summary(exc)}); it is a timm model's config as save_for_hf or push_to_hf_hub "
+                    "writes it"
+                ) from exc
+        return dict(self._folder_cfgs[key][0])
 
     def pretrained_cfg_name(self) -> str | None:
         """``architecture.tag`` of the pretrained config the preprocessing comes from (e.g. ``vgg16.tv_in1k``).
@@ -336,6 +389,7 @@ class TimmBackbone(TimmModelName, ImageBackbone):
             "model": self.options.model,
             **weights_description(w, self.weights_digest, self.options.seed),
             "resolved_tag": self._resolved_tag,
+            "hub_revision": self.hub_revision(),
             "img_size": self.options.img_size,
             "pretrained_cfg": self.pretrained_cfg_name(),
             "preprocessing": jsonable(self.data_config()),

@@ -329,6 +329,16 @@ class DinoViTBackbone(ImageBackbone):
             f = self.features(images)
             return self.linear(f.to(self.linear.weight.dtype))
 
+    def declared_feature_dim(self) -> int | None:
+        """The layout's width: the ViT's ``embed_dim`` (architecture built on the ``meta``
+        device, no weights) times the layout's multiple (class tokens + mean patch token).
+        ``None`` when the architecture does not build here (the run then checks)."""
+        try:
+            embed = int(self._meta().embed_dim)
+            return embed * self.layout().multiple
+        except Exception:  # noqa: BLE001 - the run reports what is wrong with the model
+            return None
+
     # ------------------------------------------------------------------ head
 
     def head(self) -> LinearHead:

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from sing_audit.errors import ConfigError, WeightsError
-from sing_audit.weights import ResolvedWeights, find_weights_in_folder, resolve_weights
+from sing_audit.weights import (
+    ResolvedWeights,
+    find_weights_in_folder,
+    hub_revision_description,
+    resolve_hub_commit,
+    resolve_weights,
+    split_hub_id,
+)
 
 from .pretrained import SOURCE_PREFIXES, check_architecture, check_tag, read_folder_config
 
@@ -21,6 +28,7 @@ class TimmModelName:
 
     options: Any
     _resolved: ResolvedWeights | None
+    _hub_commit: str | None = None
     _folder_cfgs: dict[str, tuple[dict[str, Any], str, dict[str, Any]]]
 
     def _local_dir(self) -> Path | None:
@@ -57,6 +65,41 @@ class TimmModelName:
                 f"model: {folder_base}, or model: local-dir:{folder}"
             )
 
+    def hub_id(self) -> tuple[str, str | None] | None:
+        """``(repository, revision or None)`` of an ``hf-hub:org/name[@revision]`` model name, else ``None``."""
+        name = self.options.model
+        if not name.startswith(("hf-hub:", "hf_hub:")):
+            return None
+        repo, revision = split_hub_id(name.split(":", 1)[1])
+        if not repo:
+            raise ConfigError("model 'hf-hub:' names no repository; write model: hf-hub:org/name[@revision]")
+        return repo, revision
+
+    def hub_commit(self) -> str | None:
+        """The commit hash of the hub snapshot an ``hf-hub:`` model is built from (``None`` for
+        other names): asked of the hub once per backbone, or read from the local cache offline
+        (:func:`~sing_audit.weights.resolve_hub_commit`), then kept, so the description that keys
+        the cache and the model that is loaded name the same snapshot."""
+        hub = self.hub_id()
+        if hub is None:
+            return None
+        if self._hub_commit is None:
+            self._hub_commit = resolve_hub_commit(hub[0], hub[1], what=f"timm model {self.options.model!r}")
+        return self._hub_commit
+
+    def hub_revision(self) -> dict[str, str] | None:
+        """``{"repo", "revision", "commit"}`` of an ``hf-hub:`` model, for ``describe()``."""
+        hub = self.hub_id()
+        commit = self.hub_commit()
+        return None if hub is None or commit is None else hub_revision_description(hub[0], hub[1], commit)
+
+    def pinned_name(self, name: str) -> str:
+        """``name`` with an ``hf-hub:`` repository pinned to the resolved commit (``hf-hub:org/name@<commit>``)."""
+        hub = self.hub_id()
+        if hub is None or not name.startswith(("hf-hub:", "hf_hub:")):
+            return name
+        return f"hf-hub:{hub[0]}@{self.hub_commit()}"
+
     @property
     def resolved_weights(self) -> ResolvedWeights:
         if self._resolved is None:
@@ -91,6 +134,7 @@ class TimmModelName:
                 raise WeightsError(f"{local / 'config.json'} names architecture {arch!r}, which timm does not know")
             return
         if name.startswith(("hf-hub:", "hf_hub:")):
+            self.hub_id()
             return
         arch, tag = self._arch_and_tag()
         check_architecture(arch)
