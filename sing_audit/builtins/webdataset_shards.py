@@ -31,25 +31,30 @@ changes them. ``digest: content`` hashes every shard's bytes instead (what
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
+import json
 import os
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from sing_audit.commands import Command
 from sing_audit.components import ImageRecord
 from sing_audit.datasets import open_image
-from sing_audit.errors import DataError
+from sing_audit.errors import BadInputError, ConfigError, DataError
 from sing_audit.extras import require
 from sing_audit.hookspecs import hookimpl
 
 from .image_datasets import LabelledImageOptions, _BaseImageDataset, _resolve, normalize_extensions
 
-__all__ = ["WEBDATASET_IMAGE_KEYS", "WebDatasetShards", "expand_shards"]
+__all__ = ["INDEX_FORMAT", "WEBDATASET_IMAGE_KEYS", "IndexShards", "Sample", "WebDatasetShards", "build_index",
+           "expand_names", "expand_shards", "write_index"]
 
 #: the image keys webdataset's own decoders recognise as images, in order of preference
 WEBDATASET_IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
@@ -59,6 +64,10 @@ _MAX_LABEL_BYTES = 4096
 _CHUNK = 1 << 20
 #: the first bytes of gzip, bzip2, xz and zstd files
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")
+#: the ``format`` of a shard index file (and its ``version``)
+INDEX_FORMAT = "sing-audit webdataset index"
+_INDEX_VERSION = 1
+_SAMPLE_FIELDS = ("key", "image", "offset", "size", "label")
 
 
 def _libraries(feature: str = "the webdataset dataset"):
@@ -72,24 +81,7 @@ def expand_shards(patterns: list[str], base_dir: Path | None) -> list[Path]:
     """Every shard the brace ``patterns`` name (``val-{000..063}.tar``), in their order,
     relative to ``base_dir``; a :class:`DataError` for a malformed pattern, a shard named
     twice, or a shard that does not exist (all missing ones named)."""
-    _, braceexpand = _libraries()
-    paths: list[Path] = []
-    for pattern in patterns:
-        try:
-            expanded = list(braceexpand.braceexpand(pattern))
-        except ValueError as exc:  # braceexpand.UnbalancedBracesError
-            raise DataError(
-                f"shards pattern {pattern!r} is malformed ({exc}); write ranges as {{000..063}} with balanced braces",
-                field="shards",
-            ) from None
-        for name in expanded:
-            if "{" in name or "}" in name:
-                raise DataError(
-                    f"shards pattern {pattern!r} leaves {name!r} unexpanded; a range is {{FIRST..LAST}} of integers "
-                    "or letters (e.g. {000..063}), a list is {a,b}",
-                    field="shards",
-                )
-            paths.append(_resolve(Path(name), base_dir))
+    paths = [_resolve(Path(name), base_dir) for name in expand_names(patterns)]
     seen: set[Path] = set()
     for p in paths:
         if p in seen:
@@ -106,6 +98,30 @@ def expand_shards(patterns: list[str], base_dir: Path | None) -> list[Path]:
     return paths
 
 
+def expand_names(patterns: list[str]) -> list[str]:
+    """The shard names the brace ``patterns`` expand to, as written (not resolved), in
+    their order; a :class:`DataError` for a malformed pattern."""
+    _, braceexpand = _libraries()
+    names: list[str] = []
+    for pattern in patterns:
+        try:
+            expanded = list(braceexpand.braceexpand(pattern))
+        except ValueError as exc:  # braceexpand.UnbalancedBracesError
+            raise DataError(
+                f"shards pattern {pattern!r} is malformed ({exc}); write ranges as {{000..063}} with balanced braces",
+                field="shards",
+            ) from None
+        for name in expanded:
+            if "{" in name or "}" in name:
+                raise DataError(
+                    f"shards pattern {pattern!r} leaves {name!r} unexpanded; a range is {{FIRST..LAST}} of integers "
+                    "or letters (e.g. {000..063}), a list is {a,b}",
+                    field="shards",
+                )
+            names.append(name)
+    return names
+
+
 @dataclass(frozen=True)
 class _Member:
     """Where one image's bytes lie: the shard's index, the data's offset and size."""
@@ -113,6 +129,18 @@ class _Member:
     shard: int
     offset: int
     size: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample of a shard: its key, its image member's name (the record's id), where
+    that member's bytes lie in the shard, and its label (None: unlabelled)."""
+
+    key: str
+    image: str
+    offset: int
+    size: int
+    label: str | None
 
 
 def _refuse_hostile(shard: Path, member: tarfile.TarInfo) -> None:
@@ -129,13 +157,17 @@ def _refuse_hostile(shard: Path, member: tarfile.TarInfo) -> None:
     if kind is not None:
         raise DataError(f"shard {shard}: member {name!r} is {kind}; a webdataset shard holds regular files only "
                         "(rebuild the shard without it)", field="shards")
+    _refuse_hostile_name(shard, name)
+
+
+def _refuse_hostile_name(shard: Path, name: str, field: str = "shards") -> None:
     posix = PurePosixPath(name.replace("\\", "/"))
     if name.startswith(("/", "\\")) or posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
         raise DataError(f"shard {shard}: member {name!r} has an absolute path; refused (rebuild the shard with "
-                        "relative member names)", field="shards")
+                        "relative member names)", field=field)
     if ".." in posix.parts:
         raise DataError(f"shard {shard}: member {name!r} climbs out of the archive with '..'; refused (rebuild the "
-                        "shard with plain relative member names)", field="shards")
+                        "shard with plain relative member names)", field=field)
 
 
 class WebDatasetShards(_BaseImageDataset):
@@ -156,6 +188,12 @@ class WebDatasetShards(_BaseImageDataset):
             "key",
             description="key: a label is a class key (a synset, a class name, as image_folder's folder names); "
                         "index: a label is the head's class index (0-based)",
+        )
+        index: Path | None = Field(
+            None,
+            description="a shard index (relative to the config's folder) written by sing-audit index-shards: the "
+                        "listing is read from it and the shards are only stat()ed, so each process opens only the "
+                        "tar files of its own rows (null: read every shard's tar headers)",
         )
         digest: Literal["headers", "content"] = Field(
             "headers",
@@ -208,17 +246,16 @@ class WebDatasetShards(_BaseImageDataset):
     # ---------------------------------------------------------------- listing
 
     def _scan(self) -> list[ImageRecord]:
-        tariterators, _ = _libraries()
         records: list[ImageRecord] = []
         members: dict[str, _Member] = {}
         owner: dict[str, Path] = {}  # sample key -> its shard
         counts: dict[str | None, int] = {}
         limit = self.options.limit_per_class
         self._fingerprints = []
-        for index, shard in enumerate(self.shard_paths()):
-            samples, fingerprint = self._list_shard(shard, tariterators.base_plus_ext)
+        for index, (shard, samples, fingerprint) in enumerate(self.shard_listings()):
             self._fingerprints.append(fingerprint)
-            for key, (name, member, label) in samples.items():
+            for sample in samples:
+                key, label = sample.key, sample.label
                 if key in owner:
                     raise DataError(f"sample {key!r} is in two shards ({owner[key]} and {shard}); keys must be unique "
                                     "across the shards", field="shards")
@@ -226,15 +263,113 @@ class WebDatasetShards(_BaseImageDataset):
                 if limit is not None and counts.get(label, 0) >= limit:
                     continue
                 counts[label] = counts.get(label, 0) + 1
-                members[name] = _Member(index, member.offset_data, member.size)
-                records.append(ImageRecord(image_id=name, path=shard, label=label))
+                members[sample.image] = _Member(index, sample.offset, sample.size)
+                records.append(ImageRecord(image_id=sample.image, path=shard, label=label))
         self._members = members
         self._check_index_labels(records)
         return records
 
-    def _list_shard(self, shard: Path, split_key) -> tuple[dict[str, tuple[str, tarfile.TarInfo, str | None]], list[Any]]:
-        """The samples of one shard, ``key -> (image member name, its header, label)``,
-        in order of first appearance, and the shard's fingerprint for the cache key."""
+    def shard_listings(self) -> list[tuple[Path, list[Sample], list[Any]]]:
+        """Each shard's samples (in member order) and its fingerprint for the cache key,
+        in the patterns' order: from the ``index`` file when one is set (the shards are
+        only stat()ed), else from every shard's tar headers."""
+        if self.options.index is not None:
+            return self._read_index()
+        return self._tar_listings()
+
+    def _tar_listings(self) -> list[tuple[Path, list[Sample], list[Any]]]:
+        tariterators, _ = _libraries()
+        return [(shard, *self._list_shard(shard, tariterators.base_plus_ext)) for shard in self.shard_paths()]
+
+    @property
+    def index_path(self) -> Path | None:
+        return None if self.options.index is None else _resolve(self.options.index, self.options.base_dir)
+
+    def _read_index(self) -> list[tuple[Path, list[Sample], list[Any]]]:
+        """The listing from the index file, checked against the patterns, the options and
+        each shard's size and mtime; every field a hand edit could make hostile refused."""
+        path = self.index_path
+        rebuild = f"rebuild it: sing-audit index-shards CONFIG --force (the audit config whose dataset.index is {path})"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"shard index {path} not found; write it: sing-audit index-shards CONFIG (the audit "
+                            "config with this dataset), or remove the index option", field="index") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise DataError(f"shard index {path} cannot be read ({exc}); {rebuild}", field="index") from None
+
+        def bad(what: str) -> DataError:
+            return DataError(f"shard index {path}: {what}; {rebuild}", field="index")
+
+        if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+            raise bad(f"not a sing-audit shard index (no \"format\": {INDEX_FORMAT!r})")
+        if doc.get("version") != _INDEX_VERSION:
+            raise bad(f"version {doc.get('version')!r}, this sing-audit reads version {_INDEX_VERSION}")
+        for option in ("image_key", "label_key"):
+            if doc.get(option) != getattr(self.options, option):
+                raise bad(f"it was written with {option}: {doc.get(option)!r}, the dataset has "
+                          f"{option}: {getattr(self.options, option)!r}")
+        entries = doc.get("shards")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise bad("'shards' is not a list of shards")
+        names = expand_names(self.patterns)
+        listed = [e.get("path") for e in entries]
+        if listed != names:
+            first = next((k for k in range(min(len(names), len(listed))) if listed[k] != names[k]), None)
+            if first is not None:
+                what = f"shard {first} is {listed[first]!r} in the index but {names[first]!r} by the shards pattern"
+            elif len(listed) < len(names):
+                what = f"the shard {names[len(listed)]!r} the pattern names is not in the index"
+            else:
+                what = f"the index lists {listed[len(names)]!r}, which the shards pattern does not name"
+            raise bad(f"it is for other shards than {', '.join(self.patterns)} ({what})")
+        tariterators, _ = _libraries()
+        out = []
+        for shard, entry in zip(self.shard_paths(), entries):
+            size, mtime, listing = entry.get("size"), entry.get("mtime_ns"), entry.get("listing")
+            if not (_is_int(size) and _is_int(mtime) and isinstance(listing, str)):
+                raise bad(f"shard {shard}: size, mtime_ns or listing missing or not a number/text")
+            try:
+                stat = shard.stat()
+            except OSError as exc:
+                raise DataError(f"shard {shard} cannot be read: {exc}", field="shards") from exc
+            if (stat.st_size, stat.st_mtime_ns) != (size, mtime):
+                raise DataError(f"shard {shard} changed since the shard index {path} was written (size {stat.st_size:,}"
+                                f" bytes and mtime_ns {stat.st_mtime_ns}, the index has {size:,} and {mtime}); "
+                                f"{rebuild}", field="index")
+            samples = self._index_samples(shard, entry.get("samples"), size, tariterators.base_plus_ext, bad)
+            out.append((shard, samples, [shard.name, size, mtime, listing]))
+        return out
+
+    def _index_samples(self, shard: Path, raw, shard_size: int, split_key, bad) -> list[Sample]:
+        if not isinstance(raw, list):
+            raise bad(f"shard {shard}: 'samples' is not a list")
+        samples: list[Sample] = []
+        seen: set[str] = set()
+        for k, item in enumerate(raw):
+            if not isinstance(item, dict) or sorted(item) != sorted(_SAMPLE_FIELDS):
+                raise bad(f"shard {shard}: sample {k} is not an object with exactly {', '.join(_SAMPLE_FIELDS)}")
+            key, image, offset, size, label = (item[f] for f in _SAMPLE_FIELDS)
+            if not (isinstance(key, str) and isinstance(image, str)):
+                raise bad(f"shard {shard}: sample {k}'s key and image are not text")
+            _refuse_hostile_name(shard, image, field="index")
+            prefix, suffix = split_key(image)
+            if prefix != key or suffix is None or suffix.lower() not in self.options.image_key:
+                raise bad(f"shard {shard}: sample {k}'s image {image!r} is not an image member of the sample {key!r}")
+            if key in seen:
+                raise bad(f"shard {shard}: the sample {key!r} is listed twice")
+            seen.add(key)
+            if not (_is_int(offset) and _is_int(size) and offset >= 0 and size >= 0 and offset + size <= shard_size):
+                raise bad(f"shard {shard}: sample {key!r} lies at bytes {offset!r} + {size!r}, not inside the shard's "
+                          f"{shard_size:,} bytes")
+            if label is not None and not (isinstance(label, str) and label and len(label.encode()) <= _MAX_LABEL_BYTES):
+                raise bad(f"shard {shard}: sample {key!r}'s label {label!r} is not a label (text, or null)")
+            samples.append(Sample(key, image, offset, size, label))
+        return samples
+
+    def _list_shard(self, shard: Path, split_key) -> tuple[list[Sample], list[Any]]:
+        """The samples of one shard, in order of first appearance, and the shard's
+        fingerprint for the cache key (its name, size, mtime and the listing's hash)."""
         keys = self.options.image_key
         label_key = self.options.label_key
         try:
@@ -269,7 +404,7 @@ class WebDatasetShards(_BaseImageDataset):
                 except (tarfile.TarError, EOFError) as exc:
                     raise DataError(f"shard {shard} is corrupt ({exc}); copy or rebuild the shard", field="shards") from None
                 self._check_trailer(shard, fh, tar, stat.st_size)
-                out: dict[str, tuple[str, tarfile.TarInfo, str | None]] = {}
+                out: list[Sample] = []
                 for prefix, sample in grouped.items():
                     image = next((sample[k] for k in keys if k in sample), None)
                     if image is None:
@@ -280,7 +415,7 @@ class WebDatasetShards(_BaseImageDataset):
                     label = None
                     if label_key is not None and label_key.lower() in sample:
                         label = self._read_label(shard, fh, prefix, sample[label_key.lower()])
-                    out[prefix] = (image.name, image, label)
+                    out.append(Sample(prefix, image.name, image.offset_data, image.size, label))
                     listing.update(f"{prefix}\0{label}\n".encode())
         except OSError as exc:
             raise DataError(f"shard {shard} cannot be read: {exc}", field="shards") from exc
@@ -401,6 +536,109 @@ class WebDatasetShards(_BaseImageDataset):
         return {"shards": self.patterns, "num_shards": len(self.shard_paths())}
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# --------------------------------------------------------------------------- the shard index
+
+
+def build_index(dataset: WebDatasetShards) -> dict[str, Any]:
+    """The shard index of ``dataset``'s shards: the header listing (every check of it:
+    hostile members, corrupt or truncated shards, keys in two shards), each shard's
+    size, mtime and listing hash, and its samples. The dataset's own ``index`` option,
+    if any, is ignored: the tar headers are read."""
+    listings = dataset._tar_listings()
+    owner: dict[str, Path] = {}
+    for shard, samples, _ in listings:  # the check _scan makes, before the index is written
+        for sample in samples:
+            if sample.key in owner:
+                raise DataError(f"sample {sample.key!r} is in two shards ({owner[sample.key]} and {shard}); keys must "
+                                "be unique across the shards", field="shards")
+            owner[sample.key] = shard
+    shards = []
+    for name, (shard, samples, fingerprint) in zip(expand_names(dataset.patterns), listings):
+        _, size, mtime, listing = fingerprint
+        shards.append({"path": name, "size": size, "mtime_ns": mtime, "listing": listing,
+                       "samples": [{f: getattr(s, f) for f in _SAMPLE_FIELDS} for s in samples]})
+    return {"format": INDEX_FORMAT, "version": _INDEX_VERSION, "patterns": dataset.patterns,
+            "image_key": list(dataset.options.image_key), "label_key": dataset.options.label_key, "shards": shards}
+
+
+def write_index(dataset: WebDatasetShards, path: Path, force: bool = False) -> dict[str, Any]:
+    """Write ``dataset``'s shard index to ``path`` atomically (a temporary file in the
+    same folder, then renamed); an existing file is replaced only with ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise BadInputError(f"{path} exists; pass --force to replace it")
+    if not path.parent.is_dir():
+        raise BadInputError(f"folder {path.parent} does not exist; create it or write the index elsewhere")
+    doc = build_index(dataset)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, ensure_ascii=False, separators=(",", ":"))
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return doc
+
+
+class IndexShards(Command):
+    """``sing-audit index-shards CONFIG``: the shard index of an audit config's webdataset."""
+
+    help = "write the shard index of a config's webdataset dataset (each process then opens only its own shards)"
+    description = (
+        "Read the tar headers of every shard of the audit config's webdataset dataset (with its shards, image_key "
+        "and label_key, and every check of the listing) and write the shard index its dataset.index option reads: "
+        "then each --shard or torchrun process opens only the tar files of its own rows. Rebuild it after changing "
+        "a shard. Exit 0 when written, 2 on bad input."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", metavar="CONFIG", type=Path, help="the audit config (YAML/JSON)")
+        parser.add_argument("-o", "--output", type=Path, default=None,
+                            help="where to write the index (default: the dataset's index option, relative to the "
+                                 "config's folder)")
+        parser.add_argument("--force", action="store_true", help="replace an existing index file")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from pydantic import ValidationError
+
+        from sing_audit.config import format_validation_error, load_config
+
+        config = load_config(args.config)
+        spec = config.dataset
+        if spec is None or spec.plugin != "webdataset":
+            got = "no dataset" if spec is None else f"dataset plugin {spec.plugin!r}"
+            raise ConfigError(f"{args.config}: index-shards indexes a webdataset dataset; the config has {got}")
+        raw = {**spec.options(), "base_dir": config.base_dir}
+        try:
+            options = WebDatasetShards.Options.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, WebDatasetShards.Options, str(args.config),
+                                                      prefix="dataset")) from None
+        output = args.output
+        if output is None:
+            if options.index is None:
+                raise ConfigError(f"{args.config}: give -o FILE, or set dataset.index to the file the audit reads")
+            output = _resolve(options.index, options.base_dir)
+        dataset = WebDatasetShards(options.model_copy(update={"index": None}))
+        doc = write_index(dataset, output, force=args.force)
+        count = sum(len(s["samples"]) for s in doc["shards"])
+        print(f"wrote the index of {len(doc['shards'])} shard(s), {count:,} sample(s), to {output}")
+        if options.index is None or _resolve(options.index, options.base_dir).resolve() != Path(output).resolve():
+            print(f"point the dataset at it: dataset.index: {os.path.relpath(Path(output).resolve(), config.base_dir)}")
+        return 0
+
+
 @hookimpl
 def register_datasets(register):
     register("webdataset", WebDatasetShards)
+
+
+@hookimpl
+def register_commands(register):
+    register("index-shards", IndexShards)
