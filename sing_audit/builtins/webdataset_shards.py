@@ -160,14 +160,14 @@ def _refuse_hostile(shard: Path, member: tarfile.TarInfo) -> None:
     _refuse_hostile_name(shard, name)
 
 
-def _refuse_hostile_name(shard: Path, name: str, field: str = "shards") -> None:
+def _refuse_hostile_name(shard: Path, name: str) -> None:
     posix = PurePosixPath(name.replace("\\", "/"))
     if name.startswith(("/", "\\")) or posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
         raise DataError(f"shard {shard}: member {name!r} has an absolute path; refused (rebuild the shard with "
-                        "relative member names)", field=field)
+                        "relative member names)", field="shards")
     if ".." in posix.parts:
         raise DataError(f"shard {shard}: member {name!r} climbs out of the archive with '..'; refused (rebuild the "
-                        "shard with plain relative member names)", field=field)
+                        "shard with plain relative member names)", field="shards")
 
 
 class WebDatasetShards(_BaseImageDataset):
@@ -352,7 +352,10 @@ class WebDatasetShards(_BaseImageDataset):
             key, image, offset, size, label = (item[f] for f in _SAMPLE_FIELDS)
             if not (isinstance(key, str) and isinstance(image, str)):
                 raise bad(f"shard {shard}: sample {k}'s key and image are not text")
-            _refuse_hostile_name(shard, image, field="index")
+            try:
+                _refuse_hostile_name(shard, image)
+            except DataError as exc:  # the index names it, not the shard: no tar member has that name
+                raise bad(f"sample {k}: {str(exc).split('; refused')[0]}; refused") from None
             prefix, suffix = split_key(image)
             if prefix != key or suffix is None or suffix.lower() not in self.options.image_key:
                 raise bad(f"shard {shard}: sample {k}'s image {image!r} is not an image member of the sample {key!r}")
