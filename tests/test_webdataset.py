@@ -371,7 +371,7 @@ def indexed_audit(tmp_path: Path, image_root: Path) -> tuple[Path, list[Path]]:
 
 def test_an_index_gives_the_header_listing_records_and_cache_key_without_opening_a_tar(tmp_path, image_root, opened):
     shards = write_shards(tmp_path, image_root)
-    from sing_audit.builtins.webdataset_shards import write_index
+    from sing_audit.builtins.webdataset_index import write_index
 
     write_index(dataset(tmp_path), tmp_path / "index.json")
     for options in ({}, {"limit_per_class": 2}, {"classes": ["n01443537"]}):
@@ -443,7 +443,7 @@ def test_a_stale_index_is_refused_with_the_command_that_rebuilds_it(tmp_path, im
 
 
 def _edit_index(folder: Path, edit) -> WebDatasetShards:
-    from sing_audit.builtins.webdataset_shards import write_index
+    from sing_audit.builtins.webdataset_index import write_index
 
     path = folder / "index.json"
     write_index(dataset(folder), path, force=True)

@@ -13,11 +13,13 @@ every record first (cheap), then each process — a ``--shard i/N`` job, a torch
 reading the image bytes of its own rows only (a contiguous block of whole batches,
 :mod:`sing_audit.pipeline.shard`). So the listing reads the tar headers of every shard
 (:mod:`tarfile` seeks over each member's data: 512 bytes a member) and the small label
-members, and remembers where each image's bytes lie; opening an image then reads that
-member alone. Records are in shard order (the patterns' order), then in each shard's
-member order, so a process's rows lie in a contiguous run of shards and it opens no
-other shard's images. Decoding goes through :func:`sing_audit.datasets.open_image` (the
-format allow-list and pixel limit of every dataset), never webdataset's decoders.
+members, and remembers where each image's bytes lie; opening an image reads that member
+alone. With the ``index`` option the listing comes from a shard index written once
+(:mod:`.webdataset_index`, ``sing-audit index-shards``) and the shards are only
+stat()ed, so a process opens no tar file but those of its own rows: records are in
+shard order (the patterns' order), then member order, so its rows lie in a contiguous
+run of shards. Decoding goes through :func:`sing_audit.datasets.open_image` (the format
+allow-list and pixel limit of every dataset), never webdataset's decoders.
 
 Only plain (uncompressed) tars can be read member by member; hostile members (absolute
 paths, ``..``, links, devices, FIFOs) are refused, never followed.
@@ -31,30 +33,25 @@ changes them. ``digest: content`` hashes every shard's bytes instead (what
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
-import json
 import os
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from sing_audit.commands import Command
 from sing_audit.components import ImageRecord
 from sing_audit.datasets import open_image
-from sing_audit.errors import BadInputError, ConfigError, DataError
+from sing_audit.errors import DataError
 from sing_audit.extras import require
 from sing_audit.hookspecs import hookimpl
 
 from .image_datasets import LabelledImageOptions, _BaseImageDataset, _resolve, normalize_extensions
 
-__all__ = ["INDEX_FORMAT", "WEBDATASET_IMAGE_KEYS", "IndexShards", "Sample", "WebDatasetShards", "build_index",
-           "expand_names", "expand_shards", "write_index"]
+__all__ = ["WEBDATASET_IMAGE_KEYS", "Sample", "WebDatasetShards", "expand_names", "expand_shards"]
 
 #: the image keys webdataset's own decoders recognise as images, in order of preference
 WEBDATASET_IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
@@ -64,10 +61,6 @@ _MAX_LABEL_BYTES = 4096
 _CHUNK = 1 << 20
 #: the first bytes of gzip, bzip2, xz and zstd files
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")
-#: the ``format`` of a shard index file (and its ``version``)
-INDEX_FORMAT = "sing-audit webdataset index"
-_INDEX_VERSION = 1
-_SAMPLE_FIELDS = ("key", "image", "offset", "size", "label")
 
 
 def _libraries(feature: str = "the webdataset dataset"):
@@ -123,18 +116,8 @@ def expand_names(patterns: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Member:
-    """Where one image's bytes lie: the shard's index, the data's offset and size."""
-
-    shard: int
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
 class Sample:
-    """One sample of a shard: its key, its image member's name (the record's id), where
-    that member's bytes lie in the shard, and its label (None: unlabelled)."""
+    """A shard's sample: its key, image member (the record's id), where its bytes lie, label."""
 
     key: str
     image: str
@@ -189,12 +172,10 @@ class WebDatasetShards(_BaseImageDataset):
             description="key: a label is a class key (a synset, a class name, as image_folder's folder names); "
                         "index: a label is the head's class index (0-based)",
         )
-        index: Path | None = Field(
-            None,
-            description="a shard index (relative to the config's folder) written by sing-audit index-shards: the "
-                        "listing is read from it and the shards are only stat()ed, so each process opens only the "
-                        "tar files of its own rows (null: read every shard's tar headers)",
-        )
+        index: Path | None = Field(None, description=(
+            "a shard index written by sing-audit index-shards (relative to the config's folder): the listing is read "
+            "from it, the shards only stat()ed, so each process opens only its own rows' tar files (null: read "
+            "every shard's tar headers)"))
         digest: Literal["headers", "content"] = Field(
             "headers",
             description="what keys the cache: headers (each shard's size, modification time and member listing; no "
@@ -221,7 +202,7 @@ class WebDatasetShards(_BaseImageDataset):
         _libraries()  # exit 2 naming the extra before anything runs
         super().__init__(options)
         self._shards: list[Path] | None = None
-        self._members: dict[str, _Member] = {}
+        self._members: dict[str, Sample] = {}  # image id -> where its bytes lie
         self._fingerprints: list[list[Any]] = []
 
     @property
@@ -247,12 +228,12 @@ class WebDatasetShards(_BaseImageDataset):
 
     def _scan(self) -> list[ImageRecord]:
         records: list[ImageRecord] = []
-        members: dict[str, _Member] = {}
+        members: dict[str, Sample] = {}
         owner: dict[str, Path] = {}  # sample key -> its shard
         counts: dict[str | None, int] = {}
         limit = self.options.limit_per_class
         self._fingerprints = []
-        for index, (shard, samples, fingerprint) in enumerate(self.shard_listings()):
+        for shard, samples, fingerprint in self.shard_listings():
             self._fingerprints.append(fingerprint)
             for sample in samples:
                 key, label = sample.key, sample.label
@@ -263,7 +244,7 @@ class WebDatasetShards(_BaseImageDataset):
                 if limit is not None and counts.get(label, 0) >= limit:
                     continue
                 counts[label] = counts.get(label, 0) + 1
-                members[sample.image] = _Member(index, sample.offset, sample.size)
+                members[sample.image] = sample
                 records.append(ImageRecord(image_id=sample.image, path=shard, label=label))
         self._members = members
         self._check_index_labels(records)
@@ -274,7 +255,9 @@ class WebDatasetShards(_BaseImageDataset):
         in the patterns' order: from the ``index`` file when one is set (the shards are
         only stat()ed), else from every shard's tar headers."""
         if self.options.index is not None:
-            return self._read_index()
+            from .webdataset_index import read_index  # it imports this module
+
+            return read_index(self)
         return self._tar_listings()
 
     def _tar_listings(self) -> list[tuple[Path, list[Sample], list[Any]]]:
@@ -284,91 +267,6 @@ class WebDatasetShards(_BaseImageDataset):
     @property
     def index_path(self) -> Path | None:
         return None if self.options.index is None else _resolve(self.options.index, self.options.base_dir)
-
-    def _read_index(self) -> list[tuple[Path, list[Sample], list[Any]]]:
-        """The listing from the index file, checked against the patterns, the options and
-        each shard's size and mtime; every field a hand edit could make hostile refused."""
-        path = self.index_path
-        rebuild = f"rebuild it: sing-audit index-shards CONFIG --force (the audit config whose dataset.index is {path})"
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"shard index {path} not found; write it: sing-audit index-shards CONFIG (the audit "
-                            "config with this dataset), or remove the index option", field="index") from None
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise DataError(f"shard index {path} cannot be read ({exc}); {rebuild}", field="index") from None
-
-        def bad(what: str) -> DataError:
-            return DataError(f"shard index {path}: {what}; {rebuild}", field="index")
-
-        if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
-            raise bad(f"not a sing-audit shard index (no \"format\": {INDEX_FORMAT!r})")
-        if doc.get("version") != _INDEX_VERSION:
-            raise bad(f"version {doc.get('version')!r}, this sing-audit reads version {_INDEX_VERSION}")
-        for option in ("image_key", "label_key"):
-            if doc.get(option) != getattr(self.options, option):
-                raise bad(f"it was written with {option}: {doc.get(option)!r}, the dataset has "
-                          f"{option}: {getattr(self.options, option)!r}")
-        entries = doc.get("shards")
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise bad("'shards' is not a list of shards")
-        names = expand_names(self.patterns)
-        listed = [e.get("path") for e in entries]
-        if listed != names:
-            first = next((k for k in range(min(len(names), len(listed))) if listed[k] != names[k]), None)
-            if first is not None:
-                what = f"shard {first} is {listed[first]!r} in the index but {names[first]!r} by the shards pattern"
-            elif len(listed) < len(names):
-                what = f"the shard {names[len(listed)]!r} the pattern names is not in the index"
-            else:
-                what = f"the index lists {listed[len(names)]!r}, which the shards pattern does not name"
-            raise bad(f"it is for other shards than {', '.join(self.patterns)} ({what})")
-        tariterators, _ = _libraries()
-        out = []
-        for shard, entry in zip(self.shard_paths(), entries):
-            size, mtime, listing = entry.get("size"), entry.get("mtime_ns"), entry.get("listing")
-            if not (_is_int(size) and _is_int(mtime) and isinstance(listing, str)):
-                raise bad(f"shard {shard}: size, mtime_ns or listing missing or not a number/text")
-            try:
-                stat = shard.stat()
-            except OSError as exc:
-                raise DataError(f"shard {shard} cannot be read: {exc}", field="shards") from exc
-            if (stat.st_size, stat.st_mtime_ns) != (size, mtime):
-                raise DataError(f"shard {shard} changed since the shard index {path} was written (size {stat.st_size:,}"
-                                f" bytes and mtime_ns {stat.st_mtime_ns}, the index has {size:,} and {mtime}); "
-                                f"{rebuild}", field="index")
-            samples = self._index_samples(shard, entry.get("samples"), size, tariterators.base_plus_ext, bad)
-            out.append((shard, samples, [shard.name, size, mtime, listing]))
-        return out
-
-    def _index_samples(self, shard: Path, raw, shard_size: int, split_key, bad) -> list[Sample]:
-        if not isinstance(raw, list):
-            raise bad(f"shard {shard}: 'samples' is not a list")
-        samples: list[Sample] = []
-        seen: set[str] = set()
-        for k, item in enumerate(raw):
-            if not isinstance(item, dict) or sorted(item) != sorted(_SAMPLE_FIELDS):
-                raise bad(f"shard {shard}: sample {k} is not an object with exactly {', '.join(_SAMPLE_FIELDS)}")
-            key, image, offset, size, label = (item[f] for f in _SAMPLE_FIELDS)
-            if not (isinstance(key, str) and isinstance(image, str)):
-                raise bad(f"shard {shard}: sample {k}'s key and image are not text")
-            try:
-                _refuse_hostile_name(shard, image)
-            except DataError as exc:  # the index names it, not the shard: no tar member has that name
-                raise bad(f"sample {k}: {str(exc).split('; refused')[0]}; refused") from None
-            prefix, suffix = split_key(image)
-            if prefix != key or suffix is None or suffix.lower() not in self.options.image_key:
-                raise bad(f"shard {shard}: sample {k}'s image {image!r} is not an image member of the sample {key!r}")
-            if key in seen:
-                raise bad(f"shard {shard}: the sample {key!r} is listed twice")
-            seen.add(key)
-            if not (_is_int(offset) and _is_int(size) and offset >= 0 and size >= 0 and offset + size <= shard_size):
-                raise bad(f"shard {shard}: sample {key!r} lies at bytes {offset!r} + {size!r}, not inside the shard's "
-                          f"{shard_size:,} bytes")
-            if label is not None and not (isinstance(label, str) and label and len(label.encode()) <= _MAX_LABEL_BYTES):
-                raise bad(f"shard {shard}: sample {key!r}'s label {label!r} is not a label (text, or null)")
-            samples.append(Sample(key, image, offset, size, label))
-        return samples
 
     def _list_shard(self, shard: Path, split_key) -> tuple[list[Sample], list[Any]]:
         """The samples of one shard, in order of first appearance, and the shard's
@@ -539,109 +437,6 @@ class WebDatasetShards(_BaseImageDataset):
         return {"shards": self.patterns, "num_shards": len(self.shard_paths())}
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-# --------------------------------------------------------------------------- the shard index
-
-
-def build_index(dataset: WebDatasetShards) -> dict[str, Any]:
-    """The shard index of ``dataset``'s shards: the header listing (every check of it:
-    hostile members, corrupt or truncated shards, keys in two shards), each shard's
-    size, mtime and listing hash, and its samples. The dataset's own ``index`` option,
-    if any, is ignored: the tar headers are read."""
-    listings = dataset._tar_listings()
-    owner: dict[str, Path] = {}
-    for shard, samples, _ in listings:  # the check _scan makes, before the index is written
-        for sample in samples:
-            if sample.key in owner:
-                raise DataError(f"sample {sample.key!r} is in two shards ({owner[sample.key]} and {shard}); keys must "
-                                "be unique across the shards", field="shards")
-            owner[sample.key] = shard
-    shards = []
-    for name, (shard, samples, fingerprint) in zip(expand_names(dataset.patterns), listings):
-        _, size, mtime, listing = fingerprint
-        shards.append({"path": name, "size": size, "mtime_ns": mtime, "listing": listing,
-                       "samples": [{f: getattr(s, f) for f in _SAMPLE_FIELDS} for s in samples]})
-    return {"format": INDEX_FORMAT, "version": _INDEX_VERSION, "patterns": dataset.patterns,
-            "image_key": list(dataset.options.image_key), "label_key": dataset.options.label_key, "shards": shards}
-
-
-def write_index(dataset: WebDatasetShards, path: Path, force: bool = False) -> dict[str, Any]:
-    """Write ``dataset``'s shard index to ``path`` atomically (a temporary file in the
-    same folder, then renamed); an existing file is replaced only with ``force``."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise BadInputError(f"{path} exists; pass --force to replace it")
-    if not path.parent.is_dir():
-        raise BadInputError(f"folder {path.parent} does not exist; create it or write the index elsewhere")
-    doc = build_index(dataset)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, ensure_ascii=False, separators=(",", ":"))
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return doc
-
-
-class IndexShards(Command):
-    """``sing-audit index-shards CONFIG``: the shard index of an audit config's webdataset."""
-
-    help = "write the shard index of a config's webdataset dataset (each process then opens only its own shards)"
-    description = (
-        "Read the tar headers of every shard of the audit config's webdataset dataset (with its shards, image_key "
-        "and label_key, and every check of the listing) and write the shard index its dataset.index option reads: "
-        "then each --shard or torchrun process opens only the tar files of its own rows. Rebuild it after changing "
-        "a shard. Exit 0 when written, 2 on bad input."
-    )
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("config", metavar="CONFIG", type=Path, help="the audit config (YAML/JSON)")
-        parser.add_argument("-o", "--output", type=Path, default=None,
-                            help="where to write the index (default: the dataset's index option, relative to the "
-                                 "config's folder)")
-        parser.add_argument("--force", action="store_true", help="replace an existing index file")
-
-    def run(self, args: argparse.Namespace) -> int:
-        from pydantic import ValidationError
-
-        from sing_audit.config import format_validation_error, load_config
-
-        config = load_config(args.config)
-        spec = config.dataset
-        if spec is None or spec.plugin != "webdataset":
-            got = "no dataset" if spec is None else f"dataset plugin {spec.plugin!r}"
-            raise ConfigError(f"{args.config}: index-shards indexes a webdataset dataset; the config has {got}")
-        raw = {**spec.options(), "base_dir": config.base_dir}
-        try:
-            options = WebDatasetShards.Options.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, WebDatasetShards.Options, str(args.config),
-                                                      prefix="dataset")) from None
-        output = args.output
-        if output is None:
-            if options.index is None:
-                raise ConfigError(f"{args.config}: give -o FILE, or set dataset.index to the file the audit reads")
-            output = _resolve(options.index, options.base_dir)
-        dataset = WebDatasetShards(options.model_copy(update={"index": None}))
-        doc = write_index(dataset, output, force=args.force)
-        count = sum(len(s["samples"]) for s in doc["shards"])
-        print(f"wrote the index of {len(doc['shards'])} shard(s), {count:,} sample(s), to {output}")
-        if options.index is None or _resolve(options.index, options.base_dir).resolve() != Path(output).resolve():
-            print(f"point the dataset at it: dataset.index: {os.path.relpath(Path(output).resolve(), config.base_dir)}")
-        return 0
-
-
 @hookimpl
 def register_datasets(register):
     register("webdataset", WebDatasetShards)
-
-
-@hookimpl
-def register_commands(register):
-    register("index-shards", IndexShards)
