@@ -45,10 +45,10 @@ _INDEX_VERSION = 1
 _SAMPLE_FIELDS = ("key", "image", "offset", "size", "label")
 
 
-def read_index(self: WebDatasetShards) -> list[tuple[Path, list[Sample], list[Any]]]:
-    """The listing of the dataset ``self`` from its index file, checked against the patterns, the options and
+def read_index(dataset: WebDatasetShards) -> list[tuple[Path, list[Sample], list[Any]]]:
+    """The listing of ``dataset`` from its index file, checked against the patterns, the options and
     each shard's size and mtime; every field a hand edit could make hostile refused."""
-    path = self.index_path
+    path = dataset.index_path
     rebuild = f"rebuild it: sing-audit index-shards CONFIG --force (the audit config whose dataset.index is {path})"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -66,13 +66,13 @@ def read_index(self: WebDatasetShards) -> list[tuple[Path, list[Sample], list[An
     if doc.get("version") != _INDEX_VERSION:
         raise bad(f"version {doc.get('version')!r}, this sing-audit reads version {_INDEX_VERSION}")
     for option in ("image_key", "label_key"):
-        if doc.get(option) != getattr(self.options, option):
+        if doc.get(option) != getattr(dataset.options, option):
             raise bad(f"it was written with {option}: {doc.get(option)!r}, the dataset has "
-                      f"{option}: {getattr(self.options, option)!r}")
+                      f"{option}: {getattr(dataset.options, option)!r}")
     entries = doc.get("shards")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise bad("'shards' is not a list of shards")
-    names = expand_names(self.patterns)
+    names = expand_names(dataset.patterns)
     listed = [e.get("path") for e in entries]
     if listed != names:
         first = next((k for k in range(min(len(names), len(listed))) if listed[k] != names[k]), None)
@@ -82,10 +82,10 @@ def read_index(self: WebDatasetShards) -> list[tuple[Path, list[Sample], list[An
             what = f"the shard {names[len(listed)]!r} the pattern names is not in the index"
         else:
             what = f"the index lists {listed[len(names)]!r}, which the shards pattern does not name"
-        raise bad(f"it is for other shards than {', '.join(self.patterns)} ({what})")
+        raise bad(f"it is for other shards than {', '.join(dataset.patterns)} ({what})")
     tariterators, _ = _libraries()
     out = []
-    for shard, entry in zip(self.shard_paths(), entries):
+    for shard, entry in zip(dataset.shard_paths(), entries):
         size, mtime, listing = entry.get("size"), entry.get("mtime_ns"), entry.get("listing")
         if not (_is_int(size) and _is_int(mtime) and isinstance(listing, str)):
             raise bad(f"shard {shard}: size, mtime_ns or listing missing or not a number/text")
@@ -97,11 +97,11 @@ def read_index(self: WebDatasetShards) -> list[tuple[Path, list[Sample], list[An
             raise DataError(f"shard {shard} changed since the shard index {path} was written (size {stat.st_size:,}"
                             f" bytes and mtime_ns {stat.st_mtime_ns}, the index has {size:,} and {mtime}); "
                             f"{rebuild}", field="index")
-        samples = _index_samples(self, shard, entry.get("samples"), size, tariterators.base_plus_ext, bad)
+        samples = _index_samples(dataset, shard, entry.get("samples"), size, tariterators.base_plus_ext, bad)
         out.append((shard, samples, [shard.name, size, mtime, listing]))
     return out
 
-def _index_samples(self: WebDatasetShards, shard: Path, raw, shard_size: int, split_key, bad) -> list[Sample]:
+def _index_samples(dataset: WebDatasetShards, shard: Path, raw, shard_size: int, split_key, bad) -> list[Sample]:
     if not isinstance(raw, list):
         raise bad(f"shard {shard}: 'samples' is not a list")
     samples: list[Sample] = []
@@ -117,7 +117,7 @@ def _index_samples(self: WebDatasetShards, shard: Path, raw, shard_size: int, sp
         except DataError as exc:  # the index names it, not the shard: no tar member has that name
             raise bad(f"sample {k}: {str(exc).split('; refused')[0]}; refused") from None
         prefix, suffix = split_key(image)
-        if prefix != key or suffix is None or suffix.lower() not in self.options.image_key:
+        if prefix != key or suffix is None or suffix.lower() not in dataset.options.image_key:
             raise bad(f"shard {shard}: sample {k}'s image {image!r} is not an image member of the sample {key!r}")
         if key in seen:
             raise bad(f"shard {shard}: the sample {key!r} is listed twice")
@@ -189,14 +189,14 @@ class IndexShards(Command):
         "a shard. Exit 0 when written, 2 on bad input."
     )
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+    def add_arguments(dataset, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("config", metavar="CONFIG", type=Path, help="the audit config (YAML/JSON)")
         parser.add_argument("-o", "--output", type=Path, default=None,
                             help="where to write the index (default: the dataset's index option, relative to the "
                                  "config's folder)")
         parser.add_argument("--force", action="store_true", help="replace an existing index file")
 
-    def run(self, args: argparse.Namespace) -> int:
+    def run(dataset, args: argparse.Namespace) -> int:
         from pydantic import ValidationError
 
         from sing_audit.config import format_validation_error, load_config
