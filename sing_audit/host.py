@@ -43,6 +43,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "sing_audit.builtins.torch_module",
     "sing_audit.builtins.image_datasets",
     "sing_audit.builtins.webdataset_shards",
+    "sing_audit.builtins.webdataset_index",
     "sing_audit.builtins.hf_datasets",
     "sing_audit.builtins.linear_translator",
     "sing_audit.builtins.mlp_translators",

@@ -46,3 +46,17 @@ def test_the_shard_recipe_gives_image_folder_ids_and_labels(tmp_path, monkeypatc
     folder = ImageFolderDataset({"root": tmp_path / "imagenet" / "val"})
     assert [(r.image_id, r.label) for r in shards.records()] == [(r.image_id, r.label) for r in folder.records()]
     assert shards.open(shards.records()[0]).size == (32, 32)
+
+    # the recipe's next steps: its audit.yaml beside shards/, the shard index built once
+    from sing_audit.cli import main
+
+    (recipe,) = [code for lang, _, code in BLOCKS if lang == "yaml" and code.startswith("name: imagenet-val")]
+    (tmp_path / "audit.yaml").write_text(recipe)
+    (commands,) = [code for lang, _, code in BLOCKS if lang == "bash" and "torchrun" in code]
+    index_command = commands.splitlines()[0].split()
+    assert index_command[:2] == ["sing-audit", "index-shards"]
+    assert main(index_command[1:]) == 0
+    spec = yaml.safe_load(recipe)["dataset"]
+    indexed = WebDatasetShards({**{k: v for k, v in spec.items() if k != "plugin"}, "base_dir": tmp_path})
+    assert indexed.options.index is not None
+    assert indexed.records() == shards.records() and indexed.describe() == shards.describe()

@@ -323,3 +323,216 @@ def test_a_label_member_that_is_no_label_is_refused(tmp_path, image_root):
         _one_shard(tmp_path, image, ("a/big.png", image, {}), ("a/big.cls", b"x" * 5000, {})).records()
     with pytest.raises(DataError, match=r"label of sample 'a/bin' .* is not UTF-8 text"):
         _one_shard(tmp_path, image, ("a/bin.png", image, {}), ("a/bin.cls", b"\xff\xfe", {})).records()
+
+
+# --------------------------------------------------------------------------- the shard index
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """Every tar file opened from now on (by builtins.open, io.open, os.open or tarfile)."""
+    paths: list[str] = []
+
+    def record(name):
+        if isinstance(name, (str, os.PathLike)) and os.fspath(name).endswith(".tar"):
+            paths.append(Path(os.fspath(name)).name)
+
+    def wrap(fn):
+        def opener(file, *args, **kwargs):
+            record(file)
+            return fn(file, *args, **kwargs)
+        return opener
+
+    import builtins
+
+    for owner, name in ((builtins, "open"), (io, "open"), (os, "open"), (tarfile, "bltn_open")):
+        monkeypatch.setattr(owner, name, wrap(getattr(owner, name)))
+    original = tarfile.open
+
+    def tar_open(name=None, *args, **kwargs):
+        record(name)
+        fileobj = kwargs.get("fileobj")
+        if fileobj is not None:
+            record(getattr(fileobj, "name", None))
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "open", tar_open)
+    return paths
+
+
+def indexed_audit(tmp_path: Path, image_root: Path) -> tuple[Path, list[Path]]:
+    """The shards, an audit config with ``index: shards/index.json``, and the index
+    written by ``sing-audit index-shards``."""
+    shards = write_shards(tmp_path / "shards", image_root)
+    cfg = webdataset_audit(tmp_path, image_root, tmp_path / "shards", index="shards/index.json")
+    assert main(["index-shards", str(cfg)]) == 0
+    return cfg, shards
+
+
+def test_an_index_gives_the_header_listing_records_and_cache_key_without_opening_a_tar(tmp_path, image_root, opened):
+    shards = write_shards(tmp_path, image_root)
+    from sing_audit.builtins.webdataset_index import write_index
+
+    write_index(dataset(tmp_path), tmp_path / "index.json")
+    for options in ({}, {"limit_per_class": 2}, {"classes": ["n01443537"]}):
+        headers = dataset(tmp_path, **options)
+        expected = headers.records(), headers.describe()
+        assert opened  # the header listing opens the tar files
+        opened.clear()
+        indexed = dataset(tmp_path, index="index.json", **options)
+        assert (indexed.records(), indexed.describe()) == expected  # the same records and cache key
+        assert opened == []  # listing and the cache key: the shards were only stat()ed
+        assert indexed._members == headers._members
+        record = indexed.records()[-1]
+        np.testing.assert_array_equal(np.asarray(indexed.open(record)), np.asarray(headers.open(record)))
+        assert set(opened) == {record.path.name}
+        opened.clear()
+    assert {r.path for r in dataset(tmp_path, index="index.json").records()} == set(shards)
+
+
+def test_with_an_index_shard_processes_open_only_their_own_tar_files(tmp_path, image_root, folder_run, opened, capsys):
+    cfg, shards = indexed_audit(tmp_path, image_root)
+    own = {0: {s.name for s in shards[:2]}, 1: {s.name for s in shards[2:]}}  # rows 0-7 and 8-14
+    for index in (0, 1):
+        opened.clear()
+        assert main(["run", str(cfg), "--shard", f"{index}/2"]) == 0, capsys.readouterr().err
+        assert set(opened) == own[index]
+    code, reference = folder_run
+    assert main(["merge", str(cfg)]) == code
+    np.testing.assert_array_equal(features(tmp_path / "out"), features(reference))
+    assert results(tmp_path / "out") == results(reference)
+
+    # the recording sees opens: without the index, a process lists every shard's headers
+    data = yaml.safe_load(cfg.read_text())
+    del data["dataset"]["index"]
+    data["output"] = "out-headers"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    opened.clear()
+    assert main(["run", str(cfg), "--shard", "0/2"]) == 0
+    assert set(opened) == {s.name for s in shards}
+
+
+def test_an_audit_with_the_index_equals_one_without(tmp_path, image_root, folder_run):
+    cfg, _ = indexed_audit(tmp_path, image_root)
+    code, reference = folder_run
+    assert main(["run", str(cfg)]) == code
+    np.testing.assert_array_equal(features(tmp_path / "out"), features(reference))
+    assert results(tmp_path / "out") == results(reference)
+
+
+def test_a_stale_index_is_refused_with_the_command_that_rebuilds_it(tmp_path, image_root, capsys):
+    cfg, shards = indexed_audit(tmp_path, image_root)
+    capsys.readouterr()
+    with tarfile.open(shards[1]) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf]
+    with tarfile.open(shards[1], "w", format=tarfile.PAX_FORMAT) as tf:  # rewritten: one label changed
+        for m, data in members:
+            tf.addfile(m, io.BytesIO(b"n01443537" if m.name.endswith(".cls") and data == b"n01440764" else data))
+    os.utime(shards[1], ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "val-001.tar changed since the shard index" in err and "sing-audit index-shards CONFIG --force" in err
+    assert main(["index-shards", str(cfg)]) == 2  # the old index is not replaced silently
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(["index-shards", str(cfg), "--force"]) == 0
+    assert main(["validate", str(cfg)]) == 0
+    options = {"shards": "shards/val-{000..003}.tar", "base_dir": tmp_path}
+    indexed = WebDatasetShards({**options, "index": "shards/index.json"})
+    assert indexed.records() == WebDatasetShards(options).records()
+    assert "n01443537" in [r.label for r in indexed.records() if r.path == shards[1]]  # the new label
+
+
+def _edit_index(folder: Path, edit) -> WebDatasetShards:
+    from sing_audit.builtins.webdataset_index import write_index
+
+    path = folder / "index.json"
+    write_index(dataset(folder), path, force=True)
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    return dataset(folder, index="index.json")
+
+
+def _sample(doc, shard=0, k=0) -> dict:
+    return doc["shards"][shard]["samples"][k]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["shards"].pop(), r"the shard 'val-003\.tar' the pattern names is not in the index"),
+    (lambda d: d["shards"].append(dict(d["shards"][0], path="val-004.tar")), r"lists 'val-004\.tar', which the shards"),
+    (lambda d: d["shards"].reverse(), r"shard 0 is 'val-003\.tar' in the index but 'val-000\.tar'"),
+    (lambda d: d["shards"][0].update(path="../val-000.tar"), r"shard 0 is '\.\./val-000\.tar' in the index"),
+    (lambda d: d.update(label_key="txt"), "written with label_key: 'txt', the dataset has label_key: 'cls'"),
+    (lambda d: d.update(format="something else"), "not a sing-audit shard index"),
+    (lambda d: d.update(version=2), "version 2"),
+    (lambda d: _sample(d).update(offset=10**9), r"lies at bytes 1000000000 \+ \d+, not inside the shard"),
+    (lambda d: _sample(d).update(offset=-512), r"lies at bytes -512"),
+    (lambda d: _sample(d).update(size=-1), r"lies at bytes \d+ \+ -1"),
+    (lambda d: _sample(d).update(offset=True), r"lies at bytes True"),
+    (lambda d: _sample(d).update(image="../../etc/passwd.png", key="../../etc/passwd"), r"climbs out .*'\.\.'"),
+    (lambda d: _sample(d).update(image="/etc/passwd.png", key="/etc/passwd"), "absolute path"),
+    (lambda d: _sample(d).update(image="n01440764/other.png"), "is not an image member of the sample"),
+    (lambda d: _sample(d).update(image=_sample(d)["key"] + ".cls"), "is not an image member of the sample"),
+    (lambda d: _sample(d, k=1).update(_sample(d)), "listed twice"),
+    (lambda d: _sample(d).update(label=["n01440764"]), "is not a label"),
+    (lambda d: _sample(d).update(extra=1), "not an object with exactly key, image, offset, size, label"),
+    (lambda d: d["shards"][0].update(size="big"), "size, mtime_ns or listing missing"),
+])
+def test_a_wrong_or_hostile_index_is_refused(tmp_path, image_root, edit, message):
+    write_shards(tmp_path, image_root)
+    ds = _edit_index(tmp_path, edit)
+    with pytest.raises(DataError, match=message) as exc:
+        ds.records()
+    assert exc.value.field == "index" and "index.json" in str(exc.value)
+
+
+def test_an_index_for_another_pattern_is_refused(tmp_path, image_root):
+    write_shards(tmp_path, image_root)
+    _edit_index(tmp_path, lambda d: None)
+    with pytest.raises(DataError, match=r"it is for other shards than val-\{000\.\.002\}\.tar"):
+        WebDatasetShards({"shards": "val-{000..002}.tar", "base_dir": tmp_path, "index": "index.json"}).records()
+    with pytest.raises(DataError, match=r"shard index .*nothere\.json not found; write it: sing-audit index-shards"):
+        dataset(tmp_path, index="nothere.json").records()
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(DataError, match="broken.json cannot be read"):
+        dataset(tmp_path, index="broken.json").records()
+
+
+def test_index_shards_refuses_bad_input(tmp_path, image_root, capsys):
+    shards = write_shards(tmp_path / "shards", image_root)
+    cfg = webdataset_audit(tmp_path, image_root, tmp_path / "shards")
+    assert main(["index-shards", str(cfg)]) == 2  # neither -o nor dataset.index
+    assert "give -o FILE, or set dataset.index" in capsys.readouterr().err
+    assert main(["index-shards", str(tmp_path / "missing.yaml"), "-o", str(tmp_path / "i.json")]) == 2
+    assert main(["index-shards", str(cfg), "-o", str(tmp_path / "nofolder" / "i.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+    (tmp_path / "folder").mkdir()
+    folder_cfg = image_folder_audit(tmp_path / "folder", BACKBONES, root=image_root, run=RUN)
+    assert main(["index-shards", str(folder_cfg), "-o", str(tmp_path / "i.json")]) == 2
+    assert "the config has dataset plugin 'image_folder'" in capsys.readouterr().err
+
+    good = shards[2].read_bytes()  # the listing's checks: a corrupt shard writes no index
+    shards[2].write_bytes(good[: len(good) // 2])
+    assert main(["index-shards", str(cfg), "-o", str(tmp_path / "i.json")]) == 2
+    assert "val-002.tar is truncated" in capsys.readouterr().err
+    assert not (tmp_path / "i.json").exists() and not list(tmp_path.glob(".i.json.*"))
+    shards[2].write_bytes(good)
+
+    assert main(["index-shards", str(cfg), "-o", str(tmp_path / "i.json")]) == 0
+    out = capsys.readouterr().out
+    assert "4 shard(s), 15 sample(s)" in out and "dataset.index: i.json" in out
+    doc = json.loads((tmp_path / "i.json").read_text())
+    assert [s["path"] for s in doc["shards"]] == [f"shards/val-{k:03d}.tar" for k in range(4)]
+
+
+def test_index_shards_refuses_a_hostile_shard(tmp_path, image_root, capsys):
+    image = (image_root / image_files(image_root)[0]).read_bytes()
+    _one_shard(tmp_path, image, ("a/../../evil.png", image, {}))
+    cfg = tmp_path / "audit.yaml"
+    data = yaml.safe_load(image_folder_audit(tmp_path, BACKBONES, root=image_root, run=RUN).read_text())
+    data["dataset"] = {"plugin": "webdataset", "shards": "bad.tar"}
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["index-shards", str(cfg), "-o", str(tmp_path / "i.json")]) == 2
+    assert "climbs out of the archive" in capsys.readouterr().err
+    assert not (tmp_path / "i.json").exists()

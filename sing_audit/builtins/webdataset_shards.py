@@ -13,11 +13,13 @@ every record first (cheap), then each process — a ``--shard i/N`` job, a torch
 reading the image bytes of its own rows only (a contiguous block of whole batches,
 :mod:`sing_audit.pipeline.shard`). So the listing reads the tar headers of every shard
 (:mod:`tarfile` seeks over each member's data: 512 bytes a member) and the small label
-members, and remembers where each image's bytes lie; opening an image then reads that
-member alone. Records are in shard order (the patterns' order), then in each shard's
-member order, so a process's rows lie in a contiguous run of shards and it opens no
-other shard's images. Decoding goes through :func:`sing_audit.datasets.open_image` (the
-format allow-list and pixel limit of every dataset), never webdataset's decoders.
+members, and remembers where each image's bytes lie; opening an image reads that member
+alone. With the ``index`` option the listing comes from a shard index written once
+(:mod:`.webdataset_index`, ``sing-audit index-shards``) and the shards are only
+stat()ed, so a process opens no tar file but those of its own rows: records are in
+shard order (the patterns' order), then member order, so its rows lie in a contiguous
+run of shards. Decoding goes through :func:`sing_audit.datasets.open_image` (the format
+allow-list and pixel limit of every dataset), never webdataset's decoders.
 
 Only plain (uncompressed) tars can be read member by member; hostile members (absolute
 paths, ``..``, links, devices, FIFOs) are refused, never followed.
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -49,7 +50,7 @@ from sing_audit.hookspecs import hookimpl
 
 from .image_datasets import LabelledImageOptions, _BaseImageDataset, _resolve, normalize_extensions
 
-__all__ = ["WEBDATASET_IMAGE_KEYS", "WebDatasetShards", "expand_shards"]
+__all__ = ["WEBDATASET_IMAGE_KEYS", "Sample", "WebDatasetShards", "expand_names", "expand_shards"]
 
 #: the image keys webdataset's own decoders recognise as images, in order of preference
 WEBDATASET_IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
@@ -72,24 +73,7 @@ def expand_shards(patterns: list[str], base_dir: Path | None) -> list[Path]:
     """Every shard the brace ``patterns`` name (``val-{000..063}.tar``), in their order,
     relative to ``base_dir``; a :class:`DataError` for a malformed pattern, a shard named
     twice, or a shard that does not exist (all missing ones named)."""
-    _, braceexpand = _libraries()
-    paths: list[Path] = []
-    for pattern in patterns:
-        try:
-            expanded = list(braceexpand.braceexpand(pattern))
-        except ValueError as exc:  # braceexpand.UnbalancedBracesError
-            raise DataError(
-                f"shards pattern {pattern!r} is malformed ({exc}); write ranges as {{000..063}} with balanced braces",
-                field="shards",
-            ) from None
-        for name in expanded:
-            if "{" in name or "}" in name:
-                raise DataError(
-                    f"shards pattern {pattern!r} leaves {name!r} unexpanded; a range is {{FIRST..LAST}} of integers "
-                    "or letters (e.g. {000..063}), a list is {a,b}",
-                    field="shards",
-                )
-            paths.append(_resolve(Path(name), base_dir))
+    paths = [_resolve(Path(name), base_dir) for name in expand_names(patterns)]
     seen: set[Path] = set()
     for p in paths:
         if p in seen:
@@ -106,13 +90,39 @@ def expand_shards(patterns: list[str], base_dir: Path | None) -> list[Path]:
     return paths
 
 
-@dataclass(frozen=True)
-class _Member:
-    """Where one image's bytes lie: the shard's index, the data's offset and size."""
+def expand_names(patterns: list[str]) -> list[str]:
+    """The shard names the brace ``patterns`` expand to, as written (not resolved), in
+    their order; a :class:`DataError` for a malformed pattern."""
+    _, braceexpand = _libraries()
+    names: list[str] = []
+    for pattern in patterns:
+        try:
+            expanded = list(braceexpand.braceexpand(pattern))
+        except ValueError as exc:  # braceexpand.UnbalancedBracesError
+            raise DataError(
+                f"shards pattern {pattern!r} is malformed ({exc}); write ranges as {{000..063}} with balanced braces",
+                field="shards",
+            ) from None
+        for name in expanded:
+            if "{" in name or "}" in name:
+                raise DataError(
+                    f"shards pattern {pattern!r} leaves {name!r} unexpanded; a range is {{FIRST..LAST}} of integers "
+                    "or letters (e.g. {000..063}), a list is {a,b}",
+                    field="shards",
+                )
+            names.append(name)
+    return names
 
-    shard: int
+
+@dataclass(frozen=True)
+class Sample:
+    """A shard's sample: its key, image member (the record's id), where its bytes lie, label."""
+
+    key: str
+    image: str
     offset: int
     size: int
+    label: str | None
 
 
 def _refuse_hostile(shard: Path, member: tarfile.TarInfo) -> None:
@@ -129,6 +139,10 @@ def _refuse_hostile(shard: Path, member: tarfile.TarInfo) -> None:
     if kind is not None:
         raise DataError(f"shard {shard}: member {name!r} is {kind}; a webdataset shard holds regular files only "
                         "(rebuild the shard without it)", field="shards")
+    _refuse_hostile_name(shard, name)
+
+
+def _refuse_hostile_name(shard: Path, name: str) -> None:
     posix = PurePosixPath(name.replace("\\", "/"))
     if name.startswith(("/", "\\")) or posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
         raise DataError(f"shard {shard}: member {name!r} has an absolute path; refused (rebuild the shard with "
@@ -157,6 +171,10 @@ class WebDatasetShards(_BaseImageDataset):
             description="key: a label is a class key (a synset, a class name, as image_folder's folder names); "
                         "index: a label is the head's class index (0-based)",
         )
+        index: Path | None = Field(None, description=(
+            "a shard index written by sing-audit index-shards (relative to the config's folder): the listing is read "
+            "from it, the shards only stat()ed, so each process opens only its own rows' tar files (null: read "
+            "every shard's tar headers)"))
         digest: Literal["headers", "content"] = Field(
             "headers",
             description="what keys the cache: headers (each shard's size, modification time and member listing; no "
@@ -183,7 +201,7 @@ class WebDatasetShards(_BaseImageDataset):
         _libraries()  # exit 2 naming the extra before anything runs
         super().__init__(options)
         self._shards: list[Path] | None = None
-        self._members: dict[str, _Member] = {}
+        self._members: dict[str, Sample] = {}  # image id -> where its bytes lie
         self._fingerprints: list[list[Any]] = []
 
     @property
@@ -208,17 +226,16 @@ class WebDatasetShards(_BaseImageDataset):
     # ---------------------------------------------------------------- listing
 
     def _scan(self) -> list[ImageRecord]:
-        tariterators, _ = _libraries()
         records: list[ImageRecord] = []
-        members: dict[str, _Member] = {}
+        members: dict[str, Sample] = {}
         owner: dict[str, Path] = {}  # sample key -> its shard
         counts: dict[str | None, int] = {}
         limit = self.options.limit_per_class
         self._fingerprints = []
-        for index, shard in enumerate(self.shard_paths()):
-            samples, fingerprint = self._list_shard(shard, tariterators.base_plus_ext)
+        for shard, samples, fingerprint in self.shard_listings():
             self._fingerprints.append(fingerprint)
-            for key, (name, member, label) in samples.items():
+            for sample in samples:
+                key, label = sample.key, sample.label
                 if key in owner:
                     raise DataError(f"sample {key!r} is in two shards ({owner[key]} and {shard}); keys must be unique "
                                     "across the shards", field="shards")
@@ -226,15 +243,33 @@ class WebDatasetShards(_BaseImageDataset):
                 if limit is not None and counts.get(label, 0) >= limit:
                     continue
                 counts[label] = counts.get(label, 0) + 1
-                members[name] = _Member(index, member.offset_data, member.size)
-                records.append(ImageRecord(image_id=name, path=shard, label=label))
+                members[sample.image] = sample
+                records.append(ImageRecord(image_id=sample.image, path=shard, label=label))
         self._members = members
         self._check_index_labels(records)
         return records
 
-    def _list_shard(self, shard: Path, split_key) -> tuple[dict[str, tuple[str, tarfile.TarInfo, str | None]], list[Any]]:
-        """The samples of one shard, ``key -> (image member name, its header, label)``,
-        in order of first appearance, and the shard's fingerprint for the cache key."""
+    def shard_listings(self) -> list[tuple[Path, list[Sample], list[Any]]]:
+        """Each shard's samples (in member order) and its fingerprint for the cache key,
+        in the patterns' order: from the ``index`` file when one is set (the shards are
+        only stat()ed), else from every shard's tar headers."""
+        if self.options.index is not None:
+            from .webdataset_index import read_index  # it imports this module
+
+            return read_index(self)
+        return self._tar_listings()
+
+    def _tar_listings(self) -> list[tuple[Path, list[Sample], list[Any]]]:
+        tariterators, _ = _libraries()
+        return [(shard, *self._list_shard(shard, tariterators.base_plus_ext)) for shard in self.shard_paths()]
+
+    @property
+    def index_path(self) -> Path | None:
+        return None if self.options.index is None else _resolve(self.options.index, self.options.base_dir)
+
+    def _list_shard(self, shard: Path, split_key) -> tuple[list[Sample], list[Any]]:
+        """The samples of one shard, in order of first appearance, and the shard's
+        fingerprint for the cache key (its name, size, mtime and the listing's hash)."""
         keys = self.options.image_key
         label_key = self.options.label_key
         try:
@@ -269,7 +304,7 @@ class WebDatasetShards(_BaseImageDataset):
                 except (tarfile.TarError, EOFError) as exc:
                     raise DataError(f"shard {shard} is corrupt ({exc}); copy or rebuild the shard", field="shards") from None
                 self._check_trailer(shard, fh, tar, stat.st_size)
-                out: dict[str, tuple[str, tarfile.TarInfo, str | None]] = {}
+                out: list[Sample] = []
                 for prefix, sample in grouped.items():
                     image = next((sample[k] for k in keys if k in sample), None)
                     if image is None:
@@ -280,7 +315,7 @@ class WebDatasetShards(_BaseImageDataset):
                     label = None
                     if label_key is not None and label_key.lower() in sample:
                         label = self._read_label(shard, fh, prefix, sample[label_key.lower()])
-                    out[prefix] = (image.name, image, label)
+                    out.append(Sample(prefix, image.name, image.offset_data, image.size, label))
                     listing.update(f"{prefix}\0{label}\n".encode())
         except OSError as exc:
             raise DataError(f"shard {shard} cannot be read: {exc}", field="shards") from exc
