@@ -228,14 +228,14 @@ def not_assessed_reasons(m: ModelResult, policy: PolicyConfig) -> list[str]:
     if m.n_judged == 0:
         out.append(f"{m.n_judged} of {len(m.classes)} classes have ≥ {policy.min_images} images")
     if m.null_dim == 0:
-        if m.rank_rule.split(" ")[0] == "rank":
+        if m.rank_rule == "rank":
             out.append(
-                f"null dimension 0 under rule {m.rank_rule}: this head has no exact null space; "
+                f"null dimension 0 under rule {m.rank_rule_label}: this head has no exact null space; "
                 "rule energy or fraction audits an approximate one"
             )
         else:
             out.append(
-                f"null dimension 0 under rule {m.rank_rule}: the rule keeps every direction, so null removal "
+                f"null dimension 0 under rule {m.rank_rule_label}: the rule keeps every direction, so null removal "
                 "changes nothing; keep less (e.g. a lower energy or rank, or rule fraction)"
             )
     cos = m.fidelity.cosine

@@ -356,8 +356,8 @@ def diff_results(
             random_weights_b=mb.random_weights,
         )
         pair = f"{_label(ma)} → {_label(mb)}" if _label(ma) != _label(mb) else _label(ma)
-        if ma.rank_rule != mb.rank_rule:
-            out.warnings.append(f"{pair}: rank rule {ma.rank_rule} in A, {mb.rank_rule} in B")
+        if ma.rank_rule_label != mb.rank_rule_label:
+            out.warnings.append(f"{pair}: rank rule {ma.rank_rule_label} in A, {mb.rank_rule_label} in B")
         if ma.random_weights != mb.random_weights:
             out.warnings.append(f"{pair}: random weights in {'A' if ma.random_weights else 'B'} only")
         classes_a = {c.index: c for c in ma.classes}

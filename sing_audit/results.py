@@ -137,7 +137,12 @@ class ModelResult(_Result):
     target: str
     random_weights: bool
     random_weights_parts: list[str] = Field(default_factory=list)
-    rank_rule: str = Field(description="the rank rule and any cut the config set, e.g. 'rank', 'rank (atol 1e-05)', 'energy'")
+    rank_rule: str = Field(description="the rank rule: rank, energy, fixed or fraction")
+    rank_cut: str | None = Field(
+        None,
+        description="the singular-value cut the config set for the rank rule, e.g. 'atol 1e-05' (the SING authors' "
+        "absolute cut) or 'rtol 1e-06'; None: the default relative cut, or another rule",
+    )
     null_exact: bool | None = Field(
         None,
         description="whether W·Π_n = 0 up to the weights' precision (the rank rule dropped no singular value above "
@@ -194,6 +199,11 @@ class ModelResult(_Result):
     def outcome(self) -> str:
         """``"passed"``, ``"failed"`` or ``"not assessed"``."""
         return "not assessed" if not self.assessed else "passed" if self.passed else "failed"
+
+    @property
+    def rank_rule_label(self) -> str:
+        """The rule with its cut, as reports show it: ``rank``, ``rank (atol 1e-05)``, ``energy``."""
+        return f"{self.rank_rule} ({self.rank_cut})" if self.rank_cut else self.rank_rule
 
     @property
     def exact_null(self) -> bool:

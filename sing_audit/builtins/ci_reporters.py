@@ -119,7 +119,7 @@ def render_junit(result) -> str:
         for key, value in (
             ("backbone", m.backbone),
             ("target", m.target),
-            ("rank_rule", m.rank_rule),
+            ("rank_rule", m.rank_rule_label),
             ("null_dim", m.null_dim),
             ("is_mean", fmt_num(m.is_mean, 4)),
             ("as_abs_mean", fmt_num(m.as_abs_mean, 4)),
@@ -237,7 +237,7 @@ def render_markdown(result) -> str:
     for m in result.models:
         flagged = f"{m.n_flagged} of {m.n_judged} judged" + (f" (+{m.n_waived} waived)" if m.n_waived else "")
         name = md_escape(m.name) + (" (random weights)" if m.random_weights else "")
-        null_dim = f"{m.null_dim} ({md_escape(m.rank_rule)})"
+        null_dim = f"{m.null_dim} ({md_escape(m.rank_rule_label)})"
         lines.append(
             f"| {name} | {md_escape(m.target)} | {null_dim} | {fmt_num(m.is_mean, unit='°')} | "
             f"{fmt_num(m.as_abs_mean, unit='°')} | {fmt_ratio(m)} | {flagged} | {_POLICY_CELL[m.outcome]} |"

@@ -88,7 +88,7 @@ def print_models(result) -> None:
         ratio = "undefined (no null space)" if m.is_as_ratio is None else f"{m.is_as_ratio:.2f}"
         stamp = "  [RANDOM WEIGHTS]" if m.random_weights else ""
         say(
-            f"{m.name} @ {m.target}: null dim {m.null_dim} ({m.rank_rule}), mean IS {m.is_mean:.2f}°, "
+            f"{m.name} @ {m.target}: null dim {m.null_dim} ({m.rank_rule_label}), mean IS {m.is_mean:.2f}°, "
             f"mean |AS| {m.as_abs_mean:.2f}°, IS/AS {ratio}, {m.n_flagged} flagged of {m.n_judged} judged — "
             f"{m.outcome.upper()}{stamp}"
         )

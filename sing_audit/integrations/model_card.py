@@ -163,7 +163,7 @@ def render_model_card(result, models, eval_results, dataset_name: str, dataset_t
     for m in models:
         waived = f" (+{m.n_waived} waived)" if m.n_waived else ""
         lines.append(
-            f"| {e(m.target)} | {m.null_dim} ({e(m.rank_rule)}) | {fmt_num(m.is_mean, unit='°')} | "
+            f"| {e(m.target)} | {m.null_dim} ({e(m.rank_rule_label)}) | {fmt_num(m.is_mean, unit='°')} | "
             f"{fmt_num(m.as_abs_mean, unit='°')} [{fmt_interval(m.as_abs_ci, unit='°')}] | {fmt_ratio(m)} | "
             f"{m.n_flagged} of {m.n_judged}{waived} |"
         )
