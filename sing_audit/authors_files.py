@@ -16,7 +16,6 @@ fixed-width ``U`` array.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import zipfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sing_audit.errors import DataError
+from sing_audit.store import file_sha256 as store_file_sha256
 
 __all__ = ["NamesUnpickler", "read_npz", "read_embedding_table", "read_class_prompt_embeddings", "file_sha256"]
 
@@ -127,11 +127,7 @@ def read_npz(path: Path | str) -> dict[str, np.ndarray]:
 
 def file_sha256(path: Path | str) -> str:
     """``sha256:<hex>`` of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return f"sha256:{h.hexdigest()}"
+    return f"sha256:{store_file_sha256(path)}"
 
 
 #: keys tried, in order, for the names and the vectors of an embedding table

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
+from .store import file_sha256
 from .hub_cache import (
     hub_cached_commit,
     hub_cached_file,
@@ -90,7 +91,6 @@ HUB_WEIGHT_FILES: tuple[str, ...] = (
     "open_clip_pytorch_model.pth",
 )
 
-_CHUNK = 1 << 20
 
 
 def local_weights_hint(what: str = "the model") -> str:
@@ -216,14 +216,10 @@ def resolve_weights(spec: str | os.PathLike | None, base_dir: Path | None = None
 def file_digest(path: str | os.PathLike) -> str:
     """``"sha256:<hex>"`` of a file's bytes, read in chunks."""
     path = Path(path)
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                h.update(chunk)
+        return f"sha256:{file_sha256(path)}"
     except OSError as exc:
         raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
-    return f"sha256:{h.hexdigest()}"
 
 
 def state_dict_digest(module_or_state_dict: Any) -> str:

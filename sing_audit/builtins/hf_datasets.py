@@ -39,15 +39,15 @@ from sing_audit.datasets import open_image
 from sing_audit.errors import DataError
 from sing_audit.extras import environment, require
 from sing_audit.hookspecs import hookimpl
+from sing_audit.store import file_sha256
 from sing_audit.terminal import close_matches
 
-from .image_datasets import DEFAULT_EXTENSIONS, LabelledImageOptions, _BaseImageDataset, _resolve, pillow_formats
+from .image_datasets import DEFAULT_EXTENSIONS, LabelledImageOptions, _BaseImageDataset, _resolve
 
 __all__ = ["HfDataset"]
 
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_CHUNK = 1 << 20
 
 
 def _datasets():
@@ -382,14 +382,10 @@ def _is_image_struct(column) -> bool:
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                h.update(chunk)
+        return file_sha256(path)
     except OSError as exc:
         raise DataError(f"{path} cannot be read: {exc}") from exc
-    return h.hexdigest()
 
 
 @hookimpl

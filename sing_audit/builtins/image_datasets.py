@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from sing_audit.components import ImageDataset, ImageRecord, PluginOptions
 from sing_audit.errors import DataError, at_field
 from sing_audit.hookspecs import hookimpl
+from sing_audit.store import file_sha256
 
 from .mapping_files import load_mapping_file
 
@@ -29,7 +30,6 @@ __all__ = [
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff")
 
-_CHUNK = 1 << 20
 
 
 def _resolve(path: Path, base_dir: Path | None) -> Path:
@@ -210,11 +210,8 @@ class _BaseImageDataset(ImageDataset):
     # ---------------------------------------------------------------- provenance
 
     def _file_hash(self, record: ImageRecord) -> str:
-        h = hashlib.sha256()
         try:
-            with open(record.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                    h.update(chunk)
+            return file_sha256(record.path)
         except FileNotFoundError:
             if self.on_bad_image == "skip":
                 return "missing"
@@ -223,7 +220,6 @@ class _BaseImageDataset(ImageDataset):
             if self.on_bad_image == "skip":
                 return "unreadable"
             raise DataError(f"image {record.image_id!r} cannot be read: {exc}") from exc
-        return h.hexdigest()
 
     def _options_description(self) -> dict[str, Any]:
         self._load_maps()

@@ -47,6 +47,7 @@ from sing_audit.datasets import open_image
 from sing_audit.errors import DataError
 from sing_audit.extras import require
 from sing_audit.hookspecs import hookimpl
+from sing_audit.store import file_sha256
 
 from .image_datasets import LabelledImageOptions, _BaseImageDataset, _resolve, normalize_extensions
 
@@ -417,14 +418,10 @@ class WebDatasetShards(_BaseImageDataset):
 
     @staticmethod
     def _shard_hash(shard: Path) -> str:
-        h = hashlib.sha256()
         try:
-            with open(shard, "rb") as fh:
-                for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                    h.update(chunk)
+            return file_sha256(shard)
         except OSError as exc:
             raise DataError(f"shard {shard} cannot be read: {exc}") from exc
-        return h.hexdigest()
 
     def _options_description(self) -> dict[str, Any]:
         out = super()._options_description()
