@@ -64,19 +64,11 @@ def models():
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch, models):
     """HF_HOME in tmp_path with REPO at two commits (main -> MAIN, tag v2 -> V2), different weights."""
-    import huggingface_hub.constants
+    from sing_audit.testing import fake_hub_repo
 
-    home = tmp_path / "hf-home"
-    cache = home / "hub"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    repo = cache / ("models--" + REPO.replace("/", "--"))
+    _, repo = fake_hub_repo(tmp_path / "hf-home", monkeypatch, REPO, {"main": MAIN, "v2": V2})
     for commit, model in models.items():
         _save_hub_folder(model, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(MAIN)
-    (repo / "refs" / "v2").write_text(V2)
     return repo
 
 

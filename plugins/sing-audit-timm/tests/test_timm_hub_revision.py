@@ -33,16 +33,12 @@ def offline(monkeypatch):
 def hub_cache(tmp_path, monkeypatch):
     """An HF_HOME in tmp_path whose hub cache holds REPO at two commits with different weights:
     ``main`` -> MAIN, tag ``v2`` -> V2. Returns ``(cache, {commit: the model saved there})``."""
-    import huggingface_hub.constants
     import timm
     from timm.models import save_for_hf
 
-    home = tmp_path / "hf-home"
-    cache = home / "hub"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    repo = cache / ("models--" + REPO.replace("/", "--"))
+    from sing_audit.testing import fake_hub_repo
+
+    cache, repo = fake_hub_repo(tmp_path / "hf-home", monkeypatch, REPO, {"main": MAIN, "v2": V2})
     models = {}
     for seed, commit in ((0, MAIN), (1, V2)):
         torch.manual_seed(seed)
@@ -51,9 +47,6 @@ def hub_cache(tmp_path, monkeypatch):
         save_for_hf(model, str(saved), safe_serialization=True)
         shutil.copytree(saved, repo / "snapshots" / commit)
         models[commit] = model
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(MAIN)
-    (repo / "refs" / "v2").write_text(V2)
     return cache, models
 
 
