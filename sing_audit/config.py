@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from .errors import ConfigError
 from .probes import NO_HEADLINE, headline_names
@@ -157,6 +157,23 @@ class RunSettings(_Strict):
     chunk_images: int = Field(
         default=1024, ge=1, description="images per resumable extraction chunk (rounded up to whole batches)"
     )
+    cache_dir: Literal[False] | Path | None = Field(
+        default=None,
+        description="the cache shared across audits (features, embeddings, text): a folder (relative to the "
+        "config's folder) or false to turn it off; unset: SING_AUDIT_CACHE_DIR, else the user's cache folder",
+    )
+    cache_max_size: ByteSize | None = Field(
+        default=None, gt=0,
+        description="bound of the shared cache, e.g. 20GB or 500MiB (least recently used entries are pruned); "
+        "unset: SING_AUDIT_CACHE_MAX_SIZE, else 10GiB",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cache_dir_true(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("cache_dir") is True:
+            raise ValueError("cache_dir: give a folder, or false to turn the shared cache off (true is not a folder)")
+        return data
 
 
 class AuditConfig(_Strict):

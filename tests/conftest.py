@@ -51,6 +51,15 @@ def _no_ci_step_summary(monkeypatch):
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_shared_cache(monkeypatch):
+    """Tests never read or write the developer's cache shared across audits, nor share one
+    with each other (many expect a cold run): it is off unless a test turns it on
+    (tests/test_shared_cache.py points SING_AUDIT_CACHE_DIR to a folder of its own)."""
+    monkeypatch.setenv("SING_AUDIT_CACHE_DIR", "off")
+    monkeypatch.delenv("SING_AUDIT_CACHE_MAX_SIZE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def scenario_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("scenario")

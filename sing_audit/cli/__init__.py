@@ -1,4 +1,4 @@
-"""``sing-audit``: run | merge | validate | schema | plugins | report | diff | explain, and the
+"""``sing-audit``: run | merge | validate | schema | plugins | report | diff | explain | cache, and the
 commands plugins register (``register_commands``, :mod:`sing_audit.commands`).
 
 Exit codes of ``run``: 0 passed, 1 policy failed, 2 bad input, 70 internal error,
@@ -30,6 +30,7 @@ from .exit_codes import (
     EXIT_PASSED,
     EXIT_POLICY_FAILED,
 )
+from .cache import cmd_cache
 from .explain import cmd_explain
 from .introspect import cmd_plugins, cmd_schema, cmd_validate
 from .output import print_error, say, terminal_logging, warn
@@ -57,6 +58,7 @@ COMMANDS = {
     "report": cmd_report,
     "diff": cmd_diff,
     "explain": cmd_explain,
+    "cache": cmd_cache,
 }
 
 

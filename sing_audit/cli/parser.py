@@ -44,6 +44,29 @@ def _add_global_flags(p: argparse.ArgumentParser, *, in_command: bool = False) -
                    help="no progress bars or progress lines (the verdict and errors are still printed)")
 
 
+def _add_cache(sub) -> None:
+    """``cache info|prune|clear``: the cache shared across audits."""
+    p = sub.add_parser(
+        "cache",
+        help="the cache shared across audits: info, prune, clear",
+        description="The cache shared across audits (features, embeddings, text embeddings): where it is and "
+        "why (run.cache_dir, SING_AUDIT_CACHE_DIR or the user's cache folder), what it holds, least-recently-used "
+        "pruning to its bound, clearing. Output folders' own caches are never touched.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("info", "the folder, whether it is on and why, entries per kind, size, bound, oldest and newest use"),
+                       ("prune", "remove least recently used entries down to the bound (or --max-size)"),
+                       ("clear", "remove every entry (asks on a terminal; --yes elsewhere)")):
+        a = actions.add_parser(name, help=text, description=text)
+        a.add_argument("--cache-dir", type=Path, metavar="PATH",
+                       help="the shared cache folder (default: SING_AUDIT_CACHE_DIR, else the user's cache folder)")
+        if name == "prune":
+            a.add_argument("--max-size", metavar="SIZE", help="prune down to SIZE (e.g. 5GB, 500MiB) instead of the bound")
+        if name == "clear":
+            a.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        _add_global_flags(a, in_command=True)
+
+
 def build_parser(plugin_commands: dict | None = None) -> argparse.ArgumentParser:
     """The whole grammar: the core's commands, then ``plugin_commands`` (name ->
     :class:`~sing_audit.commands.Command`, from the ``register_commands`` hook)."""
@@ -150,6 +173,7 @@ def build_parser(plugin_commands: dict | None = None) -> argparse.ArgumentParser
     p.add_argument("--top", type=int, default=10, help="how many classes to list (default 10)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     _add_override(p)
+    _add_cache(sub)
     for name, command in sorted((plugin_commands or {}).items()):
         p = sub.add_parser(name, help=command.help, description=command.description or command.help)
         command.add_arguments(p)

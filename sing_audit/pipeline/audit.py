@@ -69,6 +69,7 @@ def run_shard(config, shard: Shard, *, force: bool = False, overrides: list[str]
                 names.append(f"backbone {comp.name}")
         n = len(sources.records) if sources.records is not None else 0
         rows = shard.rows(n, cfg.run.batch_size)
+        sources.log_shared()
         log.info("shard %s: rows %d-%d of %d extracted for %s", shard, rows.start, rows.stop, n, ", ".join(names) or "nothing")
     return ShardReport(shard, rows, n, names, out)
 
@@ -122,6 +123,7 @@ def run_audit(config, *, force: bool = False, overrides: list[str] | None = None
             **{f"images:{k}": v for k, v in per_image_files.items()},
             "json": "results.json",
         }
+        sources.log_shared()
         comparisons = build_model_comparisons(models, abs_as, cfg.run.seed, cfg.run.bootstrap)
         result = build_audit_result(
             plan, models, comparisons, dataset=sources.dataset_info, stage_seconds=sources.clock.seconds,

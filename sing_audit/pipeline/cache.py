@@ -83,6 +83,10 @@ class ArrayStore:
         """Delete an entry (missing is fine)."""
         shutil.rmtree(self._dir(kind, key), ignore_errors=True)
 
+    def saved(self, kind: str, key: str) -> None:
+        """Called once a complete entry is in place (written by this run or found there);
+        the shared cache's :class:`~sing_audit.pipeline.shared_cache.LayeredStore` publishes it."""
+
     def save(self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> bool:
         """Write the entry into a temporary folder of its own, then rename it into place.
 
@@ -326,7 +330,7 @@ class PartialEntry:
             os.rename(self.folder, folder)
         except FileNotFoundError:
             if self.store.load(self.kind, self.key) is not None:
-                return False  # another run finalized these rows first
+                return False  # another run finalized these rows first (the store shares it on load)
             raise
         try:
             for name, arr in (arrays or {}).items():
@@ -338,7 +342,9 @@ class PartialEntry:
         except BaseException:
             self._unclaim(folder)
             raise
-        return _publish(folder, final, f"{self.kind}/{self.key}")
+        published = _publish(folder, final, f"{self.kind}/{self.key}")
+        self.store.saved(self.kind, self.key)
+        return published
 
     def _unclaim(self, folder: Path) -> None:
         """Give a claimed folder back its partial name after a failed finalize, so that the

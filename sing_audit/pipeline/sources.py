@@ -11,7 +11,7 @@ import numpy as np
 
 from ..classmap import map_labels
 from ..components import EmbeddingTarget, FeatureBackbone, ImageDataset, LinearHead, Target
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..store import content_key
 from .cache import ArrayStore, PartialEntry
 from .devices import ModelLoader
@@ -20,7 +20,7 @@ from .plan import Plan
 from .shard import Shard, merge_shards, shard_kind
 from .stages import StageClock
 
-__all__ = ["EmbeddingSource", "FeatureSource", "Sources"]
+__all__ = ["EmbeddingSource", "FeatureSource", "Sources", "shared_store"]
 
 log = logging.getLogger("sing_audit")
 
@@ -73,10 +73,17 @@ class Sources:
     def create(cls, plan: Plan, before_write=None, shard: Shard | None = None, merge_only: bool = False) -> "Sources":
         """The sources of ``plan`` in its output folder's cache, with a stage clock and a
         model loader of their own; ``before_write``: called before the store's first write
-        (the run folder's claim)."""
-        store = ArrayStore(plan.config.output_dir / "cache", before_write=before_write)
+        (the run folder's claim). The store has the cache shared across audits behind it
+        unless that is off (:func:`shared_store`)."""
+        store = shared_store(plan.config, before_write)
         loader = ModelLoader(plan.config.run.device, getattr(shard, "local_rank", None))
         return cls(plan, store, StageClock(), loader, shard=shard, merge_only=merge_only)
+
+    def log_shared(self) -> None:
+        """Say in the log how many entries came from the shared cache (the run's provenance)."""
+        taken = getattr(self.store, "from_shared", None)
+        if taken:
+            log.info("%d entries from the shared cache %s", len(taken), self.store.shared.root)
 
     # ----------------------------------------------------------------- dataset
 
@@ -274,3 +281,26 @@ class Sources:
             if self.records is not None and src.ok is not None:
                 skipped |= {self.records[i].image_id for i in np.flatnonzero(~src.ok)}
         return sorted(skipped)
+
+
+def shared_store(cfg, before_write=None) -> ArrayStore:
+    """The output folder's store of the audit ``cfg``, with the cache shared across audits
+    behind it (:mod:`sing_audit.pipeline.shared_cache`) unless that is off. A shared cache
+    that cannot be used is a :class:`ConfigError` when the config's ``run.cache_dir`` names
+    it, else a warning: the run goes on with its folder's cache alone."""
+    from .shared_cache import LayeredStore, open_shared_cache, setting_of
+
+    root = cfg.output_dir / "cache"
+    setting = setting_of(cfg)
+    if not setting.enabled:
+        log.info("shared cache: off (%s)", setting.why())
+        return ArrayStore(root, before_write=before_write)
+    try:
+        shared = open_shared_cache(setting, cfg.output_dir)
+    except ConfigError as exc:
+        if setting.source == "config":
+            raise
+        log.warning("%s; the run goes on without the shared cache", exc)
+        return ArrayStore(root, before_write=before_write)
+    log.info("shared cache: %s (%s), bound %d bytes", shared.root, setting.why(), shared.max_size)
+    return LayeredStore(root, shared, before_write=before_write)
