@@ -94,6 +94,7 @@ def shared(tmp_path, monkeypatch) -> Path:
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_new_output_folder_reuses_the_forwards_of_the_shared_cache(tmp_path, shared, image_root, tiny_clip):
     assert main(["run", str(_audit(tmp_path, image_root, tiny_clip, "first"))]) == 0
     first = _results(tmp_path / "first")
@@ -116,24 +117,32 @@ def test_new_output_folder_reuses_the_forwards_of_the_shared_cache(tmp_path, sha
     assert os.path.samefile(feat, twin)
 
 
-@pytest.mark.parametrize("how", ["env", "config"])
-def test_off_by_environment_or_config_extracts_again(tmp_path, shared, image_root, tiny_clip, monkeypatch, how):
-    assert main(["run", str(_audit(tmp_path, image_root, tiny_clip, "first"))]) == 0
-    run = {}
-    if how == "env":
-        monkeypatch.setenv(CACHE_DIR_ENV, "OFF")
-    else:
-        run = {"cache_dir": False}
-    assert main(["run", str(_audit(tmp_path, image_root, tiny_clip, "second", **run))]) == 0
-    second = _results(tmp_path / "second")
-    assert {"extract", "text"} <= set(second["provenance"]["stage_seconds"])
-    assert "shared cache: off" in _log(tmp_path / "second")
+def _synthetic(synthetic_config, tmp_path: Path, name: str, **run) -> Path:
+    """The synthetic demo (precomputed inputs: its store entries are the heads' subspaces)
+    writing ``tmp_path/name``."""
+    path = synthetic_config(output=str(tmp_path / name), run={"bootstrap": 200, **run})
+    return path.rename(tmp_path / f"{name}.yaml")
 
 
-def test_config_cache_dir_is_relative_to_the_config_and_wins_over_the_environment(tmp_path, shared, image_root, tiny_clip):
-    conf = tmp_path / "conf"
-    assert main(["run", str(_audit(conf, image_root, tiny_clip, "first", cache_dir="mine"))]) == 0
-    assert (conf / "mine" / TAG_NAME).is_file() and (conf / "mine" / "features").is_dir()
+def test_off_by_environment_or_config_uses_no_shared_entry(tmp_path, shared, synthetic_config, monkeypatch):
+    assert main(["run", str(_synthetic(synthetic_config, tmp_path, "first"))]) == 1
+    assert len(list((shared / "subspaces").iterdir())) == 2
+    assert main(["run", str(_synthetic(synthetic_config, tmp_path, "second"))]) == 1
+    assert f"2 entries from the shared cache {shared.resolve()}" in _log(tmp_path / "second")
+    assert main(["run", str(_synthetic(synthetic_config, tmp_path, "third", cache_dir=False))]) == 1
+    assert "shared cache: off (run.cache_dir in the config)" in _log(tmp_path / "third")
+    assert "from the shared cache" not in _log(tmp_path / "third")
+    monkeypatch.setenv(CACHE_DIR_ENV, "Off")
+    assert main(["run", str(_synthetic(synthetic_config, tmp_path, "fourth"))]) == 1
+    assert "shared cache: off (SING_AUDIT_CACHE_DIR in the environment)" in _log(tmp_path / "fourth")
+    assert "from the shared cache" not in _log(tmp_path / "fourth")
+    # what the four runs measured is the same, from the shared cache or not
+    assert _numbers(_results(tmp_path / "second")) == _numbers(_results(tmp_path / "first")) == _numbers(_results(tmp_path / "fourth"))
+
+
+def test_config_cache_dir_is_relative_to_the_config_and_wins_over_the_environment(tmp_path, shared, synthetic_config):
+    assert main(["run", str(_synthetic(synthetic_config, tmp_path, "first", cache_dir="mine"))]) == 1
+    assert (tmp_path / "mine" / TAG_NAME).is_file() and (tmp_path / "mine" / "subspaces").is_dir()
     assert not shared.exists()  # the environment's folder was not used
 
 
@@ -429,3 +438,20 @@ def test_clear_never_follows_symlinks_out_of_the_cache(tmp_path, monkeypatch, ca
     assert [e.key for e in shared.entries()] == ["k"]
     assert main(["cache", "clear", "--yes", "--cache-dir", str(root)]) == 0
     assert (precious / "deep" / "meta.json").is_file()
+
+
+def test_an_entry_the_run_removes_leaves_the_shared_cache_too(tmp_path):
+    """Text chunks are removed once their ensemble is stored: no copy of them lingers."""
+    shared = SharedCache(tmp_path / "shared", max_size=10**9)
+    store = _layered(tmp_path, "a", shared)
+    store.save("text-chunks", "c", {"values": np.ones((2, 3))})
+    assert shared.has("text-chunks", "c")
+    store.remove("text-chunks", "c")
+    assert not shared.has("text-chunks", "c") and store.load("text-chunks", "c") is None
+
+
+def test_a_folder_entry_from_before_is_shared_when_read(tmp_path):
+    _entry(ArrayStore(tmp_path / "old" / "cache"), "k")
+    shared = SharedCache(tmp_path / "shared", max_size=10**9)
+    assert _layered(tmp_path, "old", shared).load("features", "k") is not None
+    assert shared.has("features", "k")

@@ -50,9 +50,9 @@ def cmd_cache(args) -> int:
     if args.action == "info":
         return _info(cache, setting)
     if args.action == "prune":
-        from ..pipeline.shared_cache import _parse_size
+        from ..pipeline.shared_cache import parse_size
 
-        bound = cache.max_size if args.max_size is None else _parse_size(args.max_size, "--max-size")
+        bound = cache.max_size if args.max_size is None else parse_size(args.max_size, "--max-size")
         removed = cache.prune(bound)
         for e in removed:
             say(f"removed {e.kind}/{e.key} ({_size(e.size)}, last used {_when(e.used)})")

@@ -2,7 +2,8 @@
 
 - :mod:`~sing_audit.pipeline.plan` — what to run: the config with every component built
 - :mod:`~sing_audit.pipeline.sources` — the dataset, features and embeddings: from the
-  cache (:mod:`~sing_audit.pipeline.cache`), joined from shards
+  cache (:mod:`~sing_audit.pipeline.cache`, with the cache shared across audits behind it:
+  :mod:`~sing_audit.pipeline.shared_cache`), joined from shards
   (:mod:`~sing_audit.pipeline.shard`) or extracted (:mod:`~sing_audit.pipeline.extraction`)
   on the run's device (:mod:`~sing_audit.pipeline.devices`)
 - :mod:`~sing_audit.pipeline.text`, :mod:`~sing_audit.pipeline.images` — the services probes

@@ -27,10 +27,8 @@ its size accounting run under a :class:`filelock.FileLock` (``<root>/.lock``); r
 no lock. Removal renames an entry aside before deleting it, so a reader sees all of it or
 nothing.
 
-Where it is (:func:`cache_setting`): ``run.cache_dir`` in the config (a path, relative to the
-config's folder, or ``false``), else ``SING_AUDIT_CACHE_DIR`` (a path, or ``off``/``0``/
-``false``/``none``), else ``platformdirs.user_cache_dir("sing-audit")``. The folder carries
-a ``CACHEDIR.TAG`` (backup tools skip it): a non-empty folder without sing-audit's tag is
+Where it is and its bound: :mod:`sing_audit.pipeline.cache_setting`. The folder carries a
+``CACHEDIR.TAG`` (backup tools skip it): a non-empty folder without sing-audit's tag is
 never used, pruned or cleared, nor is a folder inside an output folder (or holding the
 run's output folder). A problem with a ``run.cache_dir`` the config names is a config
 error; with the environment's or the default folder it is a warning and the run goes on
@@ -45,8 +43,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,29 +50,15 @@ from typing import Any
 from ..errors import ConfigError
 from ..store import atomic_write_text, current_umask
 from .cache import ArrayStore, CorruptEntry, _move_aside, _publish, _read_entry
+from .cache_setting import (CACHE_DIR_ENV, CACHE_MAX_SIZE_ENV, DEFAULT_MAX_SIZE, CacheSetting,  # noqa: F401 - re-exported
+                            cache_setting, parse_size, setting_of)
 from .run_folder import MARKER, STATE_DIR
 
-__all__ = [
-    "CACHE_DIR_ENV",
-    "CACHE_MAX_SIZE_ENV",
-    "DEFAULT_MAX_SIZE",
-    "CacheSetting",
-    "LayeredStore",
-    "SharedCache",
-    "SharedEntry",
-    "cache_setting",
-    "open_shared_cache",
-]
+__all__ = ["CACHE_DIR_ENV", "CACHE_MAX_SIZE_ENV", "DEFAULT_MAX_SIZE", "CacheSetting", "LayeredStore", "SharedCache",
+           "SharedEntry", "cache_setting", "open_shared_cache", "parse_size", "setting_of", "shareable"]
 
 log = logging.getLogger("sing_audit")
 
-CACHE_DIR_ENV = "SING_AUDIT_CACHE_DIR"
-CACHE_MAX_SIZE_ENV = "SING_AUDIT_CACHE_MAX_SIZE"
-#: 10 GiB: the features of about 25 ResNet-50-sized backbones on all 50,000 ImageNet
-#: validation images (400 MB each), small beside a user's disk
-DEFAULT_MAX_SIZE = 10 * 1024**3
-#: values of SING_AUDIT_CACHE_DIR that turn the shared cache off (case-insensitive)
-OFF_WORDS = frozenset({"off", "0", "false", "none"})
 TAG_NAME = "CACHEDIR.TAG"
 TAG_TEXT = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -98,78 +80,7 @@ def shareable(kind: str) -> bool:
     return not kind.endswith("-shards")
 
 
-# --------------------------------------------------------------------------- where
-
-
-@dataclass(frozen=True)
-class CacheSetting:
-    """Where the shared cache is, and why: ``path`` ``None`` is off; ``source`` is
-    ``"config"`` (run.cache_dir), ``"environment"`` (SING_AUDIT_CACHE_DIR) or ``"default"``."""
-
-    path: Path | None
-    source: str
-    max_size: int
-    max_size_source: str
-
-    @property
-    def enabled(self) -> bool:
-        return self.path is not None
-
-    def why(self) -> str:
-        """Where the setting comes from, in words."""
-        return {
-            "config": "run.cache_dir in the config",
-            "environment": f"{CACHE_DIR_ENV} in the environment",
-            "option": "--cache-dir",
-            "default": "the default: the user's cache folder",
-        }[self.source]
-
-
-def _parse_size(text: str, what: str) -> int:
-    from pydantic import ByteSize, TypeAdapter, ValidationError
-
-    try:
-        size = int(TypeAdapter(ByteSize).validate_python(text.strip()))
-    except ValidationError:
-        raise ConfigError(f"{what}={text!r} is not a size (e.g. 20GB, 500MiB, 1e9)") from None
-    if size <= 0:
-        raise ConfigError(f"{what}={text!r}: the size must be positive (turn the cache off with {CACHE_DIR_ENV}=off)")
-    return size
-
-
-def cache_setting(cache_dir: Path | bool | None = None, max_size: int | None = None,
-                  environ: Mapping[str, str] | None = None, source: str = "config") -> CacheSetting:
-    """The shared cache's setting. ``cache_dir``: the config's ``run.cache_dir`` already
-    resolved against the config's folder (a path), ``False`` (off) or ``None`` (not set:
-    the environment, then the default); ``max_size``: the config's ``run.cache_max_size``."""
-    env = os.environ if environ is None else environ
-    if max_size is not None:
-        size, size_source = int(max_size), "config"
-    elif env.get(CACHE_MAX_SIZE_ENV, "").strip():
-        size, size_source = _parse_size(env[CACHE_MAX_SIZE_ENV], CACHE_MAX_SIZE_ENV), "environment"
-    else:
-        size, size_source = DEFAULT_MAX_SIZE, "default"
-    if cache_dir is False:
-        return CacheSetting(None, source, size, size_source)
-    if cache_dir is not None and cache_dir is not True:
-        return CacheSetting(Path(cache_dir).expanduser().absolute(), source, size, size_source)
-    raw = env.get(CACHE_DIR_ENV, "").strip()
-    if raw:
-        if raw.lower() in OFF_WORDS:
-            return CacheSetting(None, "environment", size, size_source)
-        return CacheSetting(Path(raw).expanduser().absolute(), "environment", size, size_source)
-    import platformdirs
-
-    return CacheSetting(Path(platformdirs.user_cache_dir("sing-audit")), "default", size, size_source)
-
-
-def setting_of(cfg) -> CacheSetting:
-    """The shared cache's setting for the audit ``cfg`` (an :class:`~sing_audit.config.AuditConfig`)."""
-    run = cfg.run
-    cache_dir = run.cache_dir
-    if cache_dir is not None and cache_dir is not False:
-        cache_dir = cfg.resolve_path(cache_dir)
-    return cache_setting(cache_dir, None if run.cache_max_size is None else int(run.cache_max_size))
+# --------------------------------------------------------------------------- opening
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -229,7 +140,7 @@ def _link_or_copy(src: Path, dst: Path) -> bool:
     """Hard-link ``src`` as ``dst``, else copy it; ``True`` when linked. Links are refused
     across file systems (EXDEV), by some file systems and by protected_hardlinks (EPERM)."""
     try:
-        os.link(src, dst, follow_symlinks=False)
+        os.link(src, dst)  # src is a regular file (symlinks are never listed)
         return True
     except FileNotFoundError:
         raise
@@ -294,16 +205,10 @@ class SharedCache:
         """Record a use of the entry ``folder`` (its ``.used`` file's mtime)."""
         used = folder / USED_NAME
         try:
-            if used.is_symlink():
-                return
-            os.utime(used)
-        except FileNotFoundError:
-            try:
-                used.touch()
-            except OSError:
-                pass
+            if not used.is_symlink():
+                used.touch()  # creates it, or sets its mtime to now
         except OSError:
-            pass
+            pass  # a read-only cache: the entry still serves
 
     def has(self, kind: str, key: str) -> bool:
         folder = self._dir(kind, key)
@@ -523,13 +428,13 @@ class LayeredStore(ArrayStore):
             log.warning("could not add cache entry %s/%s to the shared cache %s (%s); the run goes on without it",
                         kind, key, self.shared.root, exc)
 
-    def save(self, kind: str, key: str, arrays, meta=None) -> bool:
-        written = super().save(kind, key, arrays, meta)
-        self.share(kind, key)
-        return written
-
     def saved(self, kind: str, key: str) -> None:
         self.share(kind, key)
+
+    def save(self, kind: str, key: str, arrays, meta=None) -> bool:
+        written = super().save(kind, key, arrays, meta)
+        self.saved(kind, key)
+        return written
 
     def remove(self, kind: str, key: str) -> None:
         """Remove the entry from the folder and from the shared cache: a run removes only
