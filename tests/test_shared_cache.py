@@ -455,3 +455,16 @@ def test_a_folder_entry_from_before_is_shared_when_read(tmp_path):
     shared = SharedCache(tmp_path / "shared", max_size=10**9)
     assert _layered(tmp_path, "old", shared).load("features", "k") is not None
     assert shared.has("features", "k")
+
+
+def test_clear_asks_on_a_terminal(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "shared"
+    shared = open_shared_cache(cache_setting(root, None, {}))
+    _entry(_layered(tmp_path, "a", shared), "k")
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    answers = iter(["n", "yes"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
+    assert "nothing removed" in capsys.readouterr().out and shared.has("features", "k")
+    assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
+    assert "removed 1 entry" in capsys.readouterr().out and not shared.has("features", "k")
