@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def pytest_configure(config):
     reset to the default in each child at exec."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    _shared_cache_off()
+
+
+def _shared_cache_off() -> None:
+    """The cache shared across audits is off for the whole session, before any fixture runs
+    (module- and session-scoped fixtures run audits too) and in every child process: no test
+    reads or writes the developer's cache, nor shares one with another test.
+    tests/test_shared_cache.py points SING_AUDIT_CACHE_DIR to a folder of each test's own."""
+    os.environ["SING_AUDIT_CACHE_DIR"] = "off"
+    os.environ.pop("SING_AUDIT_CACHE_MAX_SIZE", None)
 
 
 @pytest.fixture(autouse=True)
@@ -53,9 +64,7 @@ def _no_ci_step_summary(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _no_shared_cache(monkeypatch):
-    """Tests never read or write the developer's cache shared across audits, nor share one
-    with each other (many expect a cold run): it is off unless a test turns it on
-    (tests/test_shared_cache.py points SING_AUDIT_CACHE_DIR to a folder of its own)."""
+    """Off again for each test, whatever the one before did to the environment."""
     monkeypatch.setenv("SING_AUDIT_CACHE_DIR", "off")
     monkeypatch.delenv("SING_AUDIT_CACHE_MAX_SIZE", raising=False)
 

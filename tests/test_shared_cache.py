@@ -468,3 +468,13 @@ def test_clear_asks_on_a_terminal(tmp_path, monkeypatch, capsys):
     assert "nothing removed" in capsys.readouterr().out and shared.has("features", "k")
     assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
     assert "removed 1 entry" in capsys.readouterr().out and not shared.has("features", "k")
+
+
+@pytest.fixture(scope="module")
+def cache_dir_at_module_setup():
+    return os.environ.get(CACHE_DIR_ENV)
+
+
+def test_the_shared_cache_is_off_before_module_fixtures_run(cache_dir_at_module_setup):
+    """Module-scoped fixtures run audits before any function-scoped fixture (tests/test_shard.py)."""
+    assert cache_dir_at_module_setup == "off"
