@@ -153,13 +153,13 @@ class ChunkedText:
         return raw[position[inverse]]
 
     @staticmethod
-    def class_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    def prompts_of_classes(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
         """Every template per class, in the order ``Target.class_text_embeddings`` uses."""
         return [t.format(str(n)) for n in class_names for t in templates]
 
     def class_chunks(self, class_names: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
         """The chunks the class prompts are encoded in (their distinct prompts, see :meth:`plan`)."""
-        return self.plan(self.class_prompts(class_names, list(templates)))[0]
+        return self.plan(self.prompts_of_classes(class_names, list(templates)))[0]
 
     def class_ensemble(self, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """c×n unit class embeddings: the template ensemble of every class's prompts,
@@ -170,7 +170,7 @@ class ChunkedText:
             raise DataError(f"target {self.label}: no class to embed")
         if t == 0:
             raise DataError(f"target {self.label}: no prompt template to embed the classes with")
-        prompts = self.class_prompts(class_names, templates)
+        prompts = self.prompts_of_classes(class_names, templates)
         chunks, position, inverse = self.plan(prompts)
         # the class prompts' places in the chunks' concatenation, grouped by chunk
         place = position[inverse]
