@@ -20,17 +20,17 @@ import numpy as np
 
 __all__ = ["CPU_TEXT_BATCH", "CUDA_TEXT_BATCH", "default_text_batch_size", "distinct_prompts", "length_sorted_batches"]
 
-#: prompts per text forward on a CPU. Measured (benchmarks/text_batch_sizes.py, 2 cores,
-#: open_clip ViT-B-32 text tower at random init, 1000 ImageNet class prompts
-#: "an image of a {}", length-sorted and cut): 16: 1.83 s, 32: 1.79 s, 64: 1.79 s,
-#: 128: 1.88 s, 256: 2.06 s, 1000: 2.43 s. Small batches keep each batch's cut close to
-#: its own prompts' length and the activations in cache; below 32 the per-call overhead
-#: shows.
-CPU_TEXT_BATCH = 64
+#: prompts per text forward on a CPU. Measured with benchmarks/text_batch_sizes.py (open_clip
+#: ViT-B-32 text tower at random init, the 1000 ImageNet class prompts "an image of a {}",
+#: length-sorted and cut, 2 torch threads on 2 cores shared with other jobs, load
+#: average 9-12, so ±10 %): first sweep 32: 87.1 s, 64: 46.8 s, 128: 40.9 s, 256: 29.1 s,
+#: 1000: 37.0 s; second sweep 128: 32.5 s, 256: 30.9 s, 512: 31.3 s. Small batches pay
+#: per-forward overhead (every layer's weights read again, thread synchronisation) that
+#: the cut no longer hides; from 128 to 512 it is flat, 256 the best of both sweeps.
+CPU_TEXT_BATCH = 256
 
-#: prompts per text forward on a CUDA device: a GPU is only busy with wide batches, and
-#: the cut already removes the padding that made large batches expensive. Not measured
-#: here (no GPU); the value the targets used before the cut.
+#: prompts per text forward on a CUDA device: a GPU is only busy with wide batches. Not
+#: measured here (no GPU); the value the targets used before the cut, and the CPU's best.
 CUDA_TEXT_BATCH = 256
 
 

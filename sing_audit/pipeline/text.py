@@ -46,8 +46,9 @@ __all__ = ["TEXT_CHUNK_PROMPTS", "CHUNK_KIND", "ChunkedText", "TextEncoder"]
 
 log = logging.getLogger("sing_audit")
 
-#: distinct prompts per resumable chunk: a few hundred, a few forward batches of the
-#: open_clip and karlo text encoders (:data:`sing_audit.text_batches.CPU_TEXT_BATCH`)
+#: distinct prompts per resumable chunk: a few hundred, one forward batch of the open_clip
+#: and karlo text encoders (:data:`sing_audit.text_batches.CPU_TEXT_BATCH`); the chunks
+#: being sorted by length, each batch is cut close to its own prompts' length
 TEXT_CHUNK_PROMPTS = 256
 
 #: store kind of the chunk entries
