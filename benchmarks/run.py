@@ -709,6 +709,68 @@ def bench_process_rerun(n_images: int = 160, image_px: int = 64, model: str = "r
     }
 
 
+# --------------------------------------------------------------------------- text stage
+
+
+def bench_text(target: str = "ViT-B-32", old_batch: int = 256) -> dict:
+    """The text stage for the 1000 ImageNet class names × the default templates through
+    open_clip ``target`` at random init, before and after, as a ratio in one run (same
+    process, same loaded model, after a warm-up of both).
+
+    before: the code at main, inline: every prompt at the full 77-token context, batches of
+    ``old_batch`` in class order, then the template ensemble. after: the tool's path,
+    ``ChunkedText.class_ensemble`` (the text stage's resumable chunks in a fresh store, each
+    distinct prompt once, shortest first) over ``OpenClipTarget.encode_text``
+    (length-sorted batches at the device's default size, cut after their longest prompt).
+    Model loading is outside both. ``max_abs_diff``: of the c×n unit class embeddings."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from sing_audit.components import template_ensemble
+    from sing_audit.imagenet import imagenet_class_info
+    from sing_audit.options import DEFAULT_TEMPLATES
+    from sing_audit.pipeline.cache import ArrayStore
+    from sing_audit.pipeline.text import ChunkedText
+    from sing_audit_open_clip.target import OpenClipTarget
+
+    names = list(imagenet_class_info(1000)[1])
+    templates = list(DEFAULT_TEMPLATES)
+    prompts = [t.format(n) for n in names for t in templates]
+    clip = OpenClipTarget({"model": target, "weights": "random"})
+    clip.load("cpu")
+
+    def before(ps: list[str]) -> np.ndarray:
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(ps), old_batch):
+                rows.append(clip.model.encode_text(clip._tokenizer(ps[start : start + old_batch])).double().numpy())
+        return np.concatenate(rows)
+
+    def after(folder: Path) -> np.ndarray:
+        return ChunkedText(ArrayStore(folder), clip.describe(), clip.encode_text, nullcontext, "clip").class_ensemble(names, templates)
+
+    load_before = _load()
+    with tempfile.TemporaryDirectory(prefix="sing-bench-t-") as tmp:
+        before(prompts[:8]), clip.encode_text(prompts[:8])  # warm-up of both paths
+        start = time.perf_counter()
+        old = template_ensemble(before(prompts), len(templates))
+        before_s = time.perf_counter() - start
+        start = time.perf_counter()
+        new = after(Path(tmp) / "cache")
+        after_s = time.perf_counter() - start
+    tokens = clip._tokenizer(prompts)
+    return {
+        "target": f"open_clip {target} (random init)", "classes": len(names), "templates": templates,
+        "prompts": len(prompts), "distinct_prompts": len(set(prompts)),
+        "mean_tokens": float((tokens.argmax(dim=-1) + 1).double().mean()), "context": int(tokens.shape[1]),
+        "before_seconds": before_s, "after_seconds": after_s, "after_over_before": after_s / before_s,
+        "text_batch": clip._text_batch(), "old_batch": old_batch, "threads": torch.get_num_threads(),
+        "max_abs_diff": float(np.abs(new - old).max()),
+        "load_average_before": load_before, "load_average_after": _load(),
+    }
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -773,6 +835,12 @@ def table(res: dict) -> str:
                      f"{pr['warm_seconds']:.2f}s vs {pr['cold_seconds']:.2f}s; {pr['backbone']} + {pr['target']}, {pr['images']} JPEGs {pr['image_px']}px, "
                      f"[null_removal], [json]; a process importing torch, timm, open_clip alone {pr['import_seconds']:.2f}s; "
                      f"warm stages {sum(pr['warm_stage_seconds'].values()):.2f}s"))
+    tx = res.get("text", {})
+    if "after_over_before" in tx:
+        rows.append((f"text stage {tx['prompts']:,} ImageNet prompts, after ÷ before", f"{tx['after_over_before']:.3f}", "",
+                     f"{tx['after_seconds']:.2f}s vs {tx['before_seconds']:.2f}s (full {tx['context']}-token context, batches of "
+                     f"{tx['old_batch']}); {tx['target']}, mean {tx['mean_tokens']:.1f} tokens, batches of {tx['text_batch']}; "
+                     f"max |Δ| unit class embeddings {tx['max_abs_diff']:.1e}"))
     w = [max(len(str(row[i])) for row in rows + [("measure", "value", "goal", "detail")]) for i in range(3)]
     lines = [f"| {'measure':<{w[0]}} | {'value':<{w[1]}} | {'goal':<{w[2]}} | detail |", f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|---|"]
     lines += [f"| {r0:<{w[0]}} | {r1:<{w[1]}} | {r2:<{w[2]}} | {r3} |" for r0, r1, r2, r3 in rows]
@@ -796,7 +864,7 @@ def main(argv=None) -> int:
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     p.add_argument("--only", action="append", default=[],
                    help="extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report, "
-                        "report-names, process-rerun")
+                        "report-names, process-rerun, text (not in the default set)")
     p.add_argument("--workers", default="0,2", help="num_workers values for the extraction idle measurement")
     args = p.parse_args(argv)
     sc = SCALES[args.scale]
@@ -809,6 +877,9 @@ def main(argv=None) -> int:
         _progress(res, args.out)
     if "process-rerun" in want:
         res["process_rerun"] = bench_process_rerun()
+        _progress(res, args.out)
+    if "text" in want:
+        res["text"] = bench_text()
         _progress(res, args.out)
     if "steering" in want:
         res["steering"] = bench_steering()

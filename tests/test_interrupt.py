@@ -153,7 +153,7 @@ def test_chunked_class_text_equals_the_target_ensemble(synthetic_config):
 
 
 @pytest.mark.parametrize("n_templates,chunk", [(3, 7), (5, 4), (1, 256)])
-def test_chunks_of_whole_classes_give_the_same_ensemble(tmp_path, n_templates, chunk):
+def test_chunks_of_distinct_prompts_give_the_same_ensemble(tmp_path, n_templates, chunk):
     from contextlib import nullcontext
 
     from sing_audit.pipeline.text import ChunkedText
@@ -164,9 +164,35 @@ def test_chunks_of_whole_classes_give_the_same_ensemble(tmp_path, n_templates, c
     chunked = ChunkedText(ArrayStore(tmp_path), target.describe(), target.encode_text, nullcontext, "fake", chunk)
     got = chunked.class_ensemble(names, target.templates)
     np.testing.assert_allclose(got, target.class_text_embeddings(names), rtol=0, atol=1e-12)
-    # whole classes per chunk, at most `chunk` prompts (one class when it has more templates)
-    sizes = [len(c) for c in chunked.class_chunks(names, target.templates)]
-    assert all(n % n_templates == 0 and (n <= chunk or n == n_templates) for n in sizes) and sum(sizes) == 23 * n_templates
+    # every prompt once, in chunks of at most `chunk`, shortest first across the chunks
+    chunks = chunked.class_chunks(names, target.templates)
+    flat = [p for c in chunks for p in c]
+    assert all(len(c) <= chunk for c in chunks) and sorted(flat) == sorted(t.format(n) for n in names for t in target.templates)
+    assert [len(p) for p in flat] == sorted(len(p) for p in flat)
+
+
+def test_identical_prompts_are_encoded_once(tmp_path):
+    """Two classes of one name (ImageNet's two "crane"s) and a repeated template: each
+    distinct prompt reaches the encoder once, and the ensemble is the unchunked one's."""
+    from contextlib import nullcontext
+
+    from sing_audit.pipeline.text import ChunkedText
+
+    target = FakeTextTarget()
+    target.templates = ("a photo of a {}", "art of the {}", "a photo of a {}")
+    names = ["crane", "tench", "crane", "goldfish", "crane"]
+    chunked = ChunkedText(ArrayStore(tmp_path), target.describe(), target.encode_text, nullcontext, "fake", 2)
+    got = chunked.class_ensemble(names, target.templates)
+    encoded = [p for call in target.calls for p in call]
+    assert len(encoded) == len(set(encoded)) == 3 * 2  # 3 distinct names x 2 distinct templates
+    np.testing.assert_allclose(got, FakeTextTarget.class_text_embeddings(target, names), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(got[0], got[2])
+
+    target.calls.clear()
+    prompts = ["concept b", "concept a", "concept b", "a much longer concept", "concept a"]
+    raw = ChunkedText(ArrayStore(tmp_path / "other"), target.describe(), target.encode_text, nullcontext, "fake", 2).encode(prompts)
+    assert sorted(p for call in target.calls for p in call) == sorted(set(prompts))
+    np.testing.assert_array_equal(raw, FakeTextTarget().encode_text(prompts))  # every row in the input order
 
 
 def test_interrupted_class_text_keeps_finished_chunks(synthetic_config, caplog):
@@ -184,7 +210,7 @@ def test_interrupted_class_text_keeps_finished_chunks(synthetic_config, caplog):
     caplog.set_level(logging.INFO, logger="sing_audit")
     resumed = FakeTextTarget()
     got = run.text(resumed).class_text(names)
-    n_chunks = math.ceil(len(names) / max(1, TEXT_CHUNK_PROMPTS // len(FakeTextTarget.templates)))
+    n_chunks = math.ceil(len(names) * len(FakeTextTarget.templates) / TEXT_CHUNK_PROMPTS)
     assert n_chunks >= 4
     assert f"text: 2 of {n_chunks} prompt chunks from cache" in caplog.text
     # only the chunks not finished before the interrupt are encoded again

@@ -4,14 +4,22 @@ The text stage runs in resumable chunks: prompts are embedded a chunk at a time,
 finished chunk is stored in the cache at once, so Ctrl-C (or a crash) loses at most the
 chunk being encoded.
 
+Each distinct prompt is encoded once (two classes of the same name, a repeated template or
+concept share one row), and the chunks take the distinct prompts shortest first (by
+characters, a proxy for tokens that needs no tokenizer): a chunk holds prompts of similar
+length, which the target batches by their exact token length and cuts after the longest
+(:mod:`sing_audit.text_batches`). The order is a function of the prompts alone, so a rerun
+builds the same chunks and finds the finished ones.
+
 A chunk entry (kind :data:`CHUNK_KIND`) holds the *raw* embeddings of its prompts, keyed
 by the target's description and the prompts themselves: a rerun finds exactly the
 chunks that were finished, whatever interrupted the run, and a changed model, weight or
-prompt never matches. The class prompts' template ensemble is built from the raw chunk
-embeddings by :func:`~sing_audit.components.template_ensemble`, the definition
-``Target.class_text_embeddings`` uses, so the result equals an unchunked run's (up to
-float rounding of differently sized batches). Chunks of class prompts hold whole
-classes, so each is reduced to its classes' rows as soon as it is read or encoded.
+prompt never matches. The class prompts' template ensemble is the definition
+``Target.class_text_embeddings`` uses (:func:`~sing_audit.components.template_ensemble`:
+per class the mean of its templates' unit embeddings, renormalised); it is accumulated
+chunk by chunk (each prompt's unit embedding added to the class sums it belongs to), so
+no more than one chunk of raw embeddings is held, and equals an unchunked run's up to float
+rounding (summation order, differently sized batches).
 """
 
 from __future__ import annotations
@@ -24,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from ..authors_files import read_class_prompt_embeddings
-from ..components import EmbeddingTarget, Target, template_ensemble
+from ..components import EmbeddingTarget, Target
 from ..scores import unit_rows
 from ..progress import progress
 from ..errors import DataError
 from ..store import content_key
+from ..text_batches import distinct_prompts
 from .cache import ArrayStore
 from .devices import ModelLoader
 from .stages import StageClock
@@ -37,9 +46,9 @@ __all__ = ["TEXT_CHUNK_PROMPTS", "CHUNK_KIND", "ChunkedText", "TextEncoder"]
 
 log = logging.getLogger("sing_audit")
 
-#: prompts per resumable chunk: a few hundred (the forward batch of the open_clip and
-#: karlo text encoders is 256); class prompts are chunked by whole classes of at most
-#: this many prompts (a single class when it has more templates than that)
+#: distinct prompts per resumable chunk: a few hundred, one forward batch of the open_clip
+#: and karlo text encoders (:data:`sing_audit.text_batches.CPU_TEXT_BATCH`); the chunks
+#: being sorted by length, each batch is cut close to its own prompts' length
 TEXT_CHUNK_PROMPTS = 256
 
 #: store kind of the chunk entries
@@ -89,17 +98,18 @@ class ChunkedText:
             raise DataError(f"target {self.label}: text encoder returned shape {emb.shape} for {len(prompts)} prompts")
         return emb
 
-    def run(self, chunks: list[list[str]], reduce: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
-        """``reduce(raw)`` for each chunk of prompts, in order: stored chunks are read, the
-        others encoded inside one ``computing()`` and stored one by one as they finish."""
-        results: list[np.ndarray | None] = [None] * len(chunks)
+    def run(self, chunks: list[list[str]], reduce: Callable[[int, np.ndarray], Any]) -> list[Any]:
+        """``reduce(i, raw)`` for each chunk ``i`` of prompts, in order: stored chunks are
+        read, the others encoded inside one ``computing()`` and stored one by one as they
+        finish."""
+        results: list[Any] = [None] * len(chunks)
         missing = []
         for i, prompts in enumerate(chunks):
             raw = self._cached(prompts)
             if raw is None:
                 missing.append(i)
             else:
-                results[i] = reduce(raw)
+                results[i] = reduce(i, raw)
         reused = len(chunks) - len(missing)
         if reused:
             log.info("text: %d of %d prompt chunks from cache (target %s)", reused, len(chunks), self.label)
@@ -109,9 +119,9 @@ class ChunkedText:
                 for i in missing:
                     raw = self._encoded(chunks[i])
                     self.store.save(CHUNK_KIND, self.key(chunks[i]), {"values": raw})
-                    results[i] = reduce(raw)
+                    results[i] = reduce(i, raw)
                     bar.update(len(chunks[i]))
-        return results  # type: ignore[return-value]
+        return results
 
     def forget(self, chunks: list[list[str]]) -> None:
         """Remove the entries of ``chunks`` (once what was built from them is stored)."""
@@ -120,32 +130,67 @@ class ChunkedText:
 
     # ----------------------------------------------------------------- uses
 
+    def plan(self, prompts: Sequence[str]) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+        """``(chunks, position, inverse)``: the distinct prompts, shortest first (stable:
+        equal lengths keep their first-seen order), in chunks of ``chunk_prompts``;
+        ``inverse[k]`` is prompt k's distinct index and ``position[d]`` that distinct
+        prompt's place in the chunks' concatenation."""
+        distinct, inverse = distinct_prompts(prompts)
+        order = sorted(range(len(distinct)), key=lambda d: len(distinct[d]))
+        position = np.empty(len(distinct), dtype=np.int64)
+        position[order] = np.arange(len(distinct))
+        size = self.chunk_prompts
+        chunks = [[distinct[d] for d in order[i : i + size]] for i in range(0, len(order), size)]
+        return chunks, position, inverse
+
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
-        """P prompts -> P×n raw embeddings, in chunks of ``chunk_prompts``."""
+        """P prompts -> P×n raw embeddings, each distinct prompt encoded once (see :meth:`plan`)."""
         prompts = [str(p) for p in prompts]
         if not prompts:
             with self.computing():
                 return self._encoded(prompts)
-        size = self.chunk_prompts
-        chunks = [prompts[i : i + size] for i in range(0, len(prompts), size)]
-        return np.concatenate(self.run(chunks, lambda raw: raw), axis=0)
+        chunks, position, inverse = self.plan(prompts)
+        raw = np.concatenate(self.run(chunks, lambda i, values: values), axis=0)
+        return raw[position[inverse]]
+
+    @staticmethod
+    def prompts_of_classes(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
+        """Every template per class, in the order ``Target.class_text_embeddings`` uses."""
+        return [t.format(str(n)) for n in class_names for t in templates]
 
     def class_chunks(self, class_names: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
-        """The class prompts (every template per class, as ``Target.class_text_embeddings``
-        orders them) in chunks of whole classes."""
-        templates = list(templates)
-        per = max(1, self.chunk_prompts // len(templates))
-        names = [str(n) for n in class_names]
-        return [[t.format(n) for n in names[i : i + per] for t in templates] for i in range(0, len(names), per)]
+        """The chunks the class prompts are encoded in (their distinct prompts, see :meth:`plan`)."""
+        return self.plan(self.prompts_of_classes(class_names, list(templates)))[0]
 
     def class_ensemble(self, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """c×n unit class embeddings: the template ensemble of every class's prompts,
         equal to ``Target.class_text_embeddings`` (see the module's docstring)."""
-        t = len(list(templates))
-        chunks = self.class_chunks(class_names, templates)
-        if not chunks:
+        templates = list(templates)
+        t = len(templates)
+        if not list(class_names):
             raise DataError(f"target {self.label}: no class to embed")
-        return np.concatenate(self.run(chunks, lambda raw: template_ensemble(raw, t)), axis=0)
+        if t == 0:
+            raise DataError(f"target {self.label}: no prompt template to embed the classes with")
+        prompts = self.prompts_of_classes(class_names, templates)
+        chunks, position, inverse = self.plan(prompts)
+        # the class prompts' places in the chunks' concatenation, grouped by chunk
+        place = position[inverse]
+        slots = np.argsort(place, kind="stable")
+        starts = np.cumsum([0] + [len(c) for c in chunks])
+        bounds = np.searchsorted(place[slots], starts)
+        owner = np.arange(len(prompts)) // t  # the class of each prompt
+        sums: list[np.ndarray] = []
+
+        def add(i: int, raw: np.ndarray) -> None:
+            unit = raw / np.linalg.norm(raw, axis=-1, keepdims=True)
+            if not sums:
+                sums.append(np.zeros((len(prompts) // t, raw.shape[1]), dtype=np.float64))
+            mine = slots[bounds[i] : bounds[i + 1]]
+            np.add.at(sums[0], owner[mine], unit[place[mine] - starts[i]])
+
+        self.run(chunks, add)
+        mean = sums[0] / t
+        return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
 
 
 class TextEncoder:

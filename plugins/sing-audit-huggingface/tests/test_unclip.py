@@ -86,7 +86,8 @@ def test_karlo_target_loads_a_hub_layout_folder_and_matches_direct_computation(t
     ids = tok(["an image of a tench", ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         want = text(ids).text_embeds.double().numpy()
-    np.testing.assert_array_equal(target.encode_text(["an image of a tench", ""]), want)
+    # cut after the longest prompt's end of text: float32 rounding of other matmul shapes only
+    np.testing.assert_allclose(target.encode_text(["an image of a tench", ""]), want, rtol=0, atol=1e-5)
     assert target.class_text_embeddings(["tench", "goldfish"]).shape == (2, EMBED_DIM)
 
     # float pixels at the model's size: the same input as the 8-bit path, without quantisation
@@ -99,6 +100,58 @@ def test_karlo_target_loads_a_hub_layout_folder_and_matches_direct_computation(t
 
     d = target.describe()
     assert d["plugin"] == "karlo" and d["source"]["kind"] == "folder" and d["weights_digest"].startswith("sha256:")
+
+
+@pytest.mark.parametrize("legacy_eos", [False, True])
+def test_karlo_text_cut_after_the_end_of_text_equals_the_full_context(target, monkeypatch, legacy_eos):
+    """Length-sorted batches cut after their longest prompt's pooled token give the
+    full-context ``text_embeds`` in the input order, under both of transformers' pooling
+    rules (first eos; the legacy eos_token_id 2: argmax of the ids, the end of text being
+    the highest). Tolerance: float32 forward, compared in float64 on unit vectors; the
+    only difference is the rounding of differently shaped matmuls (float32 eps 1.2e-7 per
+    operation through one tiny layer)."""
+    import torch
+
+    tower = target.text_encoder.text_model
+    if legacy_eos:
+        monkeypatch.setattr(tower, "eos_token_id", 2)
+    prompts = ["an image of a tench", "", "a", "an image of a tench", "x" * 200, "an image of a great white shark",
+               "a"]
+    monkeypatch.setattr(target, "text_batch_size", 2)
+    seen = []
+    handle = tower.embeddings.token_embedding.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        got = target.encode_text(prompts)
+    finally:
+        handle.remove()
+    ids = target.tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        want = target.text_encoder(ids).text_embeds.double().numpy()
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    assert np.abs(unit(got) - unit(want)).max() < 1e-5
+    np.testing.assert_array_equal(got[0], got[3])
+    # five distinct prompts, shortest first; only the one past the context needs all 77 tokens
+    assert [b for b, _ in seen] == [2, 2, 1] and seen[0][1] < seen[1][1] < seen[2][1] == 77
+
+
+def test_karlo_text_tower_of_another_kind_keeps_the_full_context(target, monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    class Other(torch.nn.Module):  # not transformers' CLIPTextModel: its pooling is unknown
+        def forward(self, input_ids):
+            seen.append(tuple(input_ids.shape))
+            return type("Out", (), {"text_embeds": torch.ones(input_ids.shape[0], EMBED_DIM)})()
+
+    seen = []
+    monkeypatch.setattr(target, "text_encoder", Other())
+    caplog.set_level(logging.DEBUG, logger="sing_audit")
+    assert target.encode_text(["a", "an image of a tench"]).shape == (2, EMBED_DIM)
+    assert seen == [(2, 77)] and "full context length" in caplog.text
 
 
 def test_model_folder_is_the_same_source_and_the_digest_follows_the_weights(karlo_dir, tmp_path):

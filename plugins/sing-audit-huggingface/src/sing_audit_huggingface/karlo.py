@@ -12,6 +12,7 @@ Where the components come from: :mod:`sing_audit_huggingface.karlo_source`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,12 +21,15 @@ from pydantic import Field
 
 from sing_audit.components import ImageTarget, TextTargetOptions
 from sing_audit.hookspecs import hookimpl
+from sing_audit.text_batches import default_text_batch_size, distinct_prompts, length_sorted_batches
 from sing_audit.weights import state_dict_digest
 
 from .karlo_source import KARLO_REPO, TARGET_PARTS, load_clip_parts, parts_digest, resolve_karlo_source
 from .transformers_backbone import ProcessorTransform
 
 __all__ = ["KarloTarget"]
+
+log = logging.getLogger("sing_audit")
 
 class KarloTarget(ImageTarget):
     """Karlo's CLIP image and text towers: raw ``image_embeds`` and ``text_embeds``."""
@@ -37,8 +41,9 @@ class KarloTarget(ImageTarget):
         )
 
     plugin_name = "karlo"
-    #: prompts per forward pass of the text encoder
-    text_batch_size: int = 256
+    #: prompts per forward pass of the text encoder; None: the device's default
+    #: (:func:`sing_audit.text_batches.default_text_batch_size`)
+    text_batch_size: int | None = None
 
     def __init__(self, options: KarloTarget.Options | dict[str, Any]) -> None:
         if not isinstance(options, self.Options):
@@ -146,26 +151,63 @@ class KarloTarget(ImageTarget):
         return self.encode_images(self.preprocess_pixels(pixels))
 
     def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """K prompts -> K×n raw float64 ``text_embeds``, in the prompts' order.
+
+        Each distinct prompt is encoded once, in batches of similar token length
+        (:mod:`sing_audit.text_batches`), each batch cut after its longest prompt's pooled
+        token when the tower allows it (:meth:`_pooled_positions`); otherwise at the
+        tokenizer's full ``model_max_length``, as the pipeline encodes them."""
         import torch
 
         self._require_model()
         prompts = [str(p) for p in prompts]
         if not prompts:
             return np.zeros((0, self.embedding_dim()), dtype=np.float64)
-        chunks = []
+        distinct, inverse = distinct_prompts(prompts)
+        ids = self.tokenizer(
+            distinct,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        pooled = self._pooled_positions(ids)
+        lengths = np.full(len(distinct), ids.shape[1]) if pooled is None else pooled + 1
+        out = np.empty((len(distinct), self.embedding_dim()), dtype=np.float64)
+        size = int(self.text_batch_size) if self.text_batch_size is not None else default_text_batch_size(self.device)
         with torch.inference_mode():
-            for start in range(0, len(prompts), self.text_batch_size):
-                tokens = self.tokenizer(
-                    prompts[start : start + self.text_batch_size],
-                    padding="max_length",
-                    max_length=self.tokenizer.model_max_length,
-                    truncation=True,
-                    return_tensors="pt",
-                )
+            for rows in length_sorted_batches(lengths, size):
+                n = int(lengths[rows].max())
                 # as the pipeline does: token ids only (the causal mask hides the padding)
-                emb = self.text_encoder(tokens.input_ids.to(self.device)).text_embeds
-                chunks.append(emb.to("cpu", torch.float64).numpy())
-        return np.concatenate(chunks, axis=0)
+                emb = self.text_encoder(ids[torch.from_numpy(rows), :n].to(self.device)).text_embeds
+                out[rows] = emb.to("cpu", torch.float64).numpy()
+        return out[inverse]
+
+    def _pooled_positions(self, ids) -> np.ndarray | None:
+        """The position each row of ``ids`` (P×L, padded) is pooled at, or None when the
+        full context must be kept.
+
+        transformers' ``CLIPTextModel`` always applies a causal mask (its forward builds
+        one with ``create_causal_mask`` and runs the encoder ``is_causal=True``), takes
+        its position ids as the first L of its table, and pools one token: with the
+        legacy ``eos_token_id == 2`` the highest id (argmax, the end of text), otherwise
+        the first ``eos_token_id``. Tokens after that position never reach the pooled
+        output, so a batch may be cut after its longest prompt's pooled token; a prefix
+        holding that position has the same first maximum (first eos). Any other text
+        tower keeps the full length (logged at debug)."""
+        from transformers import CLIPTextModel
+
+        tower = getattr(self.text_encoder, "text_model", self.text_encoder)
+        eos = getattr(tower, "eos_token_id", None)  # what its forward pools by
+        if not isinstance(tower, CLIPTextModel) or eos is None:
+            log.debug("karlo: text encoded at full context length (text tower %s is not transformers' CLIPTextModel "
+                      "with a known eos token)", type(tower).__name__)
+            return None
+        if eos == 2:
+            idx = ids.argmax(dim=-1)
+        else:
+            idx = (ids == eos).int().argmax(dim=-1)
+        return idx.cpu().numpy().astype(np.int64)
 
     def embedding_dim(self) -> int:
         return int(self._require_model().config.projection_dim)
