@@ -261,7 +261,7 @@ for name, call in [
     ("tag", lambda: check_tag("resnet50", "a1_in1kk")),
     ("clip", lambda: OpenClipTarget({"model": "ViT-B-3", "weights": "random"}).check()),
     ("clip_tag", lambda: OpenClipTarget({"model": "ViT-B-32", "weights": "openaii"}).check()),
-    ("deprecated", lambda: check_architecture(sys.argv[1])),
+    ("deprecated", lambda: check_architecture(json.loads(sys.argv[1])[0])),
 ]:
     try:
         call()
