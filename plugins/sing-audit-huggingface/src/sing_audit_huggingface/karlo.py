@@ -13,6 +13,7 @@ Where the components come from: :mod:`sing_audit_huggingface.karlo_source`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -173,8 +174,6 @@ class KarloTarget(ImageTarget):
     # ------------------------------------------------------------------ provenance
 
     def describe(self) -> dict[str, Any]:
-        import transformers
-
         digest = self.weights_digest
         if digest is None and not self.source.random:
             digest = parts_digest(self.source, TARGET_PARTS)
@@ -185,7 +184,7 @@ class KarloTarget(ImageTarget):
             "weights_digest": digest,
             "random_weights": self.source.random,
             "templates": list(self.templates),
-            "transformers_version": transformers.__version__,
+            "transformers_version": metadata.version("transformers"),  # not an import of transformers
         }
 
 
