@@ -127,5 +127,6 @@ def _read(path: Path, distribution: str, version: str, what: str) -> tuple[Any] 
 
 
 def _round_trip(value: Any) -> Any:
-    """``value`` as JSON gives it back, so a fresh answer equals a stored one."""
-    return json.loads(json.dumps(value))
+    """``value`` as JSON gives it back, so a fresh answer equals a stored one (anything JSON has
+    no type for as its ``str``, as :func:`~sing_audit.store.jsonable` writes it into ``describe()``)."""
+    return json.loads(json.dumps(value, default=str))

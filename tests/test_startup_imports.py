@@ -301,3 +301,11 @@ def test_name_checks_and_descriptions_are_the_same_from_the_lists(tmp_path, monk
     assert live["deprecated"] is None
     assert live["describe"]["timm_version"] == timm.__version__
     assert live["clip_describe"]["resolved_tag"] == "openai"
+
+
+def test_an_answer_is_plain_json_data_first_time_and_after(monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    build = _Counter({"file": tmp_path / "w.pt", "size": (3, 8, 8)})
+    first = library_value("pluggy", "cfg", build)
+    assert first == library_value("pluggy", "cfg", build) == {"file": str(tmp_path / "w.pt"), "size": [3, 8, 8]}
+    assert build.calls == 1
