@@ -732,7 +732,8 @@ def bench_startup(n_images: int = 32, image_px: int = 64, model: str = "resnet50
     """Whole-process wall times (median of ``repeats``) of ``sing-audit --help``, ``plugins``,
     ``validate CFG`` and a warm rerun of a cached audit (``run CFG`` a second time), and for each
     the ``python -X importtime`` total (sum of the top-level cumulative times) with its 10
-    slowest top-level imports. CFG: timm ``model`` and open_clip ``target`` at ``weights: random``,
+    slowest top-level imports, and the median CPU time (user + system: what a loaded machine
+    does not inflate as much as the wall time). CFG: timm ``model`` and open_clip ``target`` at ``weights: random``,
     ``n_images`` JPEGs of ``image_px`` pixels in 3 classes, probes [null_removal], formats [json].
 
     A cold run comes first (timed once, not a start-up number): it fills the store and the
@@ -774,24 +775,30 @@ def bench_startup(n_images: int = 32, image_px: int = 64, model: str = "resnet50
         path = tmp / "audit.yaml"
         path.write_text(json.dumps(cfg))
 
-        def one(args: list[str], *, importtime: bool = False) -> tuple[float, str]:
+        def one(args: list[str], *, importtime: bool = False) -> tuple[float, float, str]:
+            """``(wall seconds, CPU seconds of the process: user + system, stderr)``."""
             argv = [sys.executable, "-X", "importtime", *cmd[1:], *args] if importtime else [*cmd, *args]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
             seconds = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             if proc.returncode not in (0, 1):  # 1: the policy failed, still a complete run
                 raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr[-2000:]}")
-            return seconds, proc.stderr
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            return seconds, cpu, proc.stderr
 
         load_before = _load()
-        cold, _ = one(["run", str(path)])
+        cold = one(["run", str(path)])[0]
         commands = {"help": ["--help"], "plugins": ["plugins"], "validate": ["validate", str(path)], "warm_run": ["run", str(path)]}
         out: dict = {}
         for name, args in commands.items():
             one(args)  # unmeasured: bytecode and the operating system's file cache
-            runs = [one(args)[0] for _ in range(repeats)]
-            _, stderr = one(args, importtime=True)
-            out[name] = {"seconds": float(np.median(runs)), "runs": runs, **_importtime(stderr)}
+            timed = [one(args) for _ in range(repeats)]
+            *_, stderr = one(args, importtime=True)
+            runs, cpu = [t[0] for t in timed], [t[1] for t in timed]
+            out[name] = {"seconds": float(np.median(runs)), "runs": runs, "cpu_seconds": float(np.median(cpu)),
+                         **_importtime(stderr)}
     return {
         "images": per_class * len(SYNSETS), "image_px": image_px, "backbone": f"timm {model} (random init)",
         "target": f"open_clip {target} (random init)", "code": root_dir, "cold_run_seconds": cold, "commands": out,
@@ -804,7 +811,8 @@ def _startup_rows(res: dict) -> list[tuple[str, str, str, str]]:
     goals = {"validate": "< 2 s", "warm_run": "< 2 s"}
     return [
         (f"start-up: `sing-audit {name.replace('_', ' ')}`, whole process", f"{v['seconds']:.2f}s", goals.get(name, ""),
-         f"median of {len(v['runs'])}; imports {v['import_seconds']:.2f}s (-X importtime), slowest: "
+         f"median of {len(v['runs'])}, CPU (user + system) {v.get('cpu_seconds', float('nan')):.2f}s; imports "
+         f"{v['import_seconds']:.2f}s (-X importtime), slowest: "
          + ", ".join(f"{m} {t:.2f}s" for m, t in v["top"][:4]))
         for name, v in st.get("commands", {}).items()
     ]
