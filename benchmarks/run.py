@@ -11,8 +11,9 @@ Prints a table and writes every measurement as JSON to OUT.json. Scales:
 - ``full``: as ``issue`` plus α by leave-one-out at 50k.
 
 ``report-names`` (report.html and report.pdf of 5 models × 1000 classes, ordinary names
-against 5000-character names) and ``process-rerun`` (a cold and a warm ``sing-audit run``,
-whole processes) are the same at every scale.
+against 5000-character names), ``process-rerun`` (a cold and a warm ``sing-audit run``,
+whole processes) and ``startup`` (``--help``, ``plugins``, ``validate`` and a warm rerun as
+whole processes, with their ``-X importtime`` totals) are the same at every scale.
 
 m=2048 features, n=768 embedding dimensions and c=1000 classes at every scale.
 Analysis and growth each run in a fresh subprocess so peak memory is per measurement:
@@ -771,6 +772,114 @@ def bench_text(target: str = "ViT-B-32", old_batch: int = 256) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- start-up: commands as whole processes
+
+
+def _importtime(stderr: str, top: int = 10) -> dict:
+    """``python -X importtime`` output -> the sum of the top-level imports' cumulative times and
+    the ``top`` slowest top-level imports (a top-level import is one the program itself asked for)."""
+    import re
+
+    rows = []
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m and len(m.group(3)) == 1:  # one space: a top-level import
+            rows.append((int(m.group(2)) / 1e6, m.group(4)))
+    rows.sort(reverse=True)
+    return {"import_seconds": sum(r[0] for r in rows), "top": [[name, round(sec, 4)] for sec, name in rows[:top]]}
+
+
+def bench_startup(n_images: int = 32, image_px: int = 64, model: str = "resnet50", target: str = "ViT-B-32",
+                  repeats: int = 3) -> dict:
+    """Whole-process wall times (median of ``repeats``) of ``sing-audit --help``, ``plugins``,
+    ``validate CFG`` and a warm rerun of a cached audit (``run CFG`` a second time), and for each
+    the ``python -X importtime`` total (sum of the top-level cumulative times) with its 10
+    slowest top-level imports, and the median CPU time (user + system: what a loaded machine
+    does not inflate as much as the wall time). CFG: timm ``model`` and open_clip ``target`` at ``weights: random``,
+    ``n_images`` JPEGs of ``image_px`` pixels in 3 classes, probes [null_removal], formats [json].
+
+    A cold run comes first (timed once, not a start-up number): it fills the store and the
+    per-version name lists (in a fresh ``SING_AUDIT_CACHE_DIR``), so ``validate`` reads the names
+    as it would on a user's machine after its first use. Bytecode is cached as in an installed
+    package (``PYTHONPYCACHEPREFIX`` in the temporary folder, so nothing is written to the source
+    tree, even when ``PYTHONDONTWRITEBYTECODE`` is set), and every command runs once unmeasured first."""
+    from PIL import Image
+
+    from sing_audit.synthetic import SYNSETS
+
+    cmd = [sys.executable, "-m", "sing_audit"]
+    with tempfile.TemporaryDirectory(prefix="sing-bench-s-") as tmp:
+        tmp = Path(tmp)
+        env = dict(os.environ)
+        root_dir = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = root_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["SING_AUDIT_CACHE_DIR"] = str(tmp / "cache")
+        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.pop("SING_AUDIT_LOAD_PLUGINS", None)
+        root = tmp / "images"
+        per_class = max(1, n_images // len(SYNSETS))
+        rng = np.random.default_rng(0)
+        for s in SYNSETS:
+            (root / s).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, size=(image_px, image_px, 3), dtype=np.uint8)).save(root / s / f"{s}_{i}.jpg", quality=90)
+        cfg = {
+            "name": "startup",
+            "output": str(tmp / "out"),
+            "dataset": {"plugin": "image_folder", "root": str(root)},
+            "target": {"plugin": "open_clip", "name": "clip-random", "model": target, "weights": "random"},
+            "backbones": [{"name": f"{model}-random", "plugin": "timm", "model": model, "weights": "random"}],
+            "probes": ["null_removal"],
+            "report": {"formats": ["json"]},
+            "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
+        }
+        path = tmp / "audit.yaml"
+        path.write_text(json.dumps(cfg))
+
+        def one(args: list[str], *, importtime: bool = False) -> tuple[float, float, str]:
+            """``(wall seconds, CPU seconds of the process: user + system, stderr)``."""
+            argv = [sys.executable, "-X", "importtime", *cmd[1:], *args] if importtime else [*cmd, *args]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+            seconds = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if proc.returncode not in (0, 1):  # 1: the policy failed, still a complete run
+                raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            return seconds, cpu, proc.stderr
+
+        load_before = _load()
+        cold = one(["run", str(path)])[0]
+        commands = {"help": ["--help"], "plugins": ["plugins"], "validate": ["validate", str(path)], "warm_run": ["run", str(path)]}
+        out: dict = {}
+        for name, args in commands.items():
+            one(args)  # unmeasured: bytecode and the operating system's file cache
+            timed = [one(args) for _ in range(repeats)]
+            *_, stderr = one(args, importtime=True)
+            runs, cpu = [t[0] for t in timed], [t[1] for t in timed]
+            out[name] = {"seconds": float(np.median(runs)), "runs": runs, "cpu_seconds": float(np.median(cpu)),
+                         **_importtime(stderr)}
+    return {
+        "images": per_class * len(SYNSETS), "image_px": image_px, "backbone": f"timm {model} (random init)",
+        "target": f"open_clip {target} (random init)", "code": root_dir, "cold_run_seconds": cold, "commands": out,
+        "load_average_before": load_before, "load_average_after": _load(),
+    }
+
+
+def _startup_rows(res: dict) -> list[tuple[str, str, str, str]]:
+    st = res.get("startup", {})
+    goals = {"validate": "< 2 s", "warm_run": "< 2 s"}
+    return [
+        (f"start-up: `sing-audit {name.replace('_', ' ')}`, whole process", f"{v['seconds']:.2f}s", goals.get(name, ""),
+         f"median of {len(v['runs'])}, CPU (user + system) {v.get('cpu_seconds', float('nan')):.2f}s; imports "
+         f"{v['import_seconds']:.2f}s (-X importtime), slowest: "
+         + ", ".join(f"{m} {t:.2f}s" for m, t in v["top"][:4]))
+        for name, v in st.get("commands", {}).items()
+    ]
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -841,6 +950,7 @@ def table(res: dict) -> str:
                      f"{tx['after_seconds']:.2f}s vs {tx['before_seconds']:.2f}s (full {tx['context']}-token context, batches of "
                      f"{tx['old_batch']}); {tx['target']}, mean {tx['mean_tokens']:.1f} tokens, batches of {tx['text_batch']}; "
                      f"max |Δ| unit class embeddings {tx['max_abs_diff']:.1e}"))
+    rows += _startup_rows(res)
     w = [max(len(str(row[i])) for row in rows + [("measure", "value", "goal", "detail")]) for i in range(3)]
     lines = [f"| {'measure':<{w[0]}} | {'value':<{w[1]}} | {'goal':<{w[2]}} | detail |", f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|---|"]
     lines += [f"| {r0:<{w[0]}} | {r1:<{w[1]}} | {r2:<{w[2]}} | {r3} |" for r0, r1, r2, r3 in rows]
@@ -864,11 +974,11 @@ def main(argv=None) -> int:
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     p.add_argument("--only", action="append", default=[],
                    help="extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report, "
-                        "report-names, process-rerun, text (not in the default set)")
+                        "report-names, process-rerun, startup, text (not in the default set)")
     p.add_argument("--workers", default="0,2", help="num_workers values for the extraction idle measurement")
     args = p.parse_args(argv)
     sc = SCALES[args.scale]
-    want = set(args.only) or {"extraction", "analysis", "growth", "loo", "steering", "report", "report-names", "process-rerun"}
+    want = set(args.only) or {"extraction", "analysis", "growth", "loo", "steering", "report", "report-names", "process-rerun", "startup"}
     res: dict = {"scale": args.scale, "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     if "report" in want:
         res["report"] = bench_report()
@@ -880,6 +990,8 @@ def main(argv=None) -> int:
         _progress(res, args.out)
     if "text" in want:
         res["text"] = bench_text()
+    if "startup" in want:
+        res["startup"] = bench_startup()
         _progress(res, args.out)
     if "steering" in want:
         res["steering"] = bench_steering()

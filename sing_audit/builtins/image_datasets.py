@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -118,12 +119,17 @@ class _BaseImageDataset(ImageDataset):
         self.options = options
         self.on_bad_image = options.on_bad_image
         self.max_image_pixels = options.max_image_pixels
-        self.image_formats = pillow_formats(self.image_extensions)
         self._records: list[ImageRecord] | None = None
         self._class_map: dict[str, int] | None = None
         self._class_names: dict[str, str] | None = None
         self._maps_loaded = False
         self._description: dict[str, Any] | None = None
+
+    @functools.cached_property
+    def image_formats(self) -> tuple[str, ...] | None:  # type: ignore[override]
+        """:func:`pillow_formats` of the extensions, found when the first image is opened: a run
+        whose features are all cached never imports Pillow's format plugins."""
+        return pillow_formats(self.image_extensions)
 
     @property
     def image_extensions(self) -> list[str]:

@@ -152,6 +152,14 @@ def check_feature_dims(backbones: list[Component], translators: list[tuple[str, 
     from every backbone whose width is known before loading (``Backbone.declared_feature_dim``).
     A backbone that cannot tell without a forward pass (``None``) is left to the run, whose
     translator names the same mismatch; no error is raised on a guess."""
+    wanted_dims = {}
+    for where, comp in translators:
+        wanted = getattr(comp.instance, "input_dim", None)
+        m = wanted() if wanted is not None else None
+        if m is not None:
+            wanted_dims[where] = m
+    if not wanted_dims:
+        return  # no translator takes a fixed width: no backbone's width (a model built on meta) is needed
     widths = []
     for i, comp in enumerate(backbones):
         declared = getattr(comp.instance, "declared_feature_dim", None)
@@ -159,8 +167,7 @@ def check_feature_dims(backbones: list[Component], translators: list[tuple[str, 
         if dim is not None:
             widths.append((i, comp, int(dim)))
     for where, comp in translators:
-        wanted = getattr(comp.instance, "input_dim", None)
-        m = wanted() if wanted is not None else None
+        m = wanted_dims.get(where)
         if m is None:
             continue
         for i, bcomp, dim in widths:

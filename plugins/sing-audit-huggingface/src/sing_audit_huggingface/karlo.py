@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -215,8 +216,6 @@ class KarloTarget(ImageTarget):
     # ------------------------------------------------------------------ provenance
 
     def describe(self) -> dict[str, Any]:
-        import transformers
-
         digest = self.weights_digest
         if digest is None and not self.source.random:
             digest = parts_digest(self.source, TARGET_PARTS)
@@ -227,7 +226,7 @@ class KarloTarget(ImageTarget):
             "weights_digest": digest,
             "random_weights": self.source.random,
             "templates": list(self.templates),
-            "transformers_version": transformers.__version__,
+            "transformers_version": metadata.version("transformers"),  # not an import of transformers
         }
 
 

@@ -17,6 +17,7 @@ one batch (a batch would give each row different step noise).
 from __future__ import annotations
 
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -207,8 +208,6 @@ class UnclipVisualizer(Visualizer):
     # ------------------------------------------------------------------ provenance
 
     def describe(self) -> dict[str, Any]:
-        import diffusers
-
         src = self._require_source()
         o = self.options
         return {
@@ -220,7 +219,7 @@ class UnclipVisualizer(Visualizer):
             "super_res_steps": o.super_res_steps,
             "guidance_scale": o.guidance_scale,
             "noise": "per-render cpu generators: latents from seed, step noise from seed ^ 0x5EED0F57E9",
-            "diffusers_version": diffusers.__version__,
+            "diffusers_version": metadata.version("diffusers"),  # not an import of diffusers
         }
 
 

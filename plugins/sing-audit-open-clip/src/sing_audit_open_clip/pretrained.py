@@ -1,5 +1,6 @@
-"""Where open_clip would find a model's pretrained weights on this machine, looked up
-without a network (for the pre-flight when the hub is offline)."""
+"""What open_clip lists (model names, pretrained tags; read without importing it) and where
+it would find a model's pretrained weights on this machine, looked up without a network
+(for the pre-flight when the hub is offline)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 from pathlib import Path
 
 from sing_audit.errors import WeightsError
+from sing_audit.name_lists import library_value
 from sing_audit.weights import hub_cached_file, hub_fetch_hint, split_hub_id
 
-__all__ = ["HUB_CONFIG", "HUB_WEIGHTS", "cached_weights", "check_cached", "folder_weights"]
+__all__ = ["HUB_CONFIG", "HUB_WEIGHTS", "cached_weights", "check_cached", "folder_weights", "list_models",
+           "list_pretrained_tags"]
 
 #: open_clip's config file in a hub repository or a local-dir folder (open_clip.constants.HF_CONFIG_NAME)
 HUB_CONFIG = "open_clip_config.json"
@@ -89,3 +92,35 @@ def check_cached(model: str, tag: str | None) -> None:
         "or copy that machine's hub cache here; or set weights: random for a smoke test (never a silent fallback)",
         field="weights",
     )
+
+
+def _str_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def list_models() -> list[str]:
+    """``open_clip.list_models()``, read from the name list of the installed open_clip version
+    (:mod:`sing_audit.name_lists`), so that checking a model name does not import open_clip."""
+
+    def build() -> list[str]:
+        import open_clip
+
+        return list(open_clip.list_models())
+
+    return library_value("open_clip_torch", "models", build, module="open_clip", valid=_str_list)
+
+
+def list_pretrained_tags(model: str) -> list[str]:
+    """``open_clip.list_pretrained_tags_by_model(model)``, in open_clip's order, from the
+    installed version's list of ``(model, tag)`` pairs (no import)."""
+
+    def build() -> list[list[str]]:
+        import open_clip
+
+        return [[m, t] for m, t in open_clip.list_pretrained()]
+
+    def valid(v) -> bool:
+        return isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 and _str_list(p) for p in v)
+
+    pairs = library_value("open_clip_torch", "pretrained", build, module="open_clip", valid=valid)
+    return [t for m, t in pairs if m == model]

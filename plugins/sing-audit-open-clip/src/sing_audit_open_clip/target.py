@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from sing_audit.weights import (
     weights_description,
 )
 
-from .pretrained import check_cached
+from .pretrained import check_cached, list_models, list_pretrained_tags
 from .source import OpenClipSource
 
 __all__ = ["OpenClipTarget"]
@@ -101,12 +102,10 @@ class OpenClipTarget(OpenClipSource, ImageTarget):
         return self.options.model.startswith(_SCHEMAS)
 
     def _check_model_name(self) -> None:
-        import open_clip
-
         if self._has_schema():
             return
         name = self.options.model
-        known = open_clip.list_models()
+        known = list_models()
         if name not in known and name.replace("/", "-") not in known:
             close = close_matches(name, known, n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
@@ -150,9 +149,7 @@ class OpenClipTarget(OpenClipSource, ImageTarget):
             )
 
     def _tags(self) -> list[str]:
-        import open_clip
-
-        return [] if self._has_schema() else list(open_clip.list_pretrained_tags_by_model(self.options.model))
+        return [] if self._has_schema() else list_pretrained_tags(self.options.model)
 
     def _hub_error(self, what: str, exc: Exception) -> WeightsError:
         return WeightsError(
@@ -457,8 +454,6 @@ class OpenClipTarget(OpenClipSource, ImageTarget):
         return jsonable(dict(cfg)) if cfg else None
 
     def describe(self) -> dict[str, Any]:
-        import open_clip
-
         w = self.resolved_weights
         out: dict[str, Any] = {
             "plugin": self.plugin_name,
@@ -469,7 +464,7 @@ class OpenClipTarget(OpenClipSource, ImageTarget):
             "quick_gelu": self.quick_gelu,
             "templates": list(self.templates),
             "preprocessing": self.preprocessing(),
-            "open_clip_version": open_clip.__version__,
+            "open_clip_version": metadata.version("open_clip_torch"),
         }
         hub = self.hub_id()
         if hub is not None:

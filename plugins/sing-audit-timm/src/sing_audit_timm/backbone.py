@@ -18,6 +18,7 @@ that are not in the local cache fail there, before any model is built.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 from pydantic import Field
@@ -42,7 +43,7 @@ from sing_audit.weights import (
 from .classes import imagenet_class_info
 from .heads import TIMM_HEAD_FOLDERS, fold_timm_head
 from .model_name import TimmModelName
-from .pretrained import check_cached, check_has_weights, classifier_keys
+from .pretrained import arch_data_config, arch_pretrained_cfg, check_cached, check_has_weights, classifier_keys
 
 __all__ = ["TimmBackbone"]
 
@@ -109,14 +110,13 @@ class TimmBackbone(TimmModelName, ImageBackbone):
     def declared_classes(self) -> tuple[int, list[str] | None, list[str] | None] | None:
         """The head's classes from timm's pretrained config of the model (``num_classes``;
         ImageNet names and synsets for an ImageNet-sized head), without weights. ``None``
-        for a weights file or a hub folder, whose head size only the file tells."""
-        import timm
-
+        for a weights file or a hub folder, whose head size only the file tells. Read from
+        what the installed timm version declares (:mod:`sing_audit.name_lists`: no import)."""
         w = self.resolved_weights
         if w.kind == "file" or self.options.model.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
             return None
-        cfg = timm.models.get_pretrained_cfg(self._pretrained_name() if w.kind == "tag" else self.options.model)
-        count = getattr(cfg, "num_classes", None) if cfg is not None else None
+        cfg = arch_pretrained_cfg(self._pretrained_name() if w.kind == "tag" else self.options.model)
+        count = cfg.get("num_classes") if cfg is not None else None
         if not count:
             return None
         info = imagenet_class_info(int(count))
@@ -261,8 +261,6 @@ class TimmBackbone(TimmModelName, ImageBackbone):
 
     def _pretrained_cfg(self) -> dict[str, Any]:
         """The pretrained config the preprocessing comes from (no network, no model needed)."""
-        import timm
-
         if self.model is not None:
             return dict(getattr(self.model, "pretrained_cfg", None) or {})
         local = self._local_dir()
@@ -273,12 +271,19 @@ class TimmBackbone(TimmModelName, ImageBackbone):
             return dict(self._folder_config(w.folder)[0])
         if self.hub_id() is not None:
             return self._hub_config()
-        name = self._pretrained_name() if w.kind in ("pretrained", "tag") else self.options.model
         try:
-            pcfg = timm.models.get_pretrained_cfg(name)
+            pcfg = arch_pretrained_cfg(self._config_name())
         except Exception:  # an unknown name: no config
             pcfg = None
-        return pcfg.to_dict() if pcfg is not None else {}
+        return {k: v for k, v in pcfg.items() if k != "has_weights"} if pcfg is not None else {}
+
+    def _config_name(self) -> str | None:
+        """The timm name whose registered pretrained config gives the preprocessing before the
+        model is built; ``None`` when a folder's or the hub's ``config.json`` gives it."""
+        w = self.resolved_weights
+        if self._local_dir() is not None or (w.kind == "file" and w.folder is not None) or self.hub_id() is not None:
+            return None
+        return self._pretrained_name() if w.kind in ("pretrained", "tag") else self.options.model
 
     def _hub_config(self) -> dict[str, Any]:
         """The pretrained config in an ``hf-hub:`` repository's ``config.json`` at the resolved commit
@@ -318,13 +323,19 @@ class TimmBackbone(TimmModelName, ImageBackbone):
     def data_config(self) -> dict[str, Any]:
         """timm's resolved eval data config (input_size, interpolation, mean, std, crop_pct, crop_mode)."""
         if self._data_config is None:
-            from timm.data import resolve_data_config
-
             if self.model is not None:
+                from timm.data import resolve_data_config
+
                 cfg = resolve_data_config(model=self.model)
             else:
                 self._check_model_name()
-                cfg = resolve_data_config(pretrained_cfg=self._pretrained_cfg())
+                name = self._config_name()
+                if name is not None:  # what timm registers for the name, read without importing timm
+                    cfg = arch_data_config(name)
+                else:
+                    from timm.data import resolve_data_config
+
+                    cfg = resolve_data_config(pretrained_cfg=self._pretrained_cfg())
             cfg = dict(cfg)
             if self.options.img_size is not None:
                 channels = cfg.get("input_size", (3,))[0]
@@ -381,8 +392,6 @@ class TimmBackbone(TimmModelName, ImageBackbone):
     # ------------------------------------------------------------------ provenance
 
     def describe(self) -> dict[str, Any]:
-        import timm
-
         w = self.resolved_weights
         out: dict[str, Any] = {
             "plugin": self.plugin_name,
@@ -393,7 +402,7 @@ class TimmBackbone(TimmModelName, ImageBackbone):
             "img_size": self.options.img_size,
             "pretrained_cfg": self.pretrained_cfg_name(),
             "preprocessing": jsonable(self.data_config()),
-            "timm_version": timm.__version__,
+            "timm_version": metadata.version("timm"),
         }
         folder = self._local_dir() or (w.folder if w.kind == "file" else None)
         if folder is not None and (folder / "config.json").is_file():

@@ -299,15 +299,16 @@ def choose_layout(o, meta, head, family: str | None, arch: str, head_path) -> tu
 
 def check_pretrained_is_dino(name: str, family: str) -> None:
     """A :class:`WeightsError` unless timm's pretrained weights ``name`` are the ``family``'s
-    (``dino``: a ``dino*`` tag; ``dinov2``: a DINOv2 architecture)."""
-    import timm
+    (``dino``: a ``dino*`` tag; ``dinov2``: a DINOv2 architecture). Read from what the
+    installed timm version registers (:mod:`sing_audit.name_lists`: no import)."""
+    from .pretrained import arch_pretrained_cfg, list_pretrained
 
-    cfg = timm.models.get_pretrained_cfg(name)
-    tag = getattr(cfg, "tag", None) or name.partition(".")[2]
+    cfg = arch_pretrained_cfg(name)
+    tag = (cfg or {}).get("tag") or name.partition(".")[2]
     ok = ("dinov2" in name.partition(".")[0]) if family == "dinov2" else tag.split("_")[0] == "dino"
-    if cfg is None or not cfg.has_weights or not ok:
+    if cfg is None or not cfg.get("has_weights") or not ok:
         arch = name.partition(".")[0]
-        dino = [n for n in timm.list_pretrained(f"{arch}.*") if "dino" in n]
+        dino = [n for n in list_pretrained(arch) if "dino" in n]
         hint = f"use {' or '.join(dino)}" if dino else "use a local weights file"
         raise WeightsError(
             f"the pretrained weights timm gives for {name!r} are not {family.upper()}'s; {hint}, "

@@ -24,6 +24,7 @@ one classifier, or the same tensors as ``.safetensors``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -357,8 +358,6 @@ class DinoViTBackbone(ImageBackbone):
     # ------------------------------------------------------------------ provenance
 
     def describe(self) -> dict[str, Any]:
-        import timm
-
         w = self.resolved_weights
         name, how = self._resolve_layout()
         layout = LAYOUTS[name]
@@ -392,7 +391,7 @@ class DinoViTBackbone(ImageBackbone):
             "pos_embed_interpolation": (
                 "bicubic, scale factor (n+0.1)/N, no antialias" if mode == "offset" else "bicubic to size, antialias"
             ),
-            "timm_version": timm.__version__,
+            "timm_version": metadata.version("timm"),
         }
         if self.random_backbone:
             out["seed"] = self.options.seed

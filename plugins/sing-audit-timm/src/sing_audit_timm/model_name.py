@@ -17,7 +17,7 @@ from sing_audit.weights import (
     split_hub_id,
 )
 
-from .pretrained import SOURCE_PREFIXES, check_architecture, check_tag, read_folder_config
+from .pretrained import SOURCE_PREFIXES, check_architecture, check_tag, is_model, read_folder_config
 
 __all__ = ["TimmModelName"]
 
@@ -52,12 +52,10 @@ class TimmModelName:
         return self._folder_cfgs[key]
 
     def _check_folder_architecture(self, folder: Path) -> None:
-        import timm
-
         _, folder_arch, _ = self._folder_config(folder)
         arch, _ = self._arch_and_tag()
         folder_base = folder_arch.partition(".")[0]
-        if not timm.is_model(folder_base):
+        if not is_model(folder_base):
             raise WeightsError(f"{folder / 'config.json'} names architecture {folder_arch!r}, which timm does not know")
         if folder_base != arch:
             raise WeightsError(
@@ -123,14 +121,12 @@ class TimmModelName:
         return arch, (tag or None)
 
     def _check_model_name(self) -> None:
-        import timm
-
         name = self.options.model
         local = self._local_dir()
         if local is not None:
             self._folder_config(local)
             arch, _ = self._arch_and_tag()
-            if not timm.is_model(arch):
+            if not is_model(arch):
                 raise WeightsError(f"{local / 'config.json'} names architecture {arch!r}, which timm does not know")
             return
         if name.startswith(("hf-hub:", "hf_hub:")):

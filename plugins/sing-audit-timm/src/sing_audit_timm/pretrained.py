@@ -4,15 +4,22 @@ Shared by the ``timm`` and ``dino_vit`` backbones."""
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any
 
 from sing_audit.errors import ConfigError, WeightsError
+from sing_audit.name_lists import library_value
 from sing_audit.weights import hub_cached_file, local_weights_hint
 from sing_audit.terminal import close_matches
 
 __all__ = [
     "SOURCE_PREFIXES",
+    "arch_data_config",
+    "arch_pretrained_cfg",
+    "is_model",
+    "list_models",
+    "list_pretrained",
     "cached_weights",
     "check_architecture",
     "check_cached",
@@ -50,23 +57,103 @@ def read_folder_config(folder: Path) -> tuple[dict[str, Any], str, dict[str, Any
     return dict(pcfg), str(arch), dict(model_args or {})
 
 
+def _str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def list_models(pattern: str = "") -> list[str]:
+    """``timm.list_models(pattern)``: the architectures timm lists (not the deprecated
+    aliases it still builds), in timm's order, read from the name list of the installed timm
+    version (:mod:`sing_audit.name_lists`) so that no check imports timm."""
+
+    def build() -> list[str]:
+        import timm
+
+        return list(timm.list_models())
+
+    names = library_value("timm", "models", build, module="timm", valid=_str_list)
+    return fnmatch.filter(names, pattern) if pattern else names
+
+
+def list_pretrained(arch: str) -> list[str]:
+    """``timm.list_pretrained(f"{arch}.*")``: ``arch.tag`` of every pretrained weights timm has for ``arch``."""
+
+    def build() -> list[str]:
+        import timm
+
+        return list(timm.list_pretrained())
+
+    return fnmatch.filter(library_value("timm", "pretrained", build, module="timm", valid=_str_list), f"{arch}.*")
+
+
+def is_model(name: str) -> bool:
+    """``timm.is_model(name)``: timm builds the architecture of ``name`` (any tag ignored),
+    deprecated aliases included."""
+
+    def build() -> list[str]:
+        import timm
+
+        return sorted(timm.models.get_deprecated_models())
+
+    arch = name.split(".", 1)[0]
+    return arch in list_models() or arch in library_value("timm", "deprecated_models", build, module="timm", valid=_str_list)
+
+
+def arch_pretrained_cfg(model_name: str) -> dict[str, Any] | None:
+    """``timm.models.get_pretrained_cfg(model_name).to_dict()`` with ``has_weights`` added
+    (``None`` for an architecture without pretrained configs), remembered per timm version;
+    a tag the architecture does not have raises timm's ``RuntimeError``, as timm does."""
+
+    def build() -> dict[str, Any]:
+        import timm
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(model_name)
+        except RuntimeError as exc:
+            return {"error": str(exc)}
+        return {"cfg": None if cfg is None else {**cfg.to_dict(), "has_weights": bool(cfg.has_weights)}}
+
+    def valid(v: Any) -> bool:
+        return isinstance(v, dict) and (isinstance(v.get("error"), str) or isinstance(v.get("cfg", 0), (dict, type(None))))
+
+    answer = library_value("timm", f"pretrained_cfg/{model_name}", build, module="timm", valid=valid)
+    if "error" in answer:
+        raise RuntimeError(answer["error"])
+    return answer["cfg"]
+
+
+def arch_data_config(model_name: str) -> dict[str, Any]:
+    """timm's ``resolve_data_config(pretrained_cfg=...)`` of ``model_name``'s pretrained config
+    (timm's defaults for a name without one, an unknown tag included), remembered per timm version.
+    JSON data: sequences come back as lists."""
+
+    def build() -> dict[str, Any]:
+        from timm.data import resolve_data_config
+
+        try:
+            cfg = arch_pretrained_cfg(model_name)
+        except RuntimeError:  # an unknown tag: no config
+            cfg = None
+        cfg = {k: v for k, v in (cfg or {}).items() if k != "has_weights"}
+        return dict(resolve_data_config(pretrained_cfg=cfg))
+
+    return library_value("timm", f"data_config/{model_name}", build, module="timm",
+                         valid=lambda v: isinstance(v, dict))
+
+
 def check_architecture(arch: str, pattern: str = "") -> None:
     """A :class:`ConfigError` unless timm knows architecture ``arch``, with close names
     (among ``timm.list_models(pattern)`` when a pattern is given)."""
-    import timm
-
-    if timm.is_model(arch):
+    if is_model(arch):
         return
-    close = close_matches(arch, timm.list_models(pattern) if pattern else timm.list_models(), n=5, cutoff=0.6)
+    close = close_matches(arch, list_models(pattern), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
     raise ConfigError(f"timm has no model named {arch!r}{hint}")
 
 
 def check_tag(arch: str, tag: str) -> None:
     """A :class:`WeightsError` unless timm has pretrained weights ``arch.tag``, with the close tags."""
-    import timm
-
-    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+    tags = [n.partition(".")[2] for n in list_pretrained(arch)]
     if tag not in tags:
         close = close_matches(tag, tags, n=5, cutoff=0.5)
         listing = ", ".join(close or tags[:10]) or "none"
@@ -78,12 +165,10 @@ def check_tag(arch: str, tag: str) -> None:
 
 def check_has_weights(model_name: str) -> None:
     """A :class:`WeightsError` when timm has no pretrained weights for ``model_name``."""
-    import timm
-
     if model_name.startswith(SOURCE_PREFIXES):
         return
-    cfg = timm.models.get_pretrained_cfg(model_name)
-    if cfg is None or not cfg.has_weights:
+    cfg = arch_pretrained_cfg(model_name)
+    if cfg is None or not cfg.get("has_weights"):
         raise WeightsError(
             f"timm has no pretrained weights for {model_name!r}; set weights to a local weights file, "
             "or to random for a smoke test"
