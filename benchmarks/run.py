@@ -10,6 +10,11 @@ Prints a table and writes every measurement as JSON to OUT.json. Scales:
   α by leave-one-out at 10k; extraction with resnet50 at 224 px on 256 images;
 - ``full``: as ``issue`` plus α by leave-one-out at 50k.
 
+``extraction`` compares the default decoding (threads) and the other ``run.decode_threads``
+and ``run.num_workers`` values against a bare loop; with a CUDA device it also reports
+images/s of each image model's extraction against its bare forward (``--autocast``,
+``--channels-last``), and says it was skipped otherwise.
+
 ``report-names`` (report.html and report.pdf of 5 models × 1000 classes, ordinary names
 against 5000-character names) and ``process-rerun`` (a cold and a warm ``sing-audit run``,
 whole processes) are the same at every scale.
@@ -844,13 +849,22 @@ def table(res: dict) -> str:
     rows = []
     x = res.get("extraction", {})
     if "overhead_ratio" in x:
-        rows.append(("extraction ÷ bare model(x) loop", f"{x['overhead_ratio']:.2f}", "≤ 1.10",
-                     f"{x['model']}, {x['images']} images {x['image_px']}px, batch {x['batch']}, num_workers 0: {x['audit_extraction_seconds']:.1f}s vs {x['bare_seconds']:.1f}s (median of {len(x['bare_runs'])}); decode+transform {x['decode_transform_seconds']:.1f}s"))
-        for w, v in x.get("by_workers", {}).items():
-            rows.append((f"  compute idle (CPU waits for data), num_workers {w}", f"{100 * v.get('compute_idle_share', float('nan')):.1f}%", "",
-                         f"wait {v.get('wait_seconds', 0):.1f}s, forward {v.get('forward_seconds', 0):.1f}s, store writes {v.get('write_seconds', 0):.2f}s of {v.get('total_seconds', 0):.1f}s; ÷ bare {v['overhead_ratio']:.2f}"))
+        rows.append((f"extraction ÷ bare model(x) loop, {x['default']}", f"{x['overhead_ratio']:.2f}", "≤ 1.05",
+                     f"{x['model']}, {x['images']} images {x['image_px']}px, batch {x['batch']}, torch threads {x['torch_threads']}: "
+                     f"{x['audit_extraction_seconds']:.1f}s vs {x['bare_seconds']:.1f}s (median of {len(x['bare_runs'])}); decode+transform {x['decode_transform_seconds']:.1f}s"))
+        for name, v in x.get("by_config", {}).items():
+            rows.append((f"  {name}: ÷ bare, compute idle", f"{v['overhead_ratio']:.2f}, {100 * v.get('compute_idle_share', float('nan')):.1f}%", "",
+                         f"wait {v.get('wait_seconds', 0):.1f}s, forward {v.get('forward_seconds', 0):.1f}s, store writes {v.get('write_seconds', 0):.2f}s of {v.get('total_seconds', 0):.1f}s"))
         rows.append(("warm rerun ÷ cold run, in-process run_audit", f"{x['warm_over_cold']:.3f}", "",
                      f"{x['warm_run_seconds']:.2f}s vs {x['cold_run_seconds']:.2f}s (start-up and imports not included)"))
+    g = res.get("gpu_extraction")
+    if g is not None and "skipped" in g:
+        rows.append(("GPU extraction images/s ÷ bare forward", "skipped", "", g["skipped"]))
+    elif g is not None:
+        for role, v in g.get("models", {}).items():
+            rows.append((f"GPU {role} images/s: extraction vs bare forward", f"{v['tool_images_per_second']:.4g} vs {v['bare_images_per_second']:.4g}", "",
+                         f"{v['model']} on {g['device']}, autocast {g['autocast']}, channels_last {g['channels_last']}, {g['images']} images {g['image_px']}px, "
+                         f"batch {g['batch']}; extraction ÷ bare time {v['tool_over_bare_seconds']:.2f}"))
     a = res.get("analysis", {})
     if "seconds" in a:
         core = a["stages"].get("translator", 0) + a["stages"].get("probes", 0)
@@ -915,9 +929,13 @@ def main(argv=None) -> int:
     p.add_argument("out", type=Path, help="where to write the JSON")
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     p.add_argument("--only", action="append", default=[],
-                   help="extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report, "
+                   help="extraction (with gpu-extraction), gpu-extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report, "
                         "report-names, process-rerun")
-    p.add_argument("--workers", default="0,2", help="num_workers values for the extraction idle measurement")
+    p.add_argument("--workers", default="2", help="run.num_workers values (> 0: worker processes) compared in the extraction measure")
+    p.add_argument("--decode-threads", default="auto,0",
+                   help="run.decode_threads values (with num_workers 0) compared in the extraction measure; the first is the headline")
+    p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none", help="run.autocast of the GPU extraction measure")
+    p.add_argument("--channels-last", action="store_true", help="run.channels_last in the GPU extraction measure")
     args = p.parse_args(argv)
     sc = SCALES[args.scale]
     want = set(args.only) or {"extraction", "analysis", "growth", "loo", "steering", "report", "report-names", "process-rerun"}
@@ -934,8 +952,18 @@ def main(argv=None) -> int:
         res["steering"] = bench_steering()
         _progress(res, args.out)
     if "extraction" in want:
-        workers = tuple(int(w) for w in args.workers.split(","))
-        res["extraction"] = bench_extraction(sc["images"], size=sc["px"], model_name=sc["model"], workers=workers)
+        workers = tuple(int(w) for w in args.workers.split(",") if w.strip())
+        threads = tuple(t if t == "auto" else int(t) for t in (t.strip() for t in args.decode_threads.split(",")) if t)
+        res["extraction"] = bench_extraction(sc["images"], size=sc["px"], model_name=sc["model"], workers=workers,
+                                             decode_threads=threads)
+        _progress(res, args.out)
+    if want & {"extraction", "gpu-extraction"}:
+        import torch
+
+        if torch.cuda.is_available():
+            res["gpu_extraction"] = bench_gpu_extraction("cuda", autocast=args.autocast, channels_last=args.channels_last)
+        else:
+            res["gpu_extraction"] = {"skipped": "no CUDA device on this machine (torch.cuda.is_available() is False)"}
         _progress(res, args.out)
     if "analysis" in want:
         res["analysis"] = _child(["compare", str(sc["analysis"])])
