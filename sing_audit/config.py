@@ -151,8 +151,8 @@ class RunSettings(_Strict):
     )
     decode_threads: Literal["auto"] | int = Field(
         default="auto",
-        description="with num_workers 0: threads that decode the next batches while the model runs (auto: 1, "
-        "measured fastest on a 2-core CPU; 0: decode between forwards, in the main thread)",
+        description="with num_workers 0: threads that decode the next batches while the model runs (auto: 1 on a "
+        "CPU, measured fastest on 2 cores; up to 4 on a GPU; 0: decode between forwards, in the main thread)",
     )
     folds: int = Field(default=5, ge=2, description="cross-fitting folds")
     seed: int = 0

@@ -18,7 +18,7 @@ from PIL import Image
 from sing_audit.builtins.image_datasets import ImageFolderDataset
 from sing_audit.errors import DataError
 from sing_audit.pipeline.cache import ArrayStore, PartialEntry
-from sing_audit.pipeline.extraction import BATCHES_AHEAD_PER_THREAD, decode_threads_for, extract, to_channels_last
+from sing_audit.pipeline.extraction import batches_ahead, decode_threads_for, extract, to_channels_last
 from sing_audit.synthetic import SYNSETS, write_image_folder
 
 BATCH = 5
@@ -241,7 +241,7 @@ def test_ctrl_c_in_the_forward_cancels_the_batches_ahead(image_root, resnet):
     time.sleep(0.2)
     assert ds.opened == opened  # nothing decodes after the interrupt
     # at most the two consumed batches, the ones queued ahead and one image more
-    assert opened <= (2 + BATCHES_AHEAD_PER_THREAD) * BATCH + 1 < len(ds.records())
+    assert opened <= (2 + batches_ahead(1)) * BATCH + 1 < len(ds.records())
 
 
 # --------------------------------------------------------------------------- settings
@@ -258,7 +258,10 @@ def test_decode_threads_setting_is_validated(tmp_path):
     with pytest.raises(ValueError, match="num_workers 2 decodes in worker processes"):
         RunSettings(num_workers=2, decode_threads=2)
     assert RunSettings(num_workers=2).decode_threads == "auto"  # auto: threads only without workers
-    assert 1 <= decode_threads_for("auto") <= 2
+    assert decode_threads_for("auto", "cpu") == 1 and decode_threads_for(3, "cpu") == 3
+    import os
+
+    assert 1 <= decode_threads_for("auto", "cuda:0") <= max(1, (os.cpu_count() or 1) - 1)
 
 
 def test_worker_processes_still_give_the_same_rows(image_root, resnet):

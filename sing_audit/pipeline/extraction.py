@@ -19,7 +19,7 @@ from ..progress import progress
 from ..errors import DataError, HeadError
 
 __all__ = [
-    "Extracted", "autocast_context", "decode_threads_for", "effective_autocast", "extract", "resolve_device", "to_channels_last",
+    "Extracted", "autocast_context", "batches_ahead", "decode_threads_for", "effective_autocast", "extract", "resolve_device", "to_channels_last",
 ]
 
 log = logging.getLogger("sing_audit")
@@ -89,23 +89,34 @@ def _collate(batch):
     return idx, [i for i, _ in good], bad, torch.stack([t for _, t in good])
 
 
-#: decode threads under ``run.decode_threads: auto``: at most this many (and no more than
-#: the CPUs). Measured on 2 cores (docs/performance.md): one decode thread next to torch's
-#: own threads hides the decode; more threads only take cores from the forward.
-AUTO_DECODE_THREADS = 1
+#: decode threads under ``run.decode_threads: auto`` on a CPU device: the forward runs on the
+#: same cores, so one thread hides the decode and more only take cores from the forward
+#: (measured on 2 cores, docs/performance.md "Decoding overlaps the forward")
+AUTO_DECODE_THREADS_CPU = 1
 
-#: batches decoded ahead of the forward per decode thread (bounded: memory stays a few batches)
-BATCHES_AHEAD_PER_THREAD = 2
+#: ... on a GPU, where the CPU only decodes: all cores but the one feeding the device, at most
+#: this many (each thread decodes whole batches, and every thread's batch waits in memory)
+AUTO_DECODE_THREADS_GPU = 4
 
 
-def decode_threads_for(setting: int | str) -> int:
-    """The decode threads of ``run.decode_threads`` (``auto`` → :data:`AUTO_DECODE_THREADS`,
-    at most the CPU count; 0 decodes in the calling thread between forwards)."""
+def decode_threads_for(setting: int | str, device: str = "cpu") -> int:
+    """The decode threads of ``run.decode_threads`` on ``device``: ``auto`` →
+    :data:`AUTO_DECODE_THREADS_CPU` on a CPU, up to :data:`AUTO_DECODE_THREADS_GPU` on a GPU
+    (never more than the CPUs less one); 0 decodes in the calling thread between forwards."""
     import os
 
-    if setting == "auto":
-        return max(1, min(AUTO_DECODE_THREADS, os.cpu_count() or 1))
-    return int(setting)
+    if setting != "auto":
+        return int(setting)
+    cpus = os.cpu_count() or 1
+    if device.split(":")[0] in ("cuda", "mps"):
+        return max(1, min(AUTO_DECODE_THREADS_GPU, cpus - 1))
+    return max(1, min(AUTO_DECODE_THREADS_CPU, cpus))
+
+
+def batches_ahead(threads: int) -> int:
+    """Batches decoded or queued before the consumer: one per thread and one ready, so
+    memory stays bounded by a few batches whatever the dataset's size."""
+    return threads + 1
 
 
 class _ThreadBatches:
@@ -277,11 +288,11 @@ def extract(
         log.info("%s: resuming extraction at image %d of %d", label, start, len(records))
     several = len(records) - start > batch_size  # one batch has nothing to overlap
     workers = num_workers if several else 0
-    threads = decode_threads_for(decode_threads) if several and not workers else 0
+    threads = decode_threads_for(decode_threads, device) if several and not workers else 0
     images = _Images(dataset, records[start:], transform, skip)
     pin = device.startswith("cuda")
     if threads:
-        loader = _ThreadBatches(images, batch_size, threads, threads * BATCHES_AHEAD_PER_THREAD, pin)
+        loader = _ThreadBatches(images, batch_size, threads, batches_ahead(threads), pin)
     else:
         loader = contextlib.nullcontext(DataLoader(
             images,
