@@ -278,6 +278,8 @@ def test_worker_processes_still_give_the_same_rows(image_root, resnet):
 def test_channels_last_features_are_close_and_keyed_apart(tmp_path, image_root):
     import json
 
+    import torch
+
     from sing_audit.config import load_config
     from sing_audit.host import create_registry
     from sing_audit.pipeline import build_plan
@@ -306,9 +308,8 @@ def test_channels_last_features_are_close_and_keyed_apart(tmp_path, image_root):
     a = default.load_backbone(default.plan.backbones[0])
     b = last.load_backbone(last.plan.backbones[0])
     model = last.plan.backbones[0].instance.model
-    assert model.conv1.weight.is_contiguous(memory_format=__import__("torch").channels_last)
-    assert not default.plan.backbones[0].instance.model.conv1.weight.is_contiguous(
-        memory_format=__import__("torch").channels_last)
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not default.plan.backbones[0].instance.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     # another memory layout sums the convolutions in another order: float32 rounding
     # (~1e-7 relative per operation) grows over resnet18's ~20 layers, far below 1e-4
     scale = float(np.abs(a.features).max())
@@ -328,3 +329,18 @@ def test_channels_last_converts_a_components_modules(resnet):
     to_channels_last(c)
     assert c.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert resnet.model.conv1.weight.is_contiguous()  # the original is untouched
+
+
+def test_channels_last_batches_reach_the_forward_in_that_layout(image_root, resnet):
+    import torch
+
+    ds = _dataset(image_root, on_bad_image="skip")
+    for channels_last in (False, True):
+        layouts = []
+
+        def forward(x):
+            layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            return x.mean(dim=(2, 3))
+
+        _extract(ds, resnet, forward=forward, channels_last=channels_last)
+        assert layouts and set(layouts) == {channels_last}
