@@ -10,6 +10,11 @@ Prints a table and writes every measurement as JSON to OUT.json. Scales:
   α by leave-one-out at 10k; extraction with resnet50 at 224 px on 256 images;
 - ``full``: as ``issue`` plus α by leave-one-out at 50k.
 
+``extraction`` compares the default decoding (threads) and the other ``run.decode_threads``
+and ``run.num_workers`` values against a bare loop; with a CUDA device it also reports
+images/s of each image model's extraction against its bare forward (``--autocast``,
+``--channels-last``), and says it was skipped otherwise.
+
 ``report-names`` (report.html and report.pdf of 5 models × 1000 classes, ordinary names
 against 5000-character names), ``process-rerun`` (a cold and a warm ``sing-audit run``,
 whole processes) and ``startup`` (``--help``, ``plugins``, ``validate`` and a warm rerun as
@@ -340,19 +345,35 @@ class _TimingLog:
         logging.getLogger("sing_audit").removeHandler(self.handler)
 
 
-def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name: str = "resnet18", workers: tuple = (0,)) -> dict:
-    """Audit extraction against a bare ``model(x)`` loop; warm rerun against the cold run.
+def _variant_name(v: dict) -> str:
+    """``threads auto (default)``, ``threads 0 (serial)``, ``num_workers 2``: one extraction configuration."""
+    if v.get("num_workers", 0):
+        return f"num_workers {v['num_workers']}"
+    t = v.get("decode_threads", "auto")
+    return {"auto": "decode threads auto (default)", 0: "decode threads 0 (serial)"}.get(t, f"decode threads {t}")
+
+
+def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name: str = "resnet18",
+                     workers: tuple = (2,), decode_threads: tuple = ("auto", 0)) -> dict:
+    """Audit extraction against a bare ``model(x)`` loop, per decoding configuration; warm
+    rerun against the cold run.
+
+    The bare loop decodes the same images once beforehand, then runs ``backbone.features``
+    over the same batches. Configurations: ``run.decode_threads`` in ``decode_threads``
+    (with ``num_workers: 0``; ``auto`` is the default) and ``run.num_workers`` in
+    ``workers`` (worker processes). A bare loop runs after each configuration; the ratio is
+    against their median (the machine may be shared).
 
     Images are 256×256 JPEGs (random pixels), resized/cropped to ``size`` by the model's
     transform. On CPU the "device" is the same CPU that decodes, so "compute idle" is the
-    share of extraction wall time the consumer waits for the next batch (decode, transform
-    and collate when ``num_workers`` is 0).
+    share of extraction wall time the consumer waits for the next batch.
     """
     import torch
 
     from sing_audit.synthetic import SYNSETS
     from sing_audit.testing import save_random_target
 
+    variants = [{"decode_threads": t} for t in decode_threads] + [{"num_workers": w} for w in workers if w > 0]
     with tempfile.TemporaryDirectory(prefix="sing-bench-x-") as tmp:
         tmp = Path(tmp)
         from PIL import Image
@@ -367,14 +388,14 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name:
                 Image.fromarray(pixels).save(root / s / f"{s}_{i}.jpg", quality=90)
         save_random_target(tmp / "t.npz", [f"{s}/{s}_{i}.jpg" for s in SYNSETS for i in range(per_class)], dim=64)
 
-        def config(out: str, num_workers: int) -> Path:
+        def config(out: str, **run) -> Path:
             cfg = {
                 "output": str(tmp / out),
                 "dataset": {"plugin": "image_folder", "root": str(root)},
                 "target": {"plugin": "precomputed", "path": str(tmp / "t.npz")},
                 "backbones": [{"name": "m", "plugin": "timm", "model": model_name, "weights": "random", "img_size": size}],
                 "report": {"formats": ["json"]},
-                "run": {"device": "cpu", "batch_size": batch, "folds": 2, "bootstrap": 100, "num_workers": num_workers},
+                "run": {"device": "cpu", "batch_size": batch, "folds": 2, "bootstrap": 100, **run},
             }
             path = tmp / f"{out}.yaml"
             path.write_text(json.dumps(cfg))
@@ -386,7 +407,7 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name:
         from sing_audit.pipeline.sources import Sources
 
         timing_log = _TimingLog()
-        plan = build_plan(load_config(config("out0", workers[0])), create_registry())
+        plan = build_plan(load_config(config("out")), create_registry())
         sources = Sources.create(plan)
         sources.load_dataset()
         comp = plan.backbones[0]
@@ -412,37 +433,141 @@ def bench_extraction(n_images: int, size: int = 96, batch: int = 32, model_name:
             bb.features(batches[0])  # warm-up, as the audit's first batch is warm after the check
         bares = [bare_loop()]
         audits = {}
-        for w in workers:
-            plan_w = build_plan(load_config(config(f"out{w}", w)), create_registry())
+        for k, v in enumerate(variants):
+            plan_w = build_plan(load_config(config(f"out{k}", **v)), create_registry())
             sources_w = Sources.create(plan_w)
             sources_w.load_dataset()
             plan_w.backbones[0].instance = bb  # the same loaded model (and threads)
             sources_w.loader._loaded.add(id(bb))
             start = time.perf_counter()
             sources_w.load_backbone(plan_w.backbones[0])
-            audits[w] = {"seconds": time.perf_counter() - start, "timing": timing_log.records[-1] if timing_log.records else {}}
+            audits[_variant_name(v)] = {"seconds": time.perf_counter() - start, "run": v,
+                                        "timing": timing_log.records[-1] if timing_log.records else {}}
             bares.append(bare_loop())  # interleaved, to see the spread of the noisy machine
         bare = float(np.median(bares))
 
         start = time.perf_counter()
-        run_audit(config("cold", workers[0]))
+        run_audit(config("cold"))
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        run_audit(config("cold", workers[0]))
+        run_audit(config("cold"))
         warm = time.perf_counter() - start
         timing_log.close()
-        w0 = audits[workers[0]]
+        w0 = audits[_variant_name(variants[0])]
         return {
-            "images": len(ids), "image_px": size, "batch": batch, "model": f"timm {model_name} (random init)",
-            "torch_threads": torch.get_num_threads(),
+            "images": len(sources.records), "image_px": size, "batch": batch, "model": f"timm {model_name} (random init)",
+            "torch_threads": torch.get_num_threads(), "default": _variant_name(variants[0]),
             "bare_seconds": bare, "bare_runs": bares, "decode_transform_seconds": decode,
             "audit_extraction_seconds": w0["seconds"], "overhead_ratio": w0["seconds"] / bare,
             "decode_share_of_bare": decode / bare,
             "timing": w0["timing"],
             "compute_idle_share": w0["timing"].get("compute_idle_share"),
-            "by_workers": {str(w): {"seconds": a["seconds"], "overhead_ratio": a["seconds"] / bare, **a["timing"]} for w, a in audits.items()},
+            "by_config": {name: {"seconds": a["seconds"], "overhead_ratio": a["seconds"] / bare, "run": a["run"], **a["timing"]}
+                          for name, a in audits.items()},
             "cold_run_seconds": cold, "warm_run_seconds": warm, "warm_over_cold": warm / cold,
         }
+
+
+def bench_gpu_extraction(device: str = "cuda", n_images: int = 512, batch: int = 64, size: int = 224,
+                         backbone: str = "resnet50", target: str = "ViT-B-32", autocast: str = "none",
+                         channels_last: bool = False, repeats: int = 3) -> dict:
+    """Images/s of the tool's extraction of each image model (the timm ``backbone`` and the
+    open_clip ``target``'s image encoder, random init) against the bare forward on the same
+    device: the same batches decoded once beforehand and already on the device, under the
+    same ``autocast`` and ``channels_last``, synchronised before the clock stops. The tool's
+    side includes decoding (``run.num_workers`` 0, decode threads auto), the copy to the
+    device and the store writes. ``device`` is ``cuda`` in the benchmark; any device runs
+    (a CPU smoke test of the code)."""
+    import torch
+
+    from sing_audit.pipeline.extraction import autocast_context
+    from sing_audit.synthetic import SYNSETS
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    with tempfile.TemporaryDirectory(prefix="sing-bench-gpu-") as tmp:
+        tmp = Path(tmp)
+        from PIL import Image
+
+        per_class = max(1, n_images // len(SYNSETS))
+        root = tmp / "val"
+        for s in SYNSETS:
+            (root / s).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = np.random.default_rng(i).integers(0, 255, size=(256, 256, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / s / f"{s}_{i}.jpg", quality=90)
+
+        def config(out: str) -> Path:
+            cfg = {
+                "output": str(tmp / out),
+                "dataset": {"plugin": "image_folder", "root": str(root)},
+                "target": {"plugin": "open_clip", "name": "clip", "model": target, "weights": "random"},
+                "backbones": [{"name": "m", "plugin": "timm", "model": backbone, "weights": "random", "img_size": size}],
+                "report": {"formats": ["json"]},
+                "run": {"device": device, "batch_size": batch, "folds": 2, "bootstrap": 100,
+                        "autocast": autocast, "channels_last": channels_last},
+            }
+            path = tmp / f"{out}.yaml"
+            path.write_text(json.dumps(cfg))
+            return path
+
+        from sing_audit.config import load_config
+        from sing_audit.host import create_registry
+        from sing_audit.pipeline import build_plan
+        from sing_audit.pipeline.sources import Sources
+
+        out: dict = {"device": device, "images": per_class * len(SYNSETS), "image_px": size, "batch": batch,
+                     "autocast": autocast, "channels_last": channels_last, "models": {}}
+        plan = build_plan(load_config(config("load")), create_registry())
+        sources = Sources.create(plan)
+        sources.load_dataset()
+        ds = plan.dataset.instance
+        models = [("backbone", f"timm {backbone}", plan.backbones[0], lambda c: c.instance.features,
+                   lambda s, c: s.load_backbone(c)),
+                  ("target", f"open_clip {target} image encoder", plan.targets[0],
+                   lambda c: c.instance.encode_images, lambda s, c: s.load_target(c))]
+        for role, what, comp, forward_of, tool in models:
+            sources.loader.ensure_loaded(comp.instance)  # with channels_last when asked
+            transform = comp.instance.transform()
+            tensors = [transform(ds.open(r)) for r in sources.records]
+            batches = [torch.stack(tensors[i : i + batch]).to(device) for i in range(0, len(tensors), batch)]
+            if channels_last:
+                batches = [x.contiguous(memory_format=torch.channels_last) for x in batches]
+            del tensors
+            forward = forward_of(comp)
+
+            def bare() -> float:
+                with torch.inference_mode(), autocast_context(device, autocast):
+                    sync()
+                    start = time.perf_counter()
+                    for x in batches:
+                        forward(x)
+                    sync()
+                    return time.perf_counter() - start
+
+            bare()  # warm-up (cudnn autotuning, allocator)
+            bares, tools = [], []
+            for k in range(repeats):
+                plan_k = build_plan(load_config(config(f"run-{role}-{k}")), create_registry())
+                sources_k = Sources.create(plan_k)
+                sources_k.load_dataset()
+                comp_k = plan_k.backbones[0] if role == "backbone" else plan_k.targets[0]
+                comp_k.instance = comp.instance  # the same loaded model
+                sources_k.loader._loaded.add(id(comp.instance))
+                sync()
+                start = time.perf_counter()
+                tool(sources_k, comp_k)
+                sync()
+                tools.append(time.perf_counter() - start)
+                bares.append(bare())
+            n = len(sources.records)
+            t_tool, t_bare = float(np.median(tools)), float(np.median(bares))
+            out["models"][role] = {"model": what, "tool_images_per_second": n / t_tool, "bare_images_per_second": n / t_bare,
+                                   "tool_over_bare_seconds": t_tool / t_bare, "tool_runs": tools, "bare_runs": bares}
+            del batches
+        return out
 
 
 # --------------------------------------------------------------------------- report
@@ -895,13 +1020,22 @@ def table(res: dict) -> str:
     rows = []
     x = res.get("extraction", {})
     if "overhead_ratio" in x:
-        rows.append(("extraction ÷ bare model(x) loop", f"{x['overhead_ratio']:.2f}", "≤ 1.10",
-                     f"{x['model']}, {x['images']} images {x['image_px']}px, batch {x['batch']}, num_workers 0: {x['audit_extraction_seconds']:.1f}s vs {x['bare_seconds']:.1f}s (median of {len(x['bare_runs'])}); decode+transform {x['decode_transform_seconds']:.1f}s"))
-        for w, v in x.get("by_workers", {}).items():
-            rows.append((f"  compute idle (CPU waits for data), num_workers {w}", f"{100 * v.get('compute_idle_share', float('nan')):.1f}%", "",
-                         f"wait {v.get('wait_seconds', 0):.1f}s, forward {v.get('forward_seconds', 0):.1f}s, store writes {v.get('write_seconds', 0):.2f}s of {v.get('total_seconds', 0):.1f}s; ÷ bare {v['overhead_ratio']:.2f}"))
+        rows.append((f"extraction ÷ bare model(x) loop, {x['default']}", f"{x['overhead_ratio']:.2f}", "≤ 1.05",
+                     f"{x['model']}, {x['images']} images {x['image_px']}px, batch {x['batch']}, torch threads {x['torch_threads']}: "
+                     f"{x['audit_extraction_seconds']:.1f}s vs {x['bare_seconds']:.1f}s (median of {len(x['bare_runs'])}); decode+transform {x['decode_transform_seconds']:.1f}s"))
+        for name, v in x.get("by_config", {}).items():
+            rows.append((f"  {name}: ÷ bare, compute idle", f"{v['overhead_ratio']:.2f}, {100 * v.get('compute_idle_share', float('nan')):.1f}%", "",
+                         f"wait {v.get('wait_seconds', 0):.1f}s, forward {v.get('forward_seconds', 0):.1f}s, store writes {v.get('write_seconds', 0):.2f}s of {v.get('total_seconds', 0):.1f}s"))
         rows.append(("warm rerun ÷ cold run, in-process run_audit", f"{x['warm_over_cold']:.3f}", "",
                      f"{x['warm_run_seconds']:.2f}s vs {x['cold_run_seconds']:.2f}s (start-up and imports not included)"))
+    g = res.get("gpu_extraction")
+    if g is not None and "skipped" in g:
+        rows.append(("GPU extraction images/s ÷ bare forward", "skipped", "", g["skipped"]))
+    elif g is not None:
+        for role, v in g.get("models", {}).items():
+            rows.append((f"GPU {role} images/s: extraction vs bare forward", f"{v['tool_images_per_second']:.4g} vs {v['bare_images_per_second']:.4g}", "",
+                         f"{v['model']} on {g['device']}, autocast {g['autocast']}, channels_last {g['channels_last']}, {g['images']} images {g['image_px']}px, "
+                         f"batch {g['batch']}; extraction ÷ bare time {v['tool_over_bare_seconds']:.2f}"))
     a = res.get("analysis", {})
     if "seconds" in a:
         core = a["stages"].get("translator", 0) + a["stages"].get("probes", 0)
@@ -973,9 +1107,13 @@ def main(argv=None) -> int:
     p.add_argument("out", type=Path, help="where to write the JSON")
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     p.add_argument("--only", action="append", default=[],
-                   help="extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report, "
+                   help="extraction (with gpu-extraction), gpu-extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report, "
                         "report-names, process-rerun, startup, text (not in the default set)")
-    p.add_argument("--workers", default="0,2", help="num_workers values for the extraction idle measurement")
+    p.add_argument("--workers", default="2", help="run.num_workers values (> 0: worker processes) compared in the extraction measure")
+    p.add_argument("--decode-threads", default="auto,0",
+                   help="run.decode_threads values (with num_workers 0) compared in the extraction measure; the first is the headline")
+    p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none", help="run.autocast of the GPU extraction measure")
+    p.add_argument("--channels-last", action="store_true", help="run.channels_last in the GPU extraction measure")
     args = p.parse_args(argv)
     sc = SCALES[args.scale]
     want = set(args.only) or {"extraction", "analysis", "growth", "loo", "steering", "report", "report-names", "process-rerun", "startup"}
@@ -997,8 +1135,18 @@ def main(argv=None) -> int:
         res["steering"] = bench_steering()
         _progress(res, args.out)
     if "extraction" in want:
-        workers = tuple(int(w) for w in args.workers.split(","))
-        res["extraction"] = bench_extraction(sc["images"], size=sc["px"], model_name=sc["model"], workers=workers)
+        workers = tuple(int(w) for w in args.workers.split(",") if w.strip())
+        threads = tuple(t if t == "auto" else int(t) for t in (t.strip() for t in args.decode_threads.split(",")) if t)
+        res["extraction"] = bench_extraction(sc["images"], size=sc["px"], model_name=sc["model"], workers=workers,
+                                             decode_threads=threads)
+        _progress(res, args.out)
+    if want & {"extraction", "gpu-extraction"}:
+        import torch
+
+        if torch.cuda.is_available():
+            res["gpu_extraction"] = bench_gpu_extraction("cuda", autocast=args.autocast, channels_last=args.channels_last)
+        else:
+            res["gpu_extraction"] = {"skipped": "no CUDA device on this machine (torch.cuda.is_available() is False)"}
         _progress(res, args.out)
     if "analysis" in want:
         res["analysis"] = _child(["compare", str(sc["analysis"])])

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from .extraction import resolve_device
+from .extraction import resolve_device, to_channels_last
 
 __all__ = ["ModelLoader"]
 
 
 class ModelLoader:
     """Resolves ``run.device`` on first use (``cuda:<local rank>`` for a torchrun worker)
-    and loads each model once, only when something needs it (a cache miss, a probe)."""
+    and loads each model once, only when something needs it (a cache miss, a probe);
+    ``channels_last`` (``run.channels_last``): converts each loaded model's modules to
+    ``torch.channels_last``, as extraction passes its batches."""
 
-    def __init__(self, device: str, local_rank: int | None = None):
+    def __init__(self, device: str, local_rank: int | None = None, channels_last: bool = False):
         self._requested = device
+        self.channels_last = channels_last
         self._local_rank = local_rank
         self._device: str | None = None
         self._loaded: set[int] = set()
@@ -29,4 +32,6 @@ class ModelLoader:
         """Load a model once per run."""
         if id(component) not in self._loaded:
             component.load(self.device)
+            if self.channels_last:
+                to_channels_last(component)
             self._loaded.add(id(component))

@@ -18,7 +18,9 @@ from ..components import ImageDataset, ImageRecord
 from ..progress import progress
 from ..errors import DataError, HeadError
 
-__all__ = ["Extracted", "autocast_context", "effective_autocast", "extract", "resolve_device"]
+__all__ = [
+    "Extracted", "autocast_context", "batches_ahead", "decode_threads_for", "effective_autocast", "extract", "resolve_device", "to_channels_last",
+]
 
 log = logging.getLogger("sing_audit")
 
@@ -87,6 +89,119 @@ def _collate(batch):
     return idx, [i for i, _ in good], bad, torch.stack([t for _, t in good])
 
 
+#: decode threads under ``run.decode_threads: auto`` on a CPU device: the forward runs on the
+#: same cores, so one thread hides the decode and more only take cores from the forward
+#: (measured on 2 cores, docs/performance.md "Decoding overlaps the forward")
+AUTO_DECODE_THREADS_CPU = 1
+
+#: ... on a GPU, where the CPU only decodes: all cores but the one feeding the device, at most
+#: this many (each thread decodes whole batches, and every thread's batch waits in memory)
+AUTO_DECODE_THREADS_GPU = 4
+
+
+def decode_threads_for(setting: int | str, device: str = "cpu") -> int:
+    """The decode threads of ``run.decode_threads`` on ``device``: ``auto`` →
+    :data:`AUTO_DECODE_THREADS_CPU` on a CPU, up to :data:`AUTO_DECODE_THREADS_GPU` on a GPU
+    (never more than the CPUs less one); 0 decodes in the calling thread between forwards."""
+    import os
+
+    if setting != "auto":
+        return int(setting)
+    cpus = os.cpu_count() or 1
+    if device.split(":")[0] in ("cuda", "mps"):
+        return max(1, min(AUTO_DECODE_THREADS_GPU, cpus - 1))
+    return max(1, min(AUTO_DECODE_THREADS_CPU, cpus))
+
+
+def batches_ahead(threads: int) -> int:
+    """Batches decoded or queued before the consumer: one per thread and one ready, so
+    memory stays bounded by a few batches whatever the dataset's size."""
+    return threads + 1
+
+
+class _ThreadBatches:
+    """Collated batches of ``images`` in order, decoded by a thread pool up to ``ahead``
+    batches before the consumer: decoding (PIL and torch release the GIL) overlaps the
+    forward, and nothing is pickled, unlike DataLoader workers (processes).
+
+    Use as a context manager: leaving it (normally, on an error or on Ctrl-C) cancels the
+    batches not started and tells the running ones to stop at their next image, so an
+    interrupt neither waits for the queue nor leaves threads that hold the process at exit.
+    An exception raised while decoding a batch is raised again, unchanged, when the
+    consumer reaches that batch: the same error, in the same place, as the serial path.
+    """
+
+    def __init__(self, images: "_Images", batch_size: int, threads: int, ahead: int, pin: bool):
+        self.images, self.batch_size, self.threads, self.pin = images, batch_size, threads, pin
+        self.ahead = max(1, ahead)
+        self.starts = range(0, len(images), batch_size)
+        self._pool = None
+        self._stop = None
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _batch(self, s: int):
+        items = []
+        for i in range(s, min(s + self.batch_size, len(self.images))):
+            if self._stop.is_set():
+                return None  # the consumer is gone: nobody will read this batch
+            items.append(self.images[i])
+        idx, good, bad, x = _collate(items)
+        if self.pin and x is not None:
+            x = x.pin_memory()
+        return idx, good, bad, x
+
+    def __enter__(self) -> "_ThreadBatches":
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="sing-audit-decode")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+
+    def __iter__(self):
+        from collections import deque
+
+        pending = deque()
+        starts = iter(self.starts)
+        for s in starts:
+            pending.append(self._pool.submit(self._batch, s))
+            if len(pending) >= self.ahead:
+                break
+        while pending:
+            batch = _result(pending.popleft())
+            nxt = next(starts, None)
+            if nxt is not None:
+                pending.append(self._pool.submit(self._batch, nxt))
+            yield batch
+
+
+def _result(future):
+    """``future.result()``, waiting in short slices: a Ctrl-C whose signal reached another
+    thread (Python then only flags it for the main thread) still stops the wait at once,
+    not when the batch is done."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    while not future.done():
+        wait([future], timeout=0.05, return_when=FIRST_COMPLETED)
+    return future.result()
+
+
+def to_channels_last(component) -> None:
+    """Convert the torch modules a loaded component holds to ``torch.channels_last`` (a
+    no-op for parameters that are not 4-D, so transformers keep their layout)."""
+    import torch
+
+    for value in list(vars(component).values()):
+        if isinstance(value, torch.nn.Module):
+            value.to(memory_format=torch.channels_last)
+
+
 @dataclass
 class Extracted:
     """Rows for every record (zeros where the image was bad) and which rows are valid."""
@@ -138,6 +253,8 @@ def extract(
     sink=None,
     chunk_images: int = DEFAULT_CHUNK_IMAGES,
     autocast: str = "none",
+    decode_threads: int | str = "auto",
+    channels_last: bool = False,
 ) -> Extracted:
     """Run ``forward`` (B×C×H×W tensor -> B×d tensor) over every record, streaming batches.
 
@@ -152,7 +269,14 @@ def extract(
         extraction starts after its last committed row. Without a sink rows are kept in
         memory (float32).
     :param autocast: ``none``, ``bf16`` or ``fp16`` (GPU only).
+    :param num_workers: > 0: decode in that many DataLoader worker processes;
+        0: in ``decode_threads`` threads of this process (``auto``, see
+        :func:`decode_threads_for`), or, with ``decode_threads=0``, in this thread between
+        forwards. Every choice gives the same batches in the same order, so the same rows.
+    :param channels_last: pass 4-D batches as ``torch.channels_last`` (the model should be
+        converted too: :func:`to_channels_last`).
     """
+    import contextlib
     import time
 
     import torch
@@ -162,17 +286,24 @@ def extract(
     start = sink.done if sink is not None else 0
     if start:
         log.info("%s: resuming extraction at image %d of %d", label, start, len(records))
-    workers = num_workers if len(records) - start > batch_size else 0
-    loader = DataLoader(
-        _Images(dataset, records[start:], transform, skip),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.startswith("cuda"),
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-    )
+    several = len(records) - start > batch_size  # one batch has nothing to overlap
+    workers = num_workers if several else 0
+    threads = decode_threads_for(decode_threads, device) if several and not workers else 0
+    images = _Images(dataset, records[start:], transform, skip)
+    pin = device.startswith("cuda")
+    if threads:
+        loader = _ThreadBatches(images, batch_size, threads, batches_ahead(threads), pin)
+    else:
+        loader = contextlib.nullcontext(DataLoader(
+            images,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=pin,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        ))
     chunk_batches = max(1, -(-int(chunk_images) // batch_size))
     values: np.ndarray | None = sink.values if sink is not None else None
     ok = np.zeros(len(records), dtype=bool)
@@ -180,10 +311,11 @@ def extract(
     done = start
     # where the time goes: waiting for the next batch (decode, transform, collate; the
     # device idles), in forward (up to the copy back), and the rest (store writes, commits)
-    timing = {"wait_seconds": 0.0, "forward_seconds": 0.0, "write_seconds": 0.0, "batches": 0, "images": 0}
-    batches = iter(progress(loader, desc=f"extract {label}", unit="batch"))
+    timing = {"wait_seconds": 0.0, "forward_seconds": 0.0, "write_seconds": 0.0, "batches": 0, "images": 0,
+              "num_workers": workers, "decode_threads": threads}
     started = time.perf_counter()
-    with torch.inference_mode(), autocast_context(device, autocast):
+    with loader as batch_source, torch.inference_mode(), autocast_context(device, autocast):
+        batches = iter(progress(batch_source, desc=f"extract {label}", unit="batch"))
         b = -1
         while True:
             t0 = time.perf_counter()
@@ -200,7 +332,10 @@ def extract(
                 log.warning("skipped unreadable image %s", records[i].image_id)
             out = None
             if x is not None:
-                x = x.to(device, non_blocking=True)
+                if channels_last and x.ndim == 4:
+                    x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+                else:
+                    x = x.to(device, non_blocking=True)
                 features = forward(x)
                 if not checked:
                     # a few images suffice, and their features are the batch's: one small forward

@@ -76,7 +76,8 @@ class Sources:
         (the run folder's claim). The store has the cache shared across audits behind it
         unless that is off (:func:`shared_store`)."""
         store = shared_store(plan.config, before_write)
-        loader = ModelLoader(plan.config.run.device, getattr(shard, "local_rank", None))
+        loader = ModelLoader(plan.config.run.device, getattr(shard, "local_rank", None),
+                             channels_last=plan.config.run.channels_last)
         return cls(plan, store, StageClock(), loader, shard=shard, merge_only=merge_only)
 
     def log_shared(self) -> None:
@@ -102,7 +103,8 @@ class Sources:
         return {"dataset": self.dataset_info, "on_bad_image": getattr(ds, "on_bad_image", "fail")}
 
     def _precision_key(self) -> tuple:
-        """Key parts for stored precision and autocast: empty at the defaults (old caches stay valid)."""
+        """Key parts for stored precision, autocast and channels_last (which may change the
+        last bits): empty at the defaults (old caches stay valid)."""
         parts = []
         if self.run.store_dtype != "float32":
             parts.append({"store_dtype": self.run.store_dtype})
@@ -110,6 +112,8 @@ class Sources:
             applied = effective_autocast(self.loader.device, self.run.autocast)
             if applied != "none":
                 parts.append({"autocast": applied})
+        if self.run.channels_last:
+            parts.append({"channels_last": True})
         return tuple(parts)
 
     # ----------------------------------------------------------------- the store
@@ -147,6 +151,8 @@ class Sources:
             sink=sink,
             chunk_images=run.chunk_images,
             autocast=run.autocast,
+            decode_threads=run.decode_threads,
+            channels_last=run.channels_last,
         )
         arrays, meta = finish()
         sink.finalize(arrays, {**meta, **shard_meta})
