@@ -32,37 +32,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .cache_setting import CACHE_DIR_ENV, OFF_WORDS, folder_from_environment
 from .store import atomic_write_text, slug
 
-__all__ = ["CACHE_DIR_ENV", "DISABLED_WORDS", "library_value", "names_dir"]
+__all__ = ["CACHE_DIR_ENV", "OFF_WORDS", "library_value", "names_dir"]
 
 log = logging.getLogger("sing_audit")
 
-#: the environment variable that moves (a folder) or disables (``off``...) the machine-wide cache
-CACHE_DIR_ENV = "SING_AUDIT_CACHE_DIR"
-#: values of :data:`CACHE_DIR_ENV` that turn the cache off
-DISABLED_WORDS = ("off", "0", "false", "none")
 #: the layout of a file; a file of another format is rebuilt
 FORMAT = 1
 
 
 def names_dir() -> Path | None:
     """The folder of the name lists, or ``None`` when the cache is off (see the module docs)."""
-    raw = os.environ.get(CACHE_DIR_ENV, "").strip()
-    if raw.lower() in DISABLED_WORDS:
-        return None
-    if raw:
-        return Path(raw).expanduser() / "names"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sing-audit")) / "names"
+    folder, _ = folder_from_environment()
+    return None if folder is None else folder / "names"
 
 
 def _installed_version(distribution: str) -> str | None:

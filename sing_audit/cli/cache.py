@@ -25,7 +25,7 @@ def _when(stamp: float) -> str:
 
 
 def _setting(args):
-    from ..pipeline.shared_cache import cache_setting
+    from ..cache_setting import cache_setting
 
     if args.cache_dir is not None:
         return cache_setting(args.cache_dir, None, source="option")

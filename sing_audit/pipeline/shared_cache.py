@@ -27,7 +27,7 @@ its size accounting run under a :class:`filelock.FileLock` (``<root>/.lock``); r
 no lock. Removal renames an entry aside before deleting it, so a reader sees all of it or
 nothing.
 
-Where it is and its bound: :mod:`sing_audit.pipeline.cache_setting`. The folder carries a
+Where it is and its bound: :mod:`sing_audit.cache_setting`. The folder carries a
 ``CACHEDIR.TAG`` (backup tools skip it): a non-empty folder without sing-audit's tag is
 never used, pruned or cleared, nor is a folder inside an output folder (or holding the
 run's output folder). A problem with a ``run.cache_dir`` the config names is a config
@@ -50,7 +50,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..store import atomic_write_text, current_umask
 from .cache import ArrayStore, CorruptEntry, _move_aside, _publish, _read_entry
-from .cache_setting import (CACHE_DIR_ENV, CACHE_MAX_SIZE_ENV, DEFAULT_MAX_SIZE, CacheSetting,  # noqa: F401 - re-exported
+from ..cache_setting import (CACHE_DIR_ENV, CACHE_MAX_SIZE_ENV, DEFAULT_MAX_SIZE, CacheSetting,  # noqa: F401 - re-exported
                             cache_setting, parse_size, setting_of)
 from .run_folder import MARKER, STATE_DIR
 

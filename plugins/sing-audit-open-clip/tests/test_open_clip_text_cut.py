@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from sing_audit_open_clip.target import OpenClipTarget, _full_context_reason
+from sing_audit_open_clip.target import OpenClipTarget
+from sing_audit_open_clip.text_cut import _full_context_reason
 
 SIZE = 64
 ATOL = 1e-5

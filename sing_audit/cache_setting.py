@@ -1,5 +1,5 @@
 """Where the cache shared across audits is, how large it may grow, and why
-(:mod:`sing_audit.pipeline.shared_cache` is the cache itself).
+(:mod:`sing_audit.pipeline.shared_cache` is the cache itself; :mod:`sing_audit.name_lists` keeps its lists in the same folder).
 
 ``run.cache_dir`` in the config (a path, relative to the config's folder, or ``false``)
 wins; then ``SING_AUDIT_CACHE_DIR`` (a path, or ``off``/``0``/``false``/``none``); then
@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = ["CACHE_DIR_ENV", "CACHE_MAX_SIZE_ENV", "DEFAULT_MAX_SIZE", "OFF_WORDS", "CacheSetting", "cache_setting",
-           "parse_size", "setting_of"]
+           "folder_from_environment", "parse_size", "setting_of"]
 
 CACHE_DIR_ENV = "SING_AUDIT_CACHE_DIR"
 CACHE_MAX_SIZE_ENV = "SING_AUDIT_CACHE_MAX_SIZE"
@@ -80,14 +80,24 @@ def cache_setting(cache_dir: Path | bool | None = None, max_size: int | None = N
         return CacheSetting(None, source, size, size_source)
     if cache_dir is not None and cache_dir is not True:
         return CacheSetting(Path(cache_dir).expanduser().absolute(), source, size, size_source)
+    path, where = folder_from_environment(env)
+    return CacheSetting(path, where, size, size_source)
+
+
+def folder_from_environment(environ: Mapping[str, str] | None = None) -> tuple[Path | None, str]:
+    """The shared cache's folder when no config names one, and where that comes from:
+    ``SING_AUDIT_CACHE_DIR`` (a folder, or an off word: ``None``), else the user's cache
+    folder. The one rule for every machine-wide file, the name lists of
+    :mod:`sing_audit.name_lists` included."""
+    env = os.environ if environ is None else environ
     raw = env.get(CACHE_DIR_ENV, "").strip()
     if raw:
         if raw.lower() in OFF_WORDS:
-            return CacheSetting(None, "environment", size, size_source)
-        return CacheSetting(Path(raw).expanduser().absolute(), "environment", size, size_source)
+            return None, "environment"
+        return Path(raw).expanduser().absolute(), "environment"
     import platformdirs
 
-    return CacheSetting(Path(platformdirs.user_cache_dir("sing-audit")), "default", size, size_source)
+    return Path(platformdirs.user_cache_dir("sing-audit")), "default"
 
 
 def setting_of(cfg) -> CacheSetting:
