@@ -963,7 +963,8 @@ def bench_forwards(n_images: int = 160, image_px: int = 224, model: str = "resne
     env = dict(os.environ)
     root_dir = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("SING_AUDIT_LOAD_PLUGINS", "")
+    # the two plugin distributions this audit uses (an empty value would load none of them)
+    env.setdefault("SING_AUDIT_LOAD_PLUGINS", "sing-audit-timm,sing-audit-open-clip")
     with tempfile.TemporaryDirectory(prefix="sing-bench-f-") as tmp:
         tmp = Path(tmp)
         paths = _write_jpegs(tmp / "images", n_images, image_px)
