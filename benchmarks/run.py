@@ -996,15 +996,19 @@ def bench_forwards(n_images: int = 160, image_px: int = 224, model: str = "resne
             except (OSError, ValueError, KeyError):
                 return {}
 
+        def timed(what: str, argv: list[str], folder: str | None = None) -> dict:
+            got = _timed_process(argv, env) | ({"stages": stages(folder)} if folder else {})
+            print(f"forwards: {what} {got['seconds']:.1f}s", flush=True)  # a long run shows where it is
+            return got
+
         load_before = _load()
-        imports = _timed_process([sys.executable, "-c", "import torch, timm, open_clip, sing_audit.pipeline"], env)
-        bares = [_timed_process([sys.executable, str(script), spec], env)]
-        cold = _timed_process([*cmd, "run", str(configs["out"])], env) | {"stages": stages("out")}
-        warm = _timed_process([*cmd, "run", str(configs["out"])], env) | {"stages": stages("out")}
-        new = _timed_process([*cmd, "run", str(configs["out-new"])], env) | {"stages": stages("out-new")}
-        print(f"forwards: cold {cold['seconds']:.1f}s, warm {warm['seconds']:.1f}s, new folder {new['seconds']:.1f}s", flush=True)
+        imports = timed("imports", [sys.executable, "-c", "import torch, timm, open_clip, sing_audit.pipeline"])
+        bares = [timed("bare forwards", [sys.executable, str(script), spec])]
+        cold = timed("cold", [*cmd, "run", str(configs["out"])], "out")
+        warm = timed("warm", [*cmd, "run", str(configs["out"])], "out")
+        new = timed("new folder", [*cmd, "run", str(configs["out-new"])], "out-new")
         for _ in range(bare_repeats - 1):
-            bares.append(_timed_process([sys.executable, str(script), spec], env))
+            bares.append(timed("bare forwards", [sys.executable, str(script), spec]))
     bare = float(np.mean([b["seconds"] for b in bares]))
     return {
         "images": len(paths), "image_px": image_px, "backbone": f"timm {model} (random init)",
