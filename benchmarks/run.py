@@ -4,10 +4,12 @@
 
 Prints a table and writes every measurement as JSON to OUT.json. Scales:
 
-- ``tiny``: analysis at N=2,000; growth at 1k, 2k; 96 images for extraction (a smoke test);
-- ``small`` (default): analysis at N=10,000; growth at 2k, 10k; LOO at 2k;
-- ``issue``: the issue's sizes: analysis at N=50,000; growth at 10k, 50k, 200k with a fixed α;
-  α by leave-one-out at 10k; extraction with resnet50 at 224 px on 256 images;
+- ``tiny``: analysis at N=2,000 (and against ``RidgeCV`` at 2k); growth at 1k, 2k; 96 images
+  for extraction (a smoke test);
+- ``small`` (default): analysis at N=10,000 (``RidgeCV`` at 2k); growth at 2k, 10k; LOO at 2k;
+- ``issue``: the issue's sizes: analysis at N=10,000 and 50,000 (``RidgeCV`` at 10k); growth at
+  10k, 50k, 200k with a fixed α; α by leave-one-out at 10k; extraction with resnet50 at 224 px
+  on 256 images;
 - ``full``: as ``issue`` plus α by leave-one-out at 50k.
 
 ``extraction`` compares the default decoding (threads) and the other ``run.decode_threads``
@@ -15,10 +17,14 @@ and ``run.num_workers`` values against a bare loop; with a CUDA device it also r
 images/s of each image model's extraction against its bare forward (``--autocast``,
 ``--channels-last``), and says it was skipped otherwise.
 
+``analysis`` is the whole analysis (every stage, bootstrap statistics included) against
+plain numpy/scikit-learn computing the same numbers with the same resamples.
+
 ``report-names`` (report.html and report.pdf of 5 models × 1000 classes, ordinary names
 against 5000-character names), ``process-rerun`` (a cold and a warm ``sing-audit run``,
-whole processes) and ``startup`` (``--help``, ``plugins``, ``validate`` and a warm rerun as
-whole processes, with their ``-X importtime`` totals) are the same at every scale.
+whole processes), ``startup`` (``--help``, ``plugins``, ``validate`` and a warm rerun as
+whole processes, with their ``-X importtime`` totals) and ``forwards`` (cold audit ÷ bare
+forwards, warm ÷ cold, new folder ÷ cold, whole processes) are the same at every scale.
 
 m=2048 features, n=768 embedding dimensions and c=1000 classes at every scale.
 Analysis and growth each run in a fresh subprocess so peak memory is per measurement:
@@ -46,10 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a source checkou
 M, NDIM, C = 2048, 768, 1000
 FIXED_ALPHA = 100.0
 SCALES = {
-    "tiny": {"analysis": 2_000, "growth": [1_000, 2_000], "loo": [1_000], "images": 96, "model": "resnet18", "px": 96},
-    "small": {"analysis": 10_000, "growth": [2_000, 10_000], "loo": [2_000], "images": 128, "model": "resnet18", "px": 224},
-    "issue": {"analysis": 50_000, "growth": [10_000, 50_000, 200_000], "loo": [10_000], "images": 256, "model": "resnet50", "px": 224},
-    "full": {"analysis": 50_000, "growth": [10_000, 50_000, 200_000], "loo": [10_000, 50_000], "images": 256, "model": "resnet50", "px": 224},
+    "tiny": {"analysis": [2_000], "cv": [2_000], "growth": [1_000, 2_000], "loo": [1_000], "images": 96, "model": "resnet18", "px": 96},
+    "small": {"analysis": [10_000], "cv": [2_000], "growth": [2_000, 10_000], "loo": [2_000], "images": 128, "model": "resnet18", "px": 224},
+    "issue": {"analysis": [10_000, 50_000], "cv": [10_000], "growth": [10_000, 50_000, 200_000], "loo": [10_000], "images": 256, "model": "resnet50", "px": 224},
+    "full": {"analysis": [10_000, 50_000], "cv": [10_000], "growth": [10_000, 50_000, 200_000], "loo": [10_000, 50_000], "images": 256, "model": "resnet50", "px": 224},
 }
 
 
@@ -125,17 +131,17 @@ def _plan(folder: Path, translator: dict | None = None):
         "backbones": [{"name": "b", "plugin": "precomputed", "path": str(folder / "backbone.npz")}],
         "translator": translator or {"plugin": "linear"},
         "report": {"formats": ["json"]},
-        "run": {"bootstrap": 100},
-    }
+    }  # run.bootstrap at its default (1000 resamples), as an audit runs
     (folder / "audit.yaml").write_text(json.dumps(cfg))
     return build_plan(load_config(folder / "audit.yaml"), create_registry())
 
 
 def ours(folder: Path, translator: dict | None = None, trace: bool = True) -> dict:
-    """The audit's analysis (SVD, cross-fitted translator, probes, statistics) on stored features.
+    """The audit's whole analysis (SVD, cross-fitted translator, probes, statistics with
+    ``run.bootstrap`` resamples, every figure of the model's result) on stored features.
 
     ``trace``: measure the peak allocation with tracemalloc (it slows allocation-heavy
-    code, so the timed comparison with the plain way runs without it, as the plain way does)."""
+    code, so the timed comparison with the plain way runs without it on both sides)."""
     import shutil
 
     from sing_audit.pipeline.model import Services, analyse_model
@@ -168,13 +174,52 @@ def ours(folder: Path, translator: dict | None = None, trace: bool = True) -> di
         "as": np.asarray(per_image["as"]),
         "as_contrast": np.asarray(per_image["as_contrast"]),
         "folds": np.asarray(per_image["fold"]),
+        "figures": _figures_of(result),
+        "bootstrap": plan.config.run.bootstrap,
+        "seed": plan.config.run.seed,
         "rss_before_mb": rss0,
     }
 
 
-def plain(folder: Path, folds: np.ndarray, alphas: list[float]) -> dict:
-    """The same numbers the plain way: numpy SVD, scikit-learn Ridge per fold, vectorised angles."""
-    from sklearn.linear_model import Ridge
+def _figures_of(result) -> dict:
+    """The numbers of a ``ModelResult`` that the plain way computes too: per-class means and
+    bootstrap intervals (class order), model means and intervals, fidelity, null energies,
+    logit drift, sanity accuracies."""
+    def ci(x):
+        return [np.nan if x is None or x.low is None else x.low, np.nan if x is None or x.high is None else x.high]
+
+    cls = result.classes
+    fid, drift, san = result.fidelity, result.logit_drift, result.sanity
+    return {
+        "class_means": np.array([[c.as_mean, c.as_abs_mean, c.is_mean, c.as_contrast] for c in cls], dtype=np.float64),
+        "class_cis": np.array([ci(c.as_mean_ci) + ci(c.as_abs_ci) + ci(c.is_ci) + ci(c.as_contrast_ci) for c in cls], dtype=np.float64),
+        "model": np.array([result.is_mean, result.as_abs_mean, result.is_as_ratio, *ci(result.is_ci), *ci(result.as_abs_ci),
+                           *ci(result.is_as_ratio_ci)], dtype=np.float64),
+        "fidelity": np.array([fid.cosine, fid.r2, fid.mse, fid.null_energy, fid.logit_correlation, result.null_energy], dtype=np.float64),
+        "drift": np.array([drift.relative_max, drift.relative_mean, drift.prediction_agreement], dtype=np.float64),
+        "sanity": np.array([san.classifier_top1, san.target_zero_shot, san.translator_zero_shot], dtype=np.float64),
+    }
+
+
+def _plain_ci(v: np.ndarray, rng: np.random.Generator, n_boot: int) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval, the plain way (every resample at once)."""
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.nan, np.nan, np.nan
+    if v.size < 2:
+        return float(v.mean()), np.nan, np.nan
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(v.mean()), float(low), float(high)
+
+
+def plain(folder: Path, folds: np.ndarray, alphas: list[float] | None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The same numbers the plain way: numpy SVD, scikit-learn ``Ridge(alpha)`` per fold
+    (``alphas`` None: ``RidgeCV`` over the tool's default grid, α by leave-one-out as the
+    tool's default), vectorised angles, per-class and model bootstrap intervals drawn with
+    ``np.random.default_rng(seed)`` in the tool's order (so the resamples, and the intervals,
+    are the same), fidelity, null energies, logit drift and sanity accuracies."""
+    from sklearn.linear_model import Ridge, RidgeCV
 
     b = np.load(folder / "backbone.npz")
     t = np.load(folder / "target.npz")
@@ -182,20 +227,31 @@ def plain(folder: Path, folds: np.ndarray, alphas: list[float]) -> dict:
     f = b["features"].astype(np.float64)
     z = t["image_embeddings"].astype(np.float64)
     w = b["head_weight"].astype(np.float64)
+    bias = b["head_bias"].astype(np.float64)
     text = t["text_embeddings"].astype(np.float64)
     labels = b["labels"]
     _, s, vt = np.linalg.svd(w)
     tol = s.max() * max(w.shape) * np.finfo(np.float32).eps
     r = int((s > tol).sum())
     vn = vt[r:].T
-    removed = f - (f @ vn) @ vn.T
+    null_part = (f @ vn) @ vn.T
+    removed = f - null_part
     t_f = np.empty((f.shape[0], z.shape[1]))
     t_r = np.empty_like(t_f)
+    null_share, chosen = [], []
     for k in np.unique(folds):
         test = folds == k
-        model = Ridge(alpha=alphas[int(k)]).fit(f[~test], z[~test])
+        if alphas is None:
+            xtr = f[~test]
+            grid = float(np.sum((xtr - xtr.mean(axis=0)) ** 2)) / f.shape[1] * np.logspace(-6, 2, 17)
+            model = RidgeCV(alphas=grid).fit(xtr, z[~test])
+            del xtr
+            chosen.append(float(model.alpha_))
+        else:
+            model = Ridge(alpha=alphas[int(k)]).fit(f[~test], z[~test])
         t_f[test] = model.predict(f[test])
         t_r[test] = model.predict(removed[test])
+        null_share.append(np.linalg.norm(model.coef_ @ vn) / np.linalg.norm(model.coef_))
 
     def unit(x):
         return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -203,15 +259,72 @@ def plain(folder: Path, folds: np.ndarray, alphas: list[float]) -> dict:
     def ang(cos):
         return np.degrees(np.arccos(np.clip(cos, -1, 1)))
 
-    uf, ur, ut = unit(t_f), unit(t_r), unit(text)
+    uf, ur, ut, uz = unit(t_f), unit(t_r), unit(text), unit(z)
     is_ = ang(np.sum(uf * ur, axis=1))
-    as_all = ang(uf @ ut.T) - ang(ur @ ut.T)
+    cos_f = uf @ ut.T
+    as_all = ang(cos_f) - ang(ur @ ut.T)
     rows = np.arange(f.shape[0])
     as_own = as_all[rows, labels]
     others = as_all.copy()
     others[rows, labels] = np.nan
     contrast = as_own - np.nanmedian(others, axis=1)
-    return {"seconds": time.perf_counter() - start, "is": is_, "as": as_own, "as_contrast": contrast}
+    # statistics: the tool's order of draws (per class: AS, |AS|, IS, contrast; then the model's)
+    rng = np.random.default_rng(seed)
+    class_means, class_cis = [], []
+    for k in np.unique(labels):
+        sel = labels == k
+        got = [_plain_ci(v, rng, n_boot) for v in (as_own[sel], np.abs(as_own[sel]), is_[sel], contrast[sel])]
+        class_means.append([g[0] for g in got])
+        class_cis.append([x for g in got for x in g[1:]])
+    abs_as = np.abs(as_own)
+    is_ci = _plain_ci(is_, rng, n_boot)
+    abs_ci = _plain_ci(abs_as, rng, n_boot)
+    idx = rng.integers(0, is_.size, size=(n_boot, is_.size))
+    d = abs_as[idx].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(d > 0, is_[idx].mean(axis=1) / d, np.nan)
+    ratio_ci = np.quantile(ratios[np.isfinite(ratios)], [0.025, 0.975])
+    del idx
+    # fidelity, null energies, logit drift, sanity
+    cosine = float(np.mean(np.sum(uf * uz, axis=1)))
+    resid = float(np.sum((z - t_f) ** 2))
+    r2 = 1.0 - resid / float(np.sum((z - z.mean(axis=0)) ** 2))
+    logit_r = float(np.corrcoef((uz @ ut.T).ravel(), cos_f.ravel())[0, 1])
+    data_null = float(np.mean(np.linalg.norm(null_part, axis=1) / np.linalg.norm(f, axis=1)))
+    before = f @ w.T + bias
+    after = removed @ w.T + bias
+    drift = np.linalg.norm(before - after, axis=1) / np.linalg.norm(before, axis=1)
+    pred = np.argmax(before, axis=1)
+    figures = {
+        "class_means": np.array(class_means), "class_cis": np.array(class_cis),
+        "model": np.array([is_ci[0], abs_ci[0], is_ci[0] / abs_ci[0], *is_ci[1:], *abs_ci[1:], *ratio_ci]),
+        "fidelity": np.array([cosine, r2, resid / z.size, float(np.mean(null_share)), logit_r, data_null]),
+        "drift": np.array([drift.max(), drift.mean(), float(np.mean(pred == np.argmax(after, axis=1)))]),
+        "sanity": np.array([np.mean(pred == labels), np.mean(np.argmax(uz @ ut.T, axis=1) == labels),
+                            np.mean(np.argmax(cos_f, axis=1) == labels)]),
+    }
+    return {"seconds": time.perf_counter() - start, "is": is_, "as": as_own, "as_contrast": contrast, "figures": figures,
+            "alphas": chosen or alphas}
+
+
+def plain_traced(folder: Path, folds: np.ndarray, alphas, n_boot: int, seed: int) -> float:
+    """The plain way's tracemalloc peak (MB), run apart from its timed run."""
+    import tracemalloc
+
+    tracemalloc.start()
+    plain(folder, folds, alphas, n_boot, seed)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a − b| where both are finite (NaN where they disagree on which are)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return float("nan")
+    ok = np.isfinite(a)
+    return float(np.max(np.abs(a[ok] - b[ok]), initial=0.0))
 
 
 def _chunked_null_energy_patch() -> None:
@@ -228,31 +341,43 @@ def _chunked_null_energy_patch() -> None:
 
 
 def child_analysis(n: int, mode: str) -> dict:
-    """``compare``: fixed α, ours and the plain way; ``fixed``: ours, fixed α; ``loo``: ours,
+    """``compare``: fixed α, ours and the plain way (``Ridge``), both timed without
+    tracemalloc, then each again under it for its peak; ``compare-cv``: α by leave-one-out
+    (the default) against ``RidgeCV``, timed only; ``fixed``: ours, fixed α; ``loo``: ours,
     α by LOO; ``chunked``: as ``fixed`` with :func:`_chunked_null_energy_patch`."""
     if mode == "chunked":
         _chunked_null_energy_patch()
+    fixed = mode in ("compare", "fixed", "chunked")
     with tempfile.TemporaryDirectory(prefix="sing-bench-") as tmp:
         folder = Path(tmp)
         sizes = synthetic(n, folder)
         rss_start = _maxrss_mb()
-        mine = ours(folder, {"plugin": "linear", "alpha": FIXED_ALPHA} if mode in ("compare", "fixed", "chunked") else None,
-                    trace=mode != "compare")
+        translator = {"plugin": "linear", "alpha": FIXED_ALPHA} if fixed else None
+        mine = ours(folder, translator, trace=mode not in ("compare", "compare-cv"))
         out = {
-            "n": n, "m": M, "n_embed": NDIM, "c": C, **sizes, "alpha_mode": "loo" if mode == "loo" else "fixed", "mode": mode,
-            "seconds": mine["seconds"], "stages": mine["stages"],
+            "n": n, "m": M, "n_embed": NDIM, "c": C, **sizes, "alpha_mode": "fixed" if fixed else "loo", "mode": mode,
+            "seconds": mine["seconds"], "stages": mine["stages"], "bootstrap": mine["bootstrap"],
             "analysis_peak_alloc_mb": mine["analysis_peak_alloc_mb"],
             "peak_rss_mb": _maxrss_mb(), "rss_before_analysis_mb": rss_start,
         }
-        if mode == "loo":
+        if mode in ("loo", "compare-cv"):
             out["alphas"] = mine["alpha"]
-        if mode == "compare":
-            ref = plain(folder, mine["folds"], [FIXED_ALPHA] * (int(mine["folds"].max()) + 1))
+        if mode in ("compare", "compare-cv"):
+            k_folds = int(mine["folds"].max()) + 1
+            alphas = [FIXED_ALPHA] * k_folds if mode == "compare" else None
+            ref = plain(folder, mine["folds"], alphas, mine["bootstrap"], mine["seed"])
             out["plain_seconds"] = ref["seconds"]
-            out["max_abs_diff_deg"] = {
-                k: float(np.nanmax(np.abs(mine[k] - ref[k]))) for k in ("is", "as", "as_contrast")
-            }
+            out["ours_over_plain"] = mine["seconds"] / ref["seconds"]
+            out["plain_alphas"] = ref["alphas"]
             out["alphas"] = mine["alpha"]
+            out["max_abs_diff_deg"] = {k: _max_diff(mine[k], ref[k]) for k in ("is", "as", "as_contrast")}
+            # class means and intervals in degrees; model figures, fidelity, drift, sanity as they are
+            out["max_abs_diff"] = {k: _max_diff(mine["figures"][k], ref["figures"][k]) for k in ref["figures"]}
+            if mode == "compare":
+                del ref
+                out["analysis_peak_alloc_mb"] = ours(folder, translator, trace=True)["analysis_peak_alloc_mb"]
+                out["plain_peak_alloc_mb"] = plain_traced(folder, mine["folds"], alphas, mine["bootstrap"], mine["seed"])
+                out["peak_rss_mb"] = _maxrss_mb()
     return out
 
 
@@ -769,6 +894,23 @@ def bench_report_names(n_models: int = 5, n_classes: int = 1000, kinds: tuple = 
 # --------------------------------------------------------------------------- whole processes: cold and warm rerun
 
 
+def _user_env(tmp: Path) -> dict:
+    """The environment of a measured ``sing-audit`` process, as a user's install has it:
+    this checkout first on ``PYTHONPATH``, every installed plugin distribution (no
+    ``SING_AUDIT_LOAD_PLUGINS``), the machine-wide cache in ``tmp`` (empty, so a first run
+    is cold) and bytecode cached as an installed package's is (``PYTHONPYCACHEPREFIX`` in
+    ``tmp``, so nothing lands in the source tree even when ``PYTHONDONTWRITEBYTECODE`` is
+    set: without it every process compiles the sources again, about 0.5 s)."""
+    env = dict(os.environ)
+    root_dir = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["SING_AUDIT_CACHE_DIR"] = str(tmp / "machine-cache")
+    env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("SING_AUDIT_LOAD_PLUGINS", None)
+    return env
+
+
 def bench_process_rerun(n_images: int = 160, image_px: int = 64, model: str = "resnet50", target: str = "ViT-B-32") -> dict:
     """Two whole ``sing-audit run`` processes on a fresh output folder, as a user meets them:
     cold (nothing in the store), then warm (the same config again, nothing changed).
@@ -783,12 +925,9 @@ def bench_process_rerun(n_images: int = 160, image_px: int = 64, model: str = "r
 
     exe = Path(sys.executable).with_name("sing-audit")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sing_audit"]
-    env = dict(os.environ)
-    root_dir = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("SING_AUDIT_LOAD_PLUGINS", "")
     with tempfile.TemporaryDirectory(prefix="sing-bench-p-") as tmp:
         tmp = Path(tmp)
+        env = _user_env(tmp)
         root = tmp / "images"
         per_class = max(1, n_images // len(SYNSETS))
         rng = np.random.default_rng(0)
@@ -935,13 +1074,8 @@ def bench_startup(n_images: int = 32, image_px: int = 64, model: str = "resnet50
     cmd = [sys.executable, "-m", "sing_audit"]
     with tempfile.TemporaryDirectory(prefix="sing-bench-s-") as tmp:
         tmp = Path(tmp)
-        env = dict(os.environ)
         root_dir = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = root_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["SING_AUDIT_CACHE_DIR"] = str(tmp / "cache")
-        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env.pop("SING_AUDIT_LOAD_PLUGINS", None)
+        env = _user_env(tmp)
         root = tmp / "images"
         per_class = max(1, n_images // len(SYNSETS))
         rng = np.random.default_rng(0)
@@ -1005,6 +1139,192 @@ def _startup_rows(res: dict) -> list[tuple[str, str, str, str]]:
     ]
 
 
+# --------------------------------------------------------------------------- whole audit against its forward passes
+
+#: the bare forwards, a lean expert's script: each image decoded once and given both
+#: transforms, the backbone's pre-logit features and the image encoder in batches under
+#: inference mode, and the text encoder over the class prompts sorted by tokenised length,
+#: each batch cut to its longest prompt (causal CLIP text towers pool at the end-of-text
+#: token, so the padding after it changes nothing). Written to a file and run as its own
+#: process, so its imports count as the audit's do.
+_BARE_FORWARDS = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np, torch, timm, open_clip
+from PIL import Image
+from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+from open_clip.transformer import text_global_pool
+
+
+def encode_text_cut(model, text):
+    # open_clip's CLIP.encode_text for tokens cut to L <= the context length: the first L
+    # positional embeddings and the L x L corner of the causal mask (open_clip's own
+    # encode_text adds all 77 positions, so it takes full-length tokens only)
+    n = text.shape[1]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    proj = model.text_projection
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+spec = json.loads(sys.argv[1])
+paths, batch, text_batch = spec["paths"], spec["batch"], spec["text_batch"]
+imported = time.perf_counter()
+with torch.inference_mode():
+    backbone = timm.create_model(spec["backbone"], pretrained=False).eval()
+    bb_tf = create_transform(**resolve_data_config(model=backbone), is_training=False)
+    clip, _, clip_tf = open_clip.create_model_and_transforms(spec["target"], pretrained=None)
+    clip.eval()
+    tokenizer = open_clip.get_tokenizer(spec["target"])
+    built = time.perf_counter()
+    feats, embs = [], []
+    for i in range(0, len(paths), batch):
+        images = [Image.open(p).convert("RGB") for p in paths[i : i + batch]]
+        x = torch.stack([bb_tf(im) for im in images])
+        y = torch.stack([clip_tf(im) for im in images])
+        feats.append(backbone.forward_head(backbone.forward_features(x), pre_logits=True))
+        embs.append(clip.encode_image(y))
+    images_done = time.perf_counter()
+    info = ImageNetInfo()
+    names = [info.index_to_description(k).split(",")[0].strip() for k in range(backbone.num_classes)]
+    prompts = [t.format(n) for n in names for t in spec["templates"]]
+    tokens = tokenizer(prompts)
+    eot = tokens.argmax(dim=1)  # the end-of-text token has the largest id: its position
+    order = torch.argsort(eot)
+    text = torch.empty(len(prompts), clip.text_projection.shape[-1])
+    for i in range(0, len(prompts), text_batch):
+        rows = order[i : i + text_batch]
+        text[rows] = encode_text_cut(clip, tokens[rows, : int(eot[rows].max()) + 1])
+    done = time.perf_counter()
+    # (not timed) the cut prompts' embeddings against the model's own full-length encode_text
+    check = order[-8:]
+    cut_diff = float((clip.encode_text(tokens[check]) - text[check]).abs().max())
+print(json.dumps({"imports": imported - t0, "build": built - imported, "images": images_done - built,
+                  "text": done - images_done, "prompts": len(prompts), "n_images": len(paths),
+                  "features": list(torch.cat(feats).shape), "embeddings": list(torch.cat(embs).shape),
+                  "threads": torch.get_num_threads(), "text_cut_max_abs_diff": cut_diff}))
+"""
+
+
+def _write_jpegs(root: Path, n_images: int, px: int, seed: int = 0) -> list[Path]:
+    """``n_images`` random-pixel JPEGs of ``px``×``px`` in the three ImageNet classes of
+    :data:`sing_audit.synthetic.SYNSETS` (as evenly as they go), in an image folder."""
+    from PIL import Image
+
+    from sing_audit.synthetic import SYNSETS
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for j, syn in enumerate(SYNSETS):
+        (root / syn).mkdir(parents=True, exist_ok=True)
+        for i in range(n_images // len(SYNSETS) + (j < n_images % len(SYNSETS))):
+            path = root / syn / f"{syn}_{i}.jpg"
+            Image.fromarray(rng.integers(0, 255, size=(px, px, 3), dtype=np.uint8)).save(path, quality=90)
+            paths.append(path)
+    return sorted(paths)
+
+
+def _timed_process(argv: list[str], env: dict) -> dict:
+    """One whole process, timed from outside; its last stdout line parsed when it is JSON."""
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode not in (0, 1):  # 1: the policy failed (or not assessed), still a complete run
+        raise RuntimeError(f"{' '.join(argv[:3])} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    out = {"seconds": seconds, "exit": proc.returncode}
+    last = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []
+    if last and last[0].startswith("{"):
+        try:
+            out["report"] = json.loads(last[0])
+        except ValueError:
+            pass
+    return out
+
+
+def bench_forwards(n_images: int = 160, image_px: int = 224, model: str = "resnet50", target: str = "ViT-B-32",
+                   bare_repeats: int = 2) -> dict:
+    """The whole audit against its forward passes, as ratios taken in one run, every figure
+    a whole process (start-up and imports included; the OS file cache is warmed first by a
+    process that imports the libraries):
+
+    - cold ``sing-audit run`` (fresh output folder, empty machine-wide cache) ÷ the bare
+      forwards (:data:`_BARE_FORWARDS`: decode, backbone, image encoder, text encoder over
+      every head class × the default templates at its floor), run ``bare_repeats`` times
+      around the audits (their mean is the divisor; each is recorded);
+    - warm ÷ cold: the same config again in the same folder;
+    - new folder ÷ cold: the same config in a new output folder, sharing the machine-wide
+      cache (``SING_AUDIT_CACHE_DIR``, a fresh temporary folder for this measure) with the
+      cold run.
+
+    timm ``model`` and open_clip ``target`` at ``weights: random``, ``n_images`` JPEGs of
+    ``image_px`` pixels in 3 ImageNet classes, probes [null_removal], formats [json], every
+    other setting at its default (``run.device: cpu``)."""
+    from sing_audit.options import DEFAULT_TEMPLATES
+
+    exe = Path(sys.executable).with_name("sing-audit")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sing_audit"]
+    with tempfile.TemporaryDirectory(prefix="sing-bench-f-") as tmp:
+        tmp = Path(tmp)
+        paths = _write_jpegs(tmp / "images", n_images, image_px)
+        env = _user_env(tmp)  # its machine-wide cache starts empty: the cold run is cold
+        base = {
+            "name": "forwards",
+            "dataset": {"plugin": "image_folder", "root": str(tmp / "images")},
+            "target": {"plugin": "open_clip", "name": "clip-random", "model": target, "weights": "random"},
+            "backbones": [{"name": f"{model}-random", "plugin": "timm", "model": model, "weights": "random"}],
+            "probes": ["null_removal"],
+            "report": {"formats": ["json"]},
+            "run": {"device": "cpu"},
+        }
+        configs = {}
+        for folder in ("out", "out-new"):
+            configs[folder] = tmp / f"{folder}.yaml"
+            configs[folder].write_text(json.dumps(base | {"output": str(tmp / folder)}))
+        from sing_audit.config import load_config
+
+        batch = load_config(configs["out"]).run.batch_size
+        script = tmp / "bare_forwards.py"
+        script.write_text(_BARE_FORWARDS)
+        spec = json.dumps({"paths": [str(p) for p in paths], "batch": batch, "text_batch": 256,
+                           "backbone": model, "target": target, "templates": list(DEFAULT_TEMPLATES)})
+
+        def stages(folder: str) -> dict:
+            try:
+                return json.loads((tmp / folder / "results.json").read_text())["provenance"]["stage_seconds"]
+            except (OSError, ValueError, KeyError):
+                return {}
+
+        def timed(what: str, argv: list[str], folder: str | None = None) -> dict:
+            got = _timed_process(argv, env) | ({"stages": stages(folder)} if folder else {})
+            print(f"forwards: {what} {got['seconds']:.1f}s", flush=True)  # a long run shows where it is
+            return got
+
+        load_before = _load()
+        imports = timed("imports", [sys.executable, "-c", "import torch, timm, open_clip, sing_audit.pipeline"])
+        bares = [timed("bare forwards", [sys.executable, str(script), spec])]
+        cold = timed("cold", [*cmd, "run", str(configs["out"])], "out")
+        warm = timed("warm", [*cmd, "run", str(configs["out"])], "out")
+        new = timed("new folder", [*cmd, "run", str(configs["out-new"])], "out-new")
+        for _ in range(bare_repeats - 1):
+            bares.append(timed("bare forwards", [sys.executable, str(script), spec]))
+    bare = float(np.mean([b["seconds"] for b in bares]))
+    return {
+        "images": len(paths), "image_px": image_px, "backbone": f"timm {model} (random init)",
+        "target": f"open_clip {target} (random init)", "batch": batch,
+        "command": " ".join(Path(c).name for c in cmd) + " run audit.yaml", "import_seconds": imports["seconds"],
+        "bare_seconds": bare, "bare_runs": [b["seconds"] for b in bares], "bare_parts": [b.get("report", {}) for b in bares],
+        "cold_seconds": cold["seconds"], "warm_seconds": warm["seconds"], "new_folder_seconds": new["seconds"],
+        "cold_over_bare": cold["seconds"] / bare, "warm_over_cold": warm["seconds"] / cold["seconds"],
+        "new_folder_over_cold": new["seconds"] / cold["seconds"],
+        "exit": [cold["exit"], warm["exit"], new["exit"]],
+        "cold_stage_seconds": cold["stages"], "warm_stage_seconds": warm["stages"], "new_folder_stage_seconds": new["stages"],
+        "load_average_before": load_before, "load_average_after": _load(),
+    }
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -1036,14 +1356,26 @@ def table(res: dict) -> str:
             rows.append((f"GPU {role} images/s: extraction vs bare forward", f"{v['tool_images_per_second']:.4g} vs {v['bare_images_per_second']:.4g}", "",
                          f"{v['model']} on {g['device']}, autocast {g['autocast']}, channels_last {g['channels_last']}, {g['images']} images {g['image_px']}px, "
                          f"batch {g['batch']}; extraction ÷ bare time {v['tool_over_bare_seconds']:.2f}"))
-    a = res.get("analysis", {})
-    if "seconds" in a:
-        core = a["stages"].get("translator", 0) + a["stages"].get("probes", 0)
-        rows.append((f"analysis N={a['n']:,}, fixed α (all stages)", f"{a['seconds']:.1f}s", "",
+    for a in res.get("analysis", []):
+        if "plain_seconds" not in a:
+            rows.append((f"analysis N={a.get('n')}", "error", "", a.get("error", "")[-200:]))
+            continue
+        rows.append((f"analysis N={a['n']:,}, fixed α, whole (all stages, bootstrap {a['bootstrap']})", f"{a['seconds']:.1f}s", "",
                      f"stages {', '.join(f'{k} {v:.1f}s' for k, v in a['stages'].items())}"))
-        rows.append(("plain numpy/sklearn ÷ ours (same α)", f"{a['plain_seconds'] / core:.2f}×", "≥ 1×",
-                     f"plain {a['plain_seconds']:.1f}s; ours translator+probes {core:.1f}s"))
-        rows.append(("max |ours − plain| (IS, AS, contrast)", ", ".join(f"{v:.1e}" for v in a["max_abs_diff_deg"].values()), "≤ 1e-5", "degrees"))
+        rows.append((f"  ours ÷ plain numpy/sklearn Ridge, N={a['n']:,}", f"{a['ours_over_plain']:.2f}×", "≤ 1.0×",
+                     f"ours {a['seconds']:.1f}s, plain {a['plain_seconds']:.1f}s (bootstrap on both sides); peak alloc ours "
+                     f"{a['analysis_peak_alloc_mb']:.0f} MB, plain {a['plain_peak_alloc_mb']:.0f} MB"))
+        rows.append(("  max |ours − plain| (IS, AS, contrast)", ", ".join(f"{v:.1e}" for v in a["max_abs_diff_deg"].values()), "≤ 1e-5",
+                     "degrees; classes, model, fidelity, drift, sanity: "
+                     + ", ".join(f"{k} {v:.1e}" for k, v in a.get("max_abs_diff", {}).items())))
+    for a in res.get("analysis_cv", []):
+        if "plain_seconds" in a:
+            rows.append((f"  ours (α by LOO) ÷ sklearn RidgeCV, N={a['n']:,}", f"{a['ours_over_plain']:.2f}×", "reported",
+                         f"ours {a['seconds']:.1f}s, plain {a['plain_seconds']:.1f}s; α per fold ours {', '.join(f'{x:.4g}' for x in a['alphas'])}, "
+                         f"RidgeCV {', '.join(f'{x:.4g}' for x in a['plain_alphas'])}; "
+                         f"max |ΔIS, ΔAS, Δcontrast| {', '.join(f'{v:.1e}' for v in a['max_abs_diff_deg'].values())}"))
+        else:
+            rows.append((f"analysis-cv N={a.get('n')}", "error", "", a.get("error", "")[-200:]))
     for key, what in (("growth", "fixed α"), ("growth_chunked", "fixed α, chunked null energy (what-if)"), ("loo", "α by LOO")):
         for g in res.get(key, []):
             if "seconds" in g:
@@ -1084,6 +1416,20 @@ def table(res: dict) -> str:
                      f"{tx['after_seconds']:.2f}s vs {tx['before_seconds']:.2f}s (full {tx['context']}-token context, batches of "
                      f"{tx['old_batch']}); {tx['target']}, mean {tx['mean_tokens']:.1f} tokens, batches of {tx['text_batch']}; "
                      f"max |Δ| unit class embeddings {tx['max_abs_diff']:.1e}"))
+    fw = res.get("forwards", {})
+    if "cold_over_bare" in fw:
+        common = f"{fw['backbone']} + {fw['target']}, {fw['images']} JPEGs {fw['image_px']}px, [null_removal], [json]"
+        bare_parts = fw["bare_parts"][0] if fw.get("bare_parts") else {}
+        rows.append(("cold audit ÷ bare forwards, whole processes", f"{fw['cold_over_bare']:.2f}", "≤ 1.15",
+                     f"{fw['cold_seconds']:.1f}s vs {fw['bare_seconds']:.1f}s (mean of {', '.join(f'{b:.1f}' for b in fw['bare_runs'])}; "
+                     f"bare: imports {bare_parts.get('imports', 0):.1f}s, images {bare_parts.get('images', 0):.1f}s, "
+                     f"text {bare_parts.get('text', 0):.1f}s for {bare_parts.get('prompts', '?')} prompts); {common}; "
+                     f"cold stages {', '.join(f'{k} {v:.1f}s' for k, v in fw['cold_stage_seconds'].items())}"))
+        rows.append(("  warm rerun ÷ cold, same folder", f"{fw['warm_over_cold']:.3f}", "≤ 0.05, < 2 s",
+                     f"{fw['warm_seconds']:.2f}s; imports alone {fw['import_seconds']:.2f}s; "
+                     f"warm stages {sum(fw['warm_stage_seconds'].values()):.2f}s"))
+        rows.append(("  new folder ÷ cold, machine-wide cache", f"{fw['new_folder_over_cold']:.3f}", "≤ 0.05",
+                     f"{fw['new_folder_seconds']:.2f}s; stages {sum(fw['new_folder_stage_seconds'].values()):.2f}s"))
     rows += _startup_rows(res)
     w = [max(len(str(row[i])) for row in rows + [("measure", "value", "goal", "detail")]) for i in range(3)]
     lines = [f"| {'measure':<{w[0]}} | {'value':<{w[1]}} | {'goal':<{w[2]}} | detail |", f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|---|"]
@@ -1108,7 +1454,7 @@ def main(argv=None) -> int:
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     p.add_argument("--only", action="append", default=[],
                    help="extraction (with gpu-extraction), gpu-extraction, analysis, growth, growth-chunked (what-if, not in the default set), loo, steering, report, "
-                        "report-names, process-rerun, startup, text (not in the default set)")
+                        "report-names, process-rerun, startup, forwards, text (not in the default set)")
     p.add_argument("--workers", default="2", help="run.num_workers values (> 0: worker processes) compared in the extraction measure")
     p.add_argument("--decode-threads", default="auto,0",
                    help="run.decode_threads values (with num_workers 0) compared in the extraction measure; the first is the headline")
@@ -1116,7 +1462,8 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true", help="run.channels_last in the GPU extraction measure")
     args = p.parse_args(argv)
     sc = SCALES[args.scale]
-    want = set(args.only) or {"extraction", "analysis", "growth", "loo", "steering", "report", "report-names", "process-rerun", "startup"}
+    want = set(args.only) or {"extraction", "analysis", "growth", "loo", "steering", "report", "report-names", "process-rerun",
+                              "startup", "forwards"}
     res: dict = {"scale": args.scale, "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     if "report" in want:
         res["report"] = bench_report()
@@ -1130,6 +1477,9 @@ def main(argv=None) -> int:
         res["text"] = bench_text()
     if "startup" in want:
         res["startup"] = bench_startup()
+        _progress(res, args.out)
+    if "forwards" in want:
+        res["forwards"] = bench_forwards()
         _progress(res, args.out)
     if "steering" in want:
         res["steering"] = bench_steering()
@@ -1149,8 +1499,14 @@ def main(argv=None) -> int:
             res["gpu_extraction"] = {"skipped": "no CUDA device on this machine (torch.cuda.is_available() is False)"}
         _progress(res, args.out)
     if "analysis" in want:
-        res["analysis"] = _child(["compare", str(sc["analysis"])])
-        _progress(res, args.out)
+        res["analysis"] = []
+        for n in sc["analysis"]:
+            res["analysis"].append(_child(["compare", str(n)]) | {"n": n})
+            _progress(res, args.out)
+        res["analysis_cv"] = []
+        for n in sc["cv"]:
+            res["analysis_cv"].append(_child(["compare-cv", str(n)]) | {"n": n})
+            _progress(res, args.out)
     if "growth" in want:
         res["growth"] = []
         for n in sc["growth"]:

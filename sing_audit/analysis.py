@@ -22,6 +22,7 @@ __all__ = [
     "apply_policy",
     "fidelity_figures",
     "zero_shot_accuracy",
+    "zero_shot_figures",
     "ratio",
     "not_assessed_reasons",
     "policy_failures",
@@ -186,26 +187,58 @@ def logit_correlation(translated: np.ndarray, embeddings: np.ndarray, class_text
     first chunk's means so the one-pass formula does not lose digits to cancellation.
     ``None`` when either side has no variance (fewer than two values, constant logits).
     """
+    return _zero_shot_pass(translated, embeddings, class_text, None, chunk)[0]
+
+
+def zero_shot_figures(translated: np.ndarray, embeddings: np.ndarray, class_text: np.ndarray,
+                      labels: np.ndarray | None, chunk: int = 4096) -> dict[str, float | None]:
+    """:func:`logit_correlation` and, with ``labels``, the :func:`zero_shot_accuracy` of the
+    image embeddings and of the translated features, from one pass over the rows: the two
+    N×c cosine matrices are what all three are made of, so each is formed once, a row chunk
+    at a time, instead of twice. Accuracies are ``None`` without labels."""
+    r, target_hits, translator_hits = _zero_shot_pass(translated, embeddings, class_text, labels, chunk)
+    out: dict[str, float | None] = {"logit_correlation": r, "target_zero_shot": None, "translator_zero_shot": None}
+    if labels is not None:
+        if target_hits is None:  # nothing to pass over (no image or no prompt): the plain definitions
+            out["target_zero_shot"] = zero_shot_accuracy(embeddings, class_text, labels)
+            out["translator_zero_shot"] = zero_shot_accuracy(translated, class_text, labels)
+        else:
+            n = int(np.asarray(translated).shape[0])
+            out["target_zero_shot"], out["translator_zero_shot"] = target_hits / n, translator_hits / n
+    return out
+
+
+def _zero_shot_pass(translated, embeddings, class_text, labels, chunk: int):
+    """(logit correlation, target hits, translator hits); hits are ``None`` without labels
+    or with nothing to pass over."""
     text = unit_rows(np.asarray(class_text, dtype=np.float64))
     n = int(np.asarray(translated).shape[0])
-    if n == 0 or text.shape[0] == 0 or n * text.shape[0] < 2:
-        return None
+    if n == 0 or text.shape[0] == 0:
+        return None, None, None
+    lab = None if labels is None else np.asarray(labels)
+    hits_z = hits_t = 0
     shift = None
     count = sx = sy = sxx = syy = sxy = 0.0
     for start in range(0, n, chunk):
         rows = slice(start, min(n, start + chunk))
         x = unit_rows(np.asarray(embeddings[rows], dtype=np.float64)) @ text.T
         y = unit_rows(np.asarray(translated[rows], dtype=np.float64)) @ text.T
+        if lab is not None:
+            hits_z += int(np.sum(np.argmax(x, axis=1) == lab[rows]))
+            hits_t += int(np.sum(np.argmax(y, axis=1) == lab[rows]))
         if shift is None:
             shift = (float(x.mean()), float(y.mean()))
         x, y = x - shift[0], y - shift[1]
         count += x.size
         sx, sy = sx + float(x.sum()), sy + float(y.sum())
         sxx, syy, sxy = sxx + float(np.sum(x * x)), syy + float(np.sum(y * y)), sxy + float(np.sum(x * y))
+    hits = (None, None) if lab is None else (hits_z, hits_t)
+    if count < 2:
+        return None, *hits
     vx, vy = sxx - sx * sx / count, syy - sy * sy / count
     if vx <= 0 or vy <= 0:
-        return None
-    return float(np.clip((sxy - sx * sy / count) / np.sqrt(vx * vy), -1.0, 1.0))
+        return None, *hits
+    return float(np.clip((sxy - sx * sy / count) / np.sqrt(vx * vy), -1.0, 1.0)), *hits
 
 
 def ratio(is_mean: float | None, as_abs_mean: float | None, null_dim: int) -> float | None:

@@ -174,7 +174,14 @@ def null_energy(features: np.ndarray, sub: HeadSubspaces) -> np.ndarray:
     """Per-row ``‖Π_n f‖ / ‖f‖`` (0 for a zero feature). N."""
     f = np.asarray(features, dtype=np.float64)
     norms = np.linalg.norm(f, axis=-1)
-    nulls = np.linalg.norm(null_component(f, sub), axis=-1)
+    if f.shape[-1] != sub.num_features:
+        raise ValueError(f"features have {f.shape[-1]} dimensions, the head expects {sub.num_features}")
+    if sub.null_dim <= 2 * sub.rank:
+        # ‖Π_n f‖ = ‖V_nᵀ f‖ (orthonormal columns): one N·m·(m−r) product instead of the two
+        # N·m·min(r, m−r) ones of null_component, and no cancellation when Π_n f is small
+        nulls = np.linalg.norm(f @ sub.null, axis=-1)
+    else:
+        nulls = np.linalg.norm(f - (f @ sub.principal) @ sub.principal.T, axis=-1)
     return np.divide(nulls, norms, out=np.zeros_like(norms), where=norms > 0)
 
 

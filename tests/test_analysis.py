@@ -269,3 +269,27 @@ def test_logit_correlation_is_pearson_of_the_zero_shot_logits_pooled_over_images
     assert logit_correlation(z * 7.0, z, t) == pytest.approx(1.0, abs=1e-12)
     # one class prompt and every image the same embedding: no variance, no r (never NaN)
     assert logit_correlation(np.ones((4, 6)), np.ones((4, 6)), t[:1]) is None
+
+
+def test_zero_shot_figures_equal_the_separate_definitions_in_one_pass():
+    """The model's logit correlation and both zero-shot accuracies come from one chunked
+    pass; they equal logit_correlation and zero_shot_accuracy computed apart, with or
+    without labels, and with no rows at all."""
+    from sing_audit.analysis import logit_correlation, zero_shot_accuracy, zero_shot_figures
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(23, 6))
+    t = rng.normal(size=(5, 6))
+    translated = z + rng.normal(scale=0.7, size=z.shape)
+    labels = rng.integers(0, 5, size=23)
+    got = zero_shot_figures(translated, z, t, labels, chunk=4)
+    assert got["logit_correlation"] == pytest.approx(logit_correlation(translated, z, t), abs=1e-12)
+    assert got["target_zero_shot"] == zero_shot_accuracy(z, t, labels)
+    assert got["translator_zero_shot"] == zero_shot_accuracy(translated, t, labels)
+    assert 0 < got["target_zero_shot"] < 1 and got["translator_zero_shot"] != got["target_zero_shot"]
+    unlabelled = zero_shot_figures(translated, z, t, None)
+    assert unlabelled["target_zero_shot"] is None and unlabelled["translator_zero_shot"] is None
+    assert unlabelled["logit_correlation"] == pytest.approx(got["logit_correlation"], abs=1e-12)
+    # one prompt: no variance across prompts is not needed for accuracy (every image hits class 0)
+    one = zero_shot_figures(np.ones((4, 6)), np.ones((4, 6)), t[:1], np.zeros(4, dtype=int))
+    assert one == {"logit_correlation": None, "target_zero_shot": 1.0, "translator_zero_shot": 1.0}

@@ -318,6 +318,19 @@ def test_null_energy_in_unit_interval_and_equals_ratio_of_norms(seed, c, m, data
     np.testing.assert_allclose(e, direct, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("r", [1, 3, 6, 8])
+def test_null_energy_both_branches_explicitly(r):
+    """Through ‖V_nᵀ f‖ (null dimension ≤ 2·rank) and through f − Π_p f (a small rank):
+    the same ratio of norms as the explicit projector, also for features almost in the
+    principal subspace (where f − Π_p f would cancel)."""
+    rng = _rng(r)
+    sub = split_head(rng.standard_normal((r, 8)), "fixed", rank=r) if r < 8 else split_head(rng.standard_normal((8, 8)), "fixed", rank=6)
+    f = rng.standard_normal((6, 8))
+    f[0] = sub.principal @ rng.standard_normal(sub.rank) + 1e-9 * (sub.null @ rng.standard_normal(sub.null_dim) if sub.null_dim else 0)
+    direct = np.linalg.norm(f @ sub.projector_null(), axis=1) / np.linalg.norm(f, axis=1)
+    np.testing.assert_allclose(null_energy(f, sub), direct, rtol=1e-6, atol=1e-15)
+
+
 def test_null_energy_closed_form_and_zero_feature():
     w = np.array([[1.0, 0.0, 0.0]])  # null space = span(e2, e3)
     sub = split_head(w)

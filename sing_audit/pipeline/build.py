@@ -16,12 +16,11 @@ from ..analysis import (
     PolicyOutcome,
     audit_passed,
     compare_models,
-    logit_correlation,
     model_verdict,
     ratio,
     target_agreement,
     verdict_text,
-    zero_shot_accuracy,
+    zero_shot_figures,
 )
 from ..config import AuditConfig
 from ..nullspace import null_energy
@@ -74,6 +73,7 @@ def build_model_result(fsrc: FeatureSource, esrc: EmbeddingSource, mi: ModelInpu
     primary, outcome = mi.primary, stats.outcome
     random_parts = [p for p, r in ((f"backbone {fsrc.name}", fsrc.random_weights), (f"target {esrc.name}", esrc.random_weights)) if r]
     has_labels = mi.labels_source == "labels"
+    zero_shot = zero_shot_figures(primary.translated, mi.emb, text, labels if has_labels else None)
     is_mean = float(np.mean(scores.image_score))
     as_abs_mean = float(np.mean(np.abs(scores.attribute_score)))
     measured: dict[str, Any] = dict(
@@ -109,13 +109,13 @@ def build_model_result(fsrc: FeatureSource, esrc: EmbeddingSource, mi: ModelInpu
             params=primary.params,
             null_energy=primary.null_energy,
             normalized_targets=primary.normalized,
-            logit_correlation=logit_correlation(primary.translated, mi.emb, text),
+            logit_correlation=zero_shot["logit_correlation"],
             **primary.fidelity,
         ),
         sanity=SanityFigures(
             classifier_top1=float(np.mean(mi.predicted == labels)) if has_labels else None,
-            target_zero_shot=zero_shot_accuracy(mi.emb, text, labels) if has_labels else None,
-            translator_zero_shot=zero_shot_accuracy(primary.translated, text, labels) if has_labels else None,
+            target_zero_shot=zero_shot["target_zero_shot"],
+            translator_zero_shot=zero_shot["translator_zero_shot"],
         ),
         translator_comparison=comparisons,
         n_flagged=outcome.n_flagged,
