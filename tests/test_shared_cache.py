@@ -422,6 +422,9 @@ def test_cache_command_off_and_foreign_folders(tmp_path, capsys, monkeypatch):
     assert (home / "notes.txt").is_file()
     assert main(["cache", "info", "--cache-dir", str(tmp_path / "new")]) == 0
     assert "not created yet" in capsys.readouterr().out
+    # a size that is not one is refused before anything is looked at, cache or none
+    assert main(["cache", "prune", "--max-size", "banana", "--cache-dir", str(tmp_path / "new")]) == 2
+    assert "not a size" in capsys.readouterr().err
 
 
 def test_clear_never_follows_symlinks_out_of_the_cache(tmp_path, monkeypatch, capsys):

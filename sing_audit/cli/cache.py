@@ -36,6 +36,10 @@ def cmd_cache(args) -> int:
     from ..errors import ConfigError
     from ..pipeline.shared_cache import CACHE_DIR_ENV, open_shared_cache
 
+    from ..pipeline.shared_cache import parse_size
+
+    # a bad --max-size is an error whatever the cache holds (even when there is none yet)
+    bound = None if getattr(args, "max_size", None) is None else parse_size(args.max_size, "--max-size")
     setting = _setting(args)
     if not setting.enabled:
         if args.action == "info":
@@ -50,9 +54,7 @@ def cmd_cache(args) -> int:
     if args.action == "info":
         return _info(cache, setting)
     if args.action == "prune":
-        from ..pipeline.shared_cache import parse_size
-
-        bound = cache.max_size if args.max_size is None else parse_size(args.max_size, "--max-size")
+        bound = cache.max_size if bound is None else bound
         removed = cache.prune(bound)
         for e in removed:
             say(f"removed {e.kind}/{e.key} ({_size(e.size)}, last used {_when(e.used)})")
