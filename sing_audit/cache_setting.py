@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["CACHE_DIR_ENV", "CACHE_MAX_SIZE_ENV", "DEFAULT_MAX_SIZE", "OFF_WORDS", "CacheSetting", "cache_setting",
-           "folder_from_environment", "parse_size", "setting_of"]
+__all__ = ["CACHE_DIR_ENV", "CACHE_MAX_SIZE_ENV", "DEFAULT_MAX_SIZE", "NAMES_DIR", "OFF_WORDS", "TAG_NAME", "TAG_TEXT",
+           "CacheSetting", "cache_setting", "claim_folder", "folder_from_environment", "is_tagged", "parse_size", "setting_of"]
 
 CACHE_DIR_ENV = "SING_AUDIT_CACHE_DIR"
 CACHE_MAX_SIZE_ENV = "SING_AUDIT_CACHE_MAX_SIZE"
@@ -26,6 +26,16 @@ CACHE_MAX_SIZE_ENV = "SING_AUDIT_CACHE_MAX_SIZE"
 DEFAULT_MAX_SIZE = 10 * 1024**3
 #: values of SING_AUDIT_CACHE_DIR that turn the shared cache off (case-insensitive)
 OFF_WORDS = frozenset({"off", "0", "false", "none"})
+#: the tag that marks a folder as sing-audit's machine-wide cache (https://bford.info/cachedir/):
+#: a non-empty folder without it is never written, pruned or cleared
+TAG_NAME = "CACHEDIR.TAG"
+TAG_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by sing-audit (its cache shared across audits).\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+#: the subfolder of the model libraries' name lists (:mod:`sing_audit.name_lists`): never an entry kind
+NAMES_DIR = "names"
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,31 @@ def cache_setting(cache_dir: Path | bool | None = None, max_size: int | None = N
         return CacheSetting(Path(cache_dir).expanduser().absolute(), source, size, size_source)
     path, where = folder_from_environment(env)
     return CacheSetting(path, where, size, size_source)
+
+
+def is_tagged(root: Path) -> bool:
+    """Whether ``root`` carries sing-audit's cache tag (a real file, never a symlink)."""
+    tag = Path(root) / TAG_NAME
+    if not tag.is_file() or tag.is_symlink():
+        return False
+    with open(tag, encoding="utf-8", errors="replace") as fh:
+        return fh.readline() == TAG_TEXT.splitlines(keepends=True)[0]
+
+
+def claim_folder(root: Path) -> bool:
+    """Make ``root`` sing-audit's cache folder when it is ours already, missing or empty
+    (the tag is written); ``False`` when it holds files without the tag (someone else's
+    folder: nothing may be written there). Raises ``OSError`` when it cannot be created."""
+    from .store import atomic_write_text
+
+    root = Path(root)
+    if is_tagged(root):
+        return True
+    root.mkdir(parents=True, exist_ok=True)
+    if any(p.name != TAG_NAME for p in root.iterdir()):
+        return False
+    atomic_write_text(root / TAG_NAME, TAG_TEXT)
+    return True
 
 
 def folder_from_environment(environ: Mapping[str, str] | None = None) -> tuple[Path | None, str]:

@@ -38,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .cache_setting import CACHE_DIR_ENV, OFF_WORDS, folder_from_environment
+from .cache_setting import CACHE_DIR_ENV, NAMES_DIR, OFF_WORDS, claim_folder, folder_from_environment
 from .store import atomic_write_text, slug
 
 __all__ = ["CACHE_DIR_ENV", "OFF_WORDS", "library_value", "names_dir"]
@@ -50,9 +50,12 @@ FORMAT = 1
 
 
 def names_dir() -> Path | None:
-    """The folder of the name lists, or ``None`` when the cache is off (see the module docs)."""
+    """The folder of the name lists, or ``None`` when the cache is off (see the module docs).
+    It is the ``names`` subfolder of the machine-wide cache's folder, which the first writer
+    tags as sing-audit's (:func:`~sing_audit.cache_setting.claim_folder`); in a folder that
+    holds someone else's files nothing is written."""
     folder, _ = folder_from_environment()
-    return None if folder is None else folder / "names"
+    return None if folder is None else folder / NAMES_DIR
 
 
 def _installed_version(distribution: str) -> str | None:
@@ -95,6 +98,9 @@ def library_value(
         return value
     record = {"format": FORMAT, "distribution": distribution, "version": version, "what": what, "value": value}
     try:
+        if not claim_folder(folder.parent):
+            log.debug("name list %s not written: %s holds files that are not sing-audit's", path, folder.parent)
+            return value
         atomic_write_text(path, json.dumps(record, separators=(",", ":")))
     except OSError as exc:  # a read-only cache folder: the answer stands, it is not kept
         log.debug("name list %s not written: %s", path, exc)

@@ -481,3 +481,34 @@ def cache_dir_at_module_setup():
 def test_the_shared_cache_is_off_before_module_fixtures_run(cache_dir_at_module_setup):
     """Module-scoped fixtures run audits before any function-scoped fixture (tests/test_shard.py)."""
     assert cache_dir_at_module_setup == "off"
+
+
+def test_name_lists_and_entries_share_the_folder(tmp_path, monkeypatch):
+    """validate writes the model libraries' name lists before any audit stores an entry:
+    the folder they create is tagged as sing-audit's, so the shared cache then opens it
+    (it refused an untagged non-empty folder), and names/ is never taken for an entry kind."""
+    from sing_audit.name_lists import library_value
+
+    root = tmp_path / "machine"
+    monkeypatch.setenv(CACHE_DIR_ENV, str(root))
+    assert library_value("numpy", "answer", lambda: [1, 2]) == [1, 2]
+    assert (root / "names").is_dir() and (root / TAG_NAME).is_file()
+    shared = SharedCache(root, max_size=10**9)
+    shared.check_ours()  # would raise "holds files and is not a sing-audit cache"
+    store = _layered(tmp_path, "a", shared)
+    _entry(store, "k0", value=0)
+    assert [(e.kind, e.key) for e in shared.entries()] == [("features", "k0")]
+    assert shared.prune(1) and (root / "names").is_dir()  # pruning never takes the name lists
+    shared.clear()
+    assert not (root / "names").exists()  # clear takes them (rebuilt on first use)
+
+
+def test_name_lists_are_not_written_into_someone_elses_folder(tmp_path, monkeypatch):
+    from sing_audit.name_lists import library_value
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    monkeypatch.setenv(CACHE_DIR_ENV, str(home))
+    assert library_value("numpy", "answer", lambda: [3]) == [3]
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]

@@ -50,8 +50,8 @@ from typing import Any
 from ..errors import ConfigError
 from ..store import atomic_write_text, current_umask
 from .cache import ArrayStore, CorruptEntry, _move_aside, _publish, _read_entry
-from ..cache_setting import (CACHE_DIR_ENV, CACHE_MAX_SIZE_ENV, DEFAULT_MAX_SIZE, CacheSetting,  # noqa: F401 - re-exported
-                            cache_setting, parse_size, setting_of)
+from ..cache_setting import (NAMES_DIR, TAG_NAME, TAG_TEXT, CACHE_DIR_ENV, CACHE_MAX_SIZE_ENV, DEFAULT_MAX_SIZE, CacheSetting,  # noqa: F401 - re-exported
+                            cache_setting, is_tagged, parse_size, setting_of)
 from .run_folder import MARKER, STATE_DIR
 
 __all__ = ["CACHE_DIR_ENV", "CACHE_MAX_SIZE_ENV", "DEFAULT_MAX_SIZE", "CacheSetting", "LayeredStore", "SharedCache",
@@ -59,12 +59,6 @@ __all__ = ["CACHE_DIR_ENV", "CACHE_MAX_SIZE_ENV", "DEFAULT_MAX_SIZE", "CacheSett
 
 log = logging.getLogger("sing_audit")
 
-TAG_NAME = "CACHEDIR.TAG"
-TAG_TEXT = (
-    "Signature: 8a477f597d28d172789f06886806bc55\n"
-    "# This file is a cache directory tag created by sing-audit (its cache shared across audits).\n"
-    "# For information about cache directory tags see https://bford.info/cachedir/\n"
-)
 #: the file whose mtime records an entry's last use
 USED_NAME = ".used"
 LOCK_NAME = ".lock"
@@ -172,13 +166,11 @@ class SharedCache:
     def check_ours(self, create: bool = True) -> None:
         """Refuse a folder that holds files but is not sing-audit's cache (its tag);
         write the tag into an empty one."""
-        tag = self.root / TAG_NAME
-        if tag.is_file() and not tag.is_symlink():
-            try:
-                if tag.read_text(encoding="utf-8", errors="replace").startswith(TAG_TEXT.splitlines()[0]):
-                    return
-            except OSError as exc:
-                raise ConfigError(f"shared cache {self.root}: cannot read {TAG_NAME}: {exc}") from None
+        try:
+            if is_tagged(self.root):
+                return
+        except OSError as exc:
+            raise ConfigError(f"shared cache {self.root}: cannot read {TAG_NAME}: {exc}") from None
         if any(self.root.iterdir()):
             raise ConfigError(
                 f"shared cache {self.root} holds files and is not a sing-audit cache (no {TAG_NAME} written by "
@@ -186,7 +178,7 @@ class SharedCache:
             )
         if create:
             try:
-                atomic_write_text(tag, TAG_TEXT)
+                atomic_write_text(self.root / TAG_NAME, TAG_TEXT)
             except OSError as exc:
                 raise ConfigError(f"shared cache {self.root} is not writable: {exc.strerror or exc}") from None
 
@@ -289,7 +281,7 @@ class SharedCache:
         found = []
         if not self.root.is_dir():
             return found
-        for kind_dir in _subfolders(self.root):
+        for kind_dir in _subfolders(self.root, skip=(NAMES_DIR,)):
             for entry in _subfolders(kind_dir):
                 try:
                     size = sum((entry / n).stat().st_size for n in _entry_files(entry))
@@ -330,7 +322,7 @@ class SharedCache:
 
     def _remove_stale_temps(self) -> None:
         now = time.time()
-        for kind_dir in _subfolders(self.root):
+        for kind_dir in _subfolders(self.root, skip=(NAMES_DIR,)):
             with os.scandir(kind_dir) as it:
                 for e in it:
                     if e.name.startswith(".") and e.is_dir(follow_symlinks=False):
@@ -341,13 +333,13 @@ class SharedCache:
                             pass
 
     def clear(self) -> list[SharedEntry]:
-        """Remove every entry and temporary folder (under the pruning lock); the entries
-        removed. Symlinks are never followed, output folders left alone."""
+        """Remove every entry, temporary folder and the name lists (under the pruning lock);
+        the entries removed. Symlinks are never followed, output folders left alone."""
         with self._lock(timeout=-1):
             entries = self.entries()
             for entry in entries:
                 _move_aside(entry.path)
-            for kind_dir in _subfolders(self.root):
+            for kind_dir in _subfolders(self.root, skip=(NAMES_DIR,)):
                 with os.scandir(kind_dir) as it:
                     hidden = [Path(e.path) for e in it if e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
                 for folder in hidden:
@@ -356,16 +348,21 @@ class SharedCache:
                     kind_dir.rmdir()
                 except OSError:
                     pass  # holds something that is not an entry: left alone
+            names = self.root / NAMES_DIR
+            if names.is_dir() and not names.is_symlink():
+                shutil.rmtree(names, ignore_errors=True)  # the name lists: rebuilt on first use
         return entries
 
 
-def _subfolders(folder: Path) -> list[Path]:
-    """The real, non-hidden subfolders of ``folder`` that are not output folders."""
+def _subfolders(folder: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """The real, non-hidden subfolders of ``folder`` that are not output folders, nor named in ``skip``."""
     out = []
     try:
         with os.scandir(folder) as it:
             for e in it:
                 if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+                    continue
+                if e.name in skip:
                     continue
                 p = Path(e.path)
                 if (p / STATE_DIR).exists() or (p / MARKER).exists():
