@@ -13,6 +13,7 @@ import yaml
 
 from sing_audit.synthetic import make_scenario, write_scenario
 from sing_audit.testing import PIPELINE_POLICY, image_folder_audit, save_npz, synthetic_audit, write_config
+from sing_audit.testing.shared_cache_off import no_shared_cache, shared_cache_off  # noqa: F401 - the autouse fixture
 
 __all__ = ["PIPELINE_POLICY", "demo_config", "image_folder_audit", "save_npz", "write_config"]  # for the tests
 
@@ -44,29 +45,13 @@ def pytest_configure(config):
     reset to the default in each child at exec."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    _shared_cache_off()
-
-
-def _shared_cache_off() -> None:
-    """The cache shared across audits is off for the whole session, before any fixture runs
-    (module- and session-scoped fixtures run audits too) and in every child process: no test
-    reads or writes the developer's cache, nor shares one with another test.
-    tests/test_shared_cache.py points SING_AUDIT_CACHE_DIR to a folder of each test's own."""
-    os.environ["SING_AUDIT_CACHE_DIR"] = "off"
-    os.environ.pop("SING_AUDIT_CACHE_MAX_SIZE", None)
+    shared_cache_off()  # before any fixture runs an audit (sing_audit.testing.shared_cache_off)
 
 
 @pytest.fixture(autouse=True)
 def _no_ci_step_summary(monkeypatch):
     """Tests never append to a real CI step summary."""
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
-
-
-@pytest.fixture(autouse=True)
-def _no_shared_cache(monkeypatch):
-    """Off again for each test, whatever the one before did to the environment."""
-    monkeypatch.setenv("SING_AUDIT_CACHE_DIR", "off")
-    monkeypatch.delenv("SING_AUDIT_CACHE_MAX_SIZE", raising=False)
 
 
 @pytest.fixture(scope="session")
