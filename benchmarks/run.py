@@ -911,6 +911,24 @@ def _user_env(tmp: Path) -> dict:
     return env
 
 
+def _two_model_audit(tmp: Path, name: str, images: Path, model: str, target: str) -> Path:
+    """``tmp/audit.yaml``: timm ``model`` and open_clip ``target`` at random weights on the
+    image folder ``images``, ``[null_removal]``, ``[json]``, 2 folds, 100 resamples, on the CPU."""
+    cfg = {
+        "name": name,
+        "output": str(tmp / "out"),
+        "dataset": {"plugin": "image_folder", "root": str(images)},
+        "target": {"plugin": "open_clip", "name": "clip-random", "model": target, "weights": "random"},
+        "backbones": [{"name": f"{model}-random", "plugin": "timm", "model": model, "weights": "random"}],
+        "probes": ["null_removal"],
+        "report": {"formats": ["json"]},
+        "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
+    }
+    path = tmp / "audit.yaml"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
 def bench_process_rerun(n_images: int = 160, image_px: int = 64, model: str = "resnet50", target: str = "ViT-B-32") -> dict:
     """Two whole ``sing-audit run`` processes on a fresh output folder, as a user meets them:
     cold (nothing in the store), then warm (the same config again, nothing changed).
@@ -919,7 +937,6 @@ def bench_process_rerun(n_images: int = 160, image_px: int = 64, model: str = "r
     first, and is timed too). timm ``model`` and open_clip ``target`` at ``weights: random``
     (no download), ``n_images`` JPEGs of ``image_px`` pixels in three ImageNet classes,
     probes [null_removal], formats [json]."""
-    from PIL import Image
 
     from sing_audit.synthetic import SYNSETS
 
@@ -930,23 +947,8 @@ def bench_process_rerun(n_images: int = 160, image_px: int = 64, model: str = "r
         env = _user_env(tmp)
         root = tmp / "images"
         per_class = max(1, n_images // len(SYNSETS))
-        rng = np.random.default_rng(0)
-        for s in SYNSETS:
-            (root / s).mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, size=(image_px, image_px, 3), dtype=np.uint8)).save(root / s / f"{s}_{i}.jpg", quality=90)
-        cfg = {
-            "name": "process-rerun",
-            "output": str(tmp / "out"),
-            "dataset": {"plugin": "image_folder", "root": str(root)},
-            "target": {"plugin": "open_clip", "name": "clip-random", "model": target, "weights": "random"},
-            "backbones": [{"name": f"{model}-random", "plugin": "timm", "model": model, "weights": "random"}],
-            "probes": ["null_removal"],
-            "report": {"formats": ["json"]},
-            "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
-        }
-        path = tmp / "audit.yaml"
-        path.write_text(json.dumps(cfg))
+        _write_jpegs(root, per_class * len(SYNSETS), image_px)
+        path = _two_model_audit(tmp, "process-rerun", root, model, target)
 
         def one(*args: str, argv: list[str] | None = None) -> dict:
             argv = argv or [*cmd, *args]
@@ -1067,7 +1069,6 @@ def bench_startup(n_images: int = 32, image_px: int = 64, model: str = "resnet50
     as it would on a user's machine after its first use. Bytecode is cached as in an installed
     package (``PYTHONPYCACHEPREFIX`` in the temporary folder, so nothing is written to the source
     tree, even when ``PYTHONDONTWRITEBYTECODE`` is set), and every command runs once unmeasured first."""
-    from PIL import Image
 
     from sing_audit.synthetic import SYNSETS
 
@@ -1078,23 +1079,8 @@ def bench_startup(n_images: int = 32, image_px: int = 64, model: str = "resnet50
         env = _user_env(tmp)
         root = tmp / "images"
         per_class = max(1, n_images // len(SYNSETS))
-        rng = np.random.default_rng(0)
-        for s in SYNSETS:
-            (root / s).mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, size=(image_px, image_px, 3), dtype=np.uint8)).save(root / s / f"{s}_{i}.jpg", quality=90)
-        cfg = {
-            "name": "startup",
-            "output": str(tmp / "out"),
-            "dataset": {"plugin": "image_folder", "root": str(root)},
-            "target": {"plugin": "open_clip", "name": "clip-random", "model": target, "weights": "random"},
-            "backbones": [{"name": f"{model}-random", "plugin": "timm", "model": model, "weights": "random"}],
-            "probes": ["null_removal"],
-            "report": {"formats": ["json"]},
-            "run": {"device": "cpu", "folds": 2, "bootstrap": 100},
-        }
-        path = tmp / "audit.yaml"
-        path.write_text(json.dumps(cfg))
+        _write_jpegs(root, per_class * len(SYNSETS), image_px)
+        path = _two_model_audit(tmp, "startup", root, model, target)
 
         def one(args: list[str], *, importtime: bool = False) -> tuple[float, float, str]:
             """``(wall seconds, CPU seconds of the process: user + system, stderr)``."""
