@@ -242,6 +242,24 @@ def test_unusable_cache_named_by_the_config_is_a_config_error(tmp_path, syntheti
     assert "is not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["a file", "inside its output folder", "someone else's folder"])
+def test_validate_refuses_the_cache_dir_the_run_would_refuse(tmp_path, synthetic_config, capsys, where):
+    """validate finds a bad run.cache_dir before a run does, and creates nothing."""
+    folder = {"a file": tmp_path / "blocker", "inside its output folder": tmp_path / "out" / "shared",
+              "someone else's folder": tmp_path / "home"}[where]
+    if where == "a file":
+        folder.write_text("a file, not a folder")
+    elif where == "someone else's folder":
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+    config = synthetic_config(run={"cache_dir": str(folder)})
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "run.cache_dir" in err and str(folder.resolve()) in err
+    assert not (tmp_path / "out").exists()  # nothing created, the output folder neither
+    assert main(["run", str(config)]) == 2
+
+
 # --------------------------------------------------------------------------- the store tiers
 
 

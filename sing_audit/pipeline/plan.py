@@ -18,7 +18,7 @@ from ..store import content_key
 from ..terminal import suggest
 from ..visualize import check_visualizer
 
-__all__ = ["Plan", "audit_identity", "build_plan", "check_feature_dims", "check_labels", "create_reporter"]
+__all__ = ["Plan", "audit_identity", "build_plan", "check_cache_dir", "check_feature_dims", "check_labels", "create_reporter"]
 
 
 @dataclass
@@ -115,7 +115,23 @@ def build_plan(cfg: AuditConfig, registry: Registry, source: str = "<config>") -
     check_labels(dataset, backbones, source)
     check_feature_dims(backbones, [("translator", translator)] + [
         (f"compare_translators[{i}]", t) for i, t in enumerate(compared)], source)
+    check_cache_dir(cfg, source)
     return Plan(cfg, registry, dataset, targets, backbones, translator, compared, probes, reporters, source, visualizer)
+
+
+def check_cache_dir(cfg: AuditConfig, source: str = "<config>") -> None:
+    """The pre-flight of a ``run.cache_dir`` the config names: a file, a folder inside an
+    output folder or holding this one, someone else's folder is a :class:`ConfigError` in
+    ``validate`` as in ``run`` (nothing is created). A folder from the environment or the
+    default is only warned about, by the run (:func:`~sing_audit.pipeline.sources.shared_store`)."""
+    from .shared_cache import open_shared_cache, setting_of
+
+    setting = setting_of(cfg)
+    if setting.enabled and setting.source == "config":
+        try:
+            open_shared_cache(setting, cfg.output_dir, create=False)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: run.cache_dir: {exc}") from None
 
 
 def check_labels(dataset: Component | None, backbones: list[Component], source: str = "<config>") -> None:
