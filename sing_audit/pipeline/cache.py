@@ -20,7 +20,6 @@ rename once every row is written.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -32,19 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from ..store import atomic_write_text, current_umask, fsync_dir
+from ..store import atomic_write_text, current_umask, file_sha256, fsync_dir
 
 __all__ = ["ArrayStore", "CorruptEntry", "PartialEntry"]
 
 log = logging.getLogger("sing_audit")
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ArrayStore:
@@ -127,7 +118,7 @@ def _read_entry(folder: Path, mmap: bool) -> tuple[dict[str, np.ndarray], dict[s
     for name, digest in listed.items():
         path = folder / f"{name}.npy"
         try:
-            if _file_sha256(path) != digest:
+            if file_sha256(path) != digest:
                 raise CorruptEntry(f"digest mismatch in {path.name}")
             arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except FileNotFoundError:
@@ -143,7 +134,7 @@ def _write_array(path: Path, arr: np.ndarray) -> str:
         np.save(fh, np.require(arr, requirements="C"), allow_pickle=False)
         fh.flush()
         os.fsync(fh.fileno())
-    return _file_sha256(path)
+    return file_sha256(path)
 
 
 #: rounds of "rename into place, else check what is there" before giving up
@@ -335,7 +326,7 @@ class PartialEntry:
         try:
             for name, arr in (arrays or {}).items():
                 _write_array(folder / f"{name}.npy", arr)
-            digests = {path.stem: _file_sha256(path) for path in sorted(folder.glob("*.npy"))}
+            digests = {path.stem: file_sha256(path) for path in sorted(folder.glob("*.npy"))}
             atomic_write_text(folder / "meta.json", json.dumps({"_arrays": digests, "meta": meta or {}}, default=str))
             os.chmod(folder, 0o777 & ~current_umask())
             (folder / "progress.json").unlink(missing_ok=True)
