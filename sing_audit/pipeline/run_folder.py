@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ log = logging.getLogger("sing_audit")
 
 MARKER = "audit.json"
 STATE_DIR = ".sing-audit"
+#: seconds a refused run waits for the holder's record, written just after its lock is taken
+HOLDER_RECORD_GRACE_S = 2.0
 #: what a folder holds when sing-audit started in it but never claimed it
 _UNCLAIMED_NAMES = {STATE_DIR, "logs"}
 
@@ -181,6 +184,12 @@ class RunFolder:
     def _refuse(self, lock, waited: bool) -> None:
         lock.close()
         holders = [h for h in self._holders() if h.alive() is not False]
+        # a run writes its holder record just after taking the lock: one started at the same
+        # moment may look in between, so give the record a moment before naming nobody
+        deadline = time.monotonic() + HOLDER_RECORD_GRACE_S
+        while not holders and time.monotonic() < deadline:
+            time.sleep(0.05)
+            holders = [h for h in self._holders() if h.alive() is not False]
         who = "; ".join(h.describe() for h in holders) or "another sing-audit process"
         how_long = f" (waited {self.wait:g} s)" if waited else ""
         raise OutputFolderError(
